@@ -1,0 +1,104 @@
+"""How close does `plan` get to the floor set by the provider's latency?
+
+N in-sync Roboflow models (default 1,000) against the sandbox with a per-request latency (default
+20 ms). Prints wall time, requests per model, train calls, and the floor:
+requests x latency / concurrency. Target: wall time within 2x of the floor at 20 ms.
+
+    python benchmarks/plan_scale.py [--models 1000] [--latency 0.02] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reconciler.engine import Engine  # noqa: E402
+from reconciler.plan import Action  # noqa: E402
+from reconciler.providers import adapter_class  # noqa: E402
+from reconciler.sandbox.server import SANDBOX_API_KEYS, Sandbox  # noqa: E402
+from reconciler.spec import load_manifests  # noqa: E402
+from reconciler.state import open_state  # noqa: E402
+
+MANIFEST = """\
+apiVersion: reconciler/v1
+kind: TrainedModel
+metadata: {{name: model-{i:05d}}}
+spec:
+  provider: roboflow
+  model: {{workspace: bench, project: p{i:05d}}}
+  training: {{version: 1, model_type: rfdetr-nano, epochs: 10}}
+  policy: {{on_unknown_baseline: adopt}}
+"""
+
+PROVIDER = """\
+apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: roboflow}
+spec: {type: roboflow, requests_per_second: 100000}
+"""
+
+
+async def run(models: int, latency: float, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        specs = root / "specs"
+        specs.mkdir()
+        (specs / "models.yaml").write_text("---\n".join(MANIFEST.format(i=i) for i in range(models)))
+        # the measured limit is latency x concurrency, not a (provider-documented) rate limit
+        (specs / "provider.yaml").write_text(PROVIDER)
+        sb = Sandbox(None, training_seconds=0.1)
+        sim = sb.sim("roboflow")
+        for i in range(models):
+            sim.add_project("bench", f"p{i:05d}", versions=1)  # type: ignore[attr-defined]
+            sim.mark_trained("bench", f"p{i:05d}", 1, model_type="rfdetr-nano")  # type: ignore[attr-defined]
+        sb.start()
+        manifests = load_manifests([specs])
+        state = await open_state(f"sqlite:///{root / 'state.db'}")
+        endpoints = {"roboflow": (sb.base_url("roboflow"), SANDBOX_API_KEYS["roboflow"])}
+        # first pass adopts every model (the sandbox has them trained), so later passes are in sync
+        async with Engine(manifests, state, endpoints=endpoints) as engine:
+            await engine.apply(await engine.plan(list(manifests.models.values())))
+        sb.latency = latency
+        walls = []
+        for _ in range(rounds):
+            sb.clear_requests()
+            async with Engine(manifests, state, endpoints=endpoints) as engine:
+                start = time.perf_counter()
+                plans = await engine.plan(list(manifests.models.values()))
+                walls.append(time.perf_counter() - start)
+            assert all(p.action is Action.NONE for p in plans), {p.action for p in plans}
+        requests = len(sb.requests("roboflow"))
+        trains = sum(1 for r in sb.requests("roboflow") if r.method == "POST")
+        await state.close()
+        sb.stop()
+    concurrency = adapter_class("roboflow").max_concurrent_requests
+    floor = requests * latency / concurrency
+    wall = statistics.median(walls)
+    print(f"models                 {models}")
+    print(f"latency per request    {latency * 1000:.0f} ms")
+    print(f"concurrency            {concurrency} requests in flight per provider")
+    print(f"requests per model     {requests / models:.2f}")
+    print(f"train calls            {trains}")
+    print(f"wall time (median of {rounds}) {wall:.2f} s")
+    print(f"floor                  {floor:.2f} s  (requests x latency / concurrency)")
+    print(f"wall / floor           {wall / floor:.2f}x  (target <= 2x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=1000)
+    ap.add_argument("--latency", type=float, default=0.02)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    asyncio.run(run(args.models, args.latency, args.rounds))
+
+
+if __name__ == "__main__":
+    main()

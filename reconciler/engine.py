@@ -1,0 +1,510 @@
+"""The engine: observe concurrently, plan, run actions, follow trainings, record everything.
+
+`Engine` is used by the CLI (one pass) and the daemon (many passes). It owns one adapter per
+provider instance (with its HttpClient), reads for many models concurrently under each provider's
+limits, and writes to the state store in the order that makes the guarantees true:
+intent -> train call -> acknowledgement, so a crash at any point is settled by observing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from reconciler.errors import (
+    ConfigError,
+    PermanentProviderError,
+    ProviderError,
+    RequestNotSentError,
+    TemporaryProviderError,
+)
+from reconciler.plan import (
+    Action,
+    ModelPlan,
+    Reason,
+    count_in_flight,
+    limit_concurrency,
+    plan_model,
+)
+from reconciler.providers import adapter_class
+from reconciler.providers.base import (
+    Observation,
+    ProviderAdapter,
+    ProviderContext,
+    TrainingStatus,
+    TrainResult,
+    check_base_url,
+)
+from reconciler.spec import DesiredModel, ManifestSet, ProviderConfig
+from reconciler.state.base import HistoryEvent, ModelRecord, RecordStatus, StateStore
+
+log = logging.getLogger("reconciler.engine")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def base_url_env(type_name: str) -> str:
+    return f"RECONCILER_{type_name.upper()}_BASE_URL"
+
+
+@dataclass
+class TriggerOutcome:
+    """What happened to one model's train/retry action."""
+
+    name: str
+    started: bool
+    detail: str = ""
+    error: ProviderError | None = None
+    #: the call may have reached the provider: settled later by observing, never resent
+    ambiguous: bool = False
+
+
+@dataclass
+class ApplyResult:
+    plans: list[ModelPlan]
+    outcomes: dict[str, TriggerOutcome] = field(default_factory=dict)
+    adopted: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        errors = any(p.action is Action.ERROR for p in self.plans)
+        return not errors and all(o.started for o in self.outcomes.values())
+
+
+ProgressCallback = Callable[[str, Observation | ProviderError, ModelRecord | None], None]
+
+
+class Engine:
+    """Reconciles a set of desired models against providers and the state store."""
+
+    def __init__(
+        self,
+        manifests: ManifestSet,
+        state: StateStore,
+        *,
+        env: Mapping[str, str] | None = None,
+        clock: Clock = utcnow,
+        git_commit: str | None = None,
+        poll_interval: timedelta | None = None,
+        endpoints: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """`endpoints` maps a provider type to (base URL, key) that replace the configured ones:
+        how `--sandbox` points every provider instance of a type at its simulator."""
+        self.manifests = manifests
+        self.state = state
+        self.env = dict(os.environ if env is None else env)
+        self.clock = clock
+        self.git_commit = git_commit
+        self.poll_interval_override = poll_interval
+        self.endpoints = dict(endpoints or {})
+        self._adapters: dict[str, ProviderAdapter] = {}
+        self._adapter_errors: dict[str, ConfigError] = {}
+        self._train_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # ------------------------------------------------------------------ adapters
+
+    def provider_config(self, name: str) -> ProviderConfig:
+        return self.manifests.providers[name]
+
+    def adapter(self, provider: str) -> ProviderAdapter:
+        """The adapter of a provider instance; ConfigError when its key or base URL is missing."""
+        if provider in self._adapters:
+            return self._adapters[provider]
+        if provider in self._adapter_errors:
+            raise self._adapter_errors[provider]
+        try:
+            adapter = self._make_adapter(self.provider_config(provider))
+        except ConfigError as exc:
+            self._adapter_errors[provider] = exc
+            raise
+        self._adapters[provider] = adapter
+        return adapter
+
+    def _where(self, cfg: ProviderConfig) -> str:
+        if cfg.source:
+            return f"Provider {cfg.name!r} ({cfg.source})"
+        users = [m for m in self.manifests.models.values() if m.provider == cfg.name]
+        used = f" used by {users[0].name!r} at {users[0].source}" if users else ""
+        return f"the default {cfg.type} provider{used}"
+
+    def _make_adapter(self, cfg: ProviderConfig) -> ProviderAdapter:
+        from reconciler.providers.http import HttpClient
+
+        cls = adapter_class(cfg.type)
+        env_url = self.env.get(base_url_env(cfg.type)) or None
+        base_url = cfg.base_url or env_url or cls.default_base_url
+        key = self.env.get(cfg.api_key_env, "")
+        if cfg.type in self.endpoints:
+            base_url, key = self.endpoints[cfg.type]
+        if not base_url:
+            raise ConfigError(
+                f"{self._where(cfg)}: {cfg.type} has no public host; set base_url on a Provider manifest "
+                f"or {base_url_env(cfg.type)}=https://your-{cfg.type}-host"
+            )
+        problem = check_base_url(base_url, cfg.allow_insecure_http)
+        if problem:
+            raise ConfigError(f"{self._where(cfg)}: {problem}")
+        if not key:
+            raise ConfigError(
+                f"{self._where(cfg)}: the environment variable {cfg.api_key_env} is not set; "
+                f"export it with the {cfg.type} API key (keys are never read from manifests)"
+            )
+        http = HttpClient(
+            cfg.name,
+            base_url,
+            api_key=key,
+            auth=cls.auth,
+            requests_per_second=cfg.requests_per_second,
+            max_concurrent=cls.max_concurrent_requests,
+            retry=cls.retry,
+        )
+        return cls(ProviderContext(config=cfg, http=http, state=self.state))
+
+    def poll_interval(self, provider: str) -> timedelta:
+        """How often to read an in-flight training (never below the provider's documented floor)."""
+        if self.poll_interval_override is not None:
+            return self.poll_interval_override  # the sandbox: trainings take seconds
+        cfg = self.provider_config(provider)
+        return max(cfg.poll_interval, adapter_class(cfg.type).min_poll_interval)
+
+    async def aclose(self) -> None:
+        for a in self._adapters.values():
+            await a.http.aclose()
+        self._adapters.clear()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ observe + plan
+
+    async def observe(
+        self, models: Sequence[DesiredModel], records: Mapping[str, ModelRecord]
+    ) -> dict[str, Observation | ProviderError]:
+        """Read every model's actual state, providers concurrently; errors stay per model."""
+        by_provider: dict[str, list[DesiredModel]] = defaultdict(list)
+        for m in models:
+            by_provider[m.provider].append(m)
+
+        async def one_provider(provider: str, ms: list[DesiredModel]) -> dict[str, Observation | ProviderError]:
+            try:
+                adapter = self.adapter(provider)
+            except ConfigError as exc:
+                err = PermanentProviderError(str(exc), provider=provider)
+                return {m.name: err for m in ms}
+            try:
+                return await adapter.observe_many(ms, dict(records))
+            except ProviderError as exc:
+                return {m.name: exc for m in ms}
+            except Exception as exc:  # a bug or garbage in one provider must not stop the others
+                log.exception("observing %s failed", provider)
+                bad = PermanentProviderError(f"unexpected error: {type(exc).__name__}: {exc}", provider=provider)
+                return {m.name: bad for m in ms}
+
+        results: dict[str, Observation | ProviderError] = {}
+        for part in await asyncio.gather(*(one_provider(p, ms) for p, ms in by_provider.items())):
+            results.update(part)
+        return results
+
+    async def plan(self, models: Sequence[DesiredModel]) -> list[ModelPlan]:
+        """Observe and decide for every model. Writes nothing anywhere."""
+        records = await self.state.all()
+        observed = await self.observe(models, records)
+        now = self.clock()
+        plans = []
+        for m in models:
+            cls = adapter_class(m.provider_type)
+            plans.append(
+                plan_model(
+                    m,
+                    records.get(m.name),
+                    observed[m.name],
+                    now,
+                    observable_trigger=cls.observable_trigger,
+                    training_timeout=cls.training_timeout,
+                )
+            )
+        limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
+        limit_concurrency(plans, limits, count_in_flight(plans))
+        return plans
+
+    # ------------------------------------------------------------------ apply
+
+    def _event(self, name: str, event: str, reason: str = "", fingerprint: str = "", **detail: Any) -> HistoryEvent:
+        return HistoryEvent(name, event, reason, fingerprint, dict(detail), git_commit=self.git_commit)
+
+    async def persist_refresh(self, plans: Sequence[ModelPlan]) -> None:
+        """Store what observing learned (trainings ended, intents settled)."""
+        for p in plans:
+            if p.record_changed and p.record is not None:
+                for ev in p.events:
+                    ev.git_commit = self.git_commit
+                await self.state.save(p.record, *p.events)
+                p.record_changed = False
+
+    async def adopt(self, model: DesiredModel, obs: Observation, reason: str = "unknown-baseline") -> ModelRecord:
+        """Record the provider's current model as matching the spec."""
+        now = self.clock()
+        record = ModelRecord(
+            name=model.name,
+            provider=model.provider,
+            fingerprint=model.fingerprint,
+            training=model.snapshot,
+            status=RecordStatus.ADOPTED,
+            finished_at=obs.trained_at or now,
+            triggered_at=None,
+            marker=obs.marker,
+            data_marker=obs.data_marker,
+            reasons=[reason],
+        )
+        await self.state.save(
+            record,
+            self._event(model.name, "adopted", reason, model.fingerprint, observed=obs.observed_training),
+        )
+        return record
+
+    async def apply(self, plans: Sequence[ModelPlan]) -> ApplyResult:
+        """Run the plan: persist refreshes, adopt where asked, trigger train/retry actions."""
+        result = ApplyResult(list(plans))
+        await self.persist_refresh(plans)
+        for p in plans:
+            if p.action is Action.NONE and any(r.code == "will-adopt" for r in p.reasons) and p.observation:
+                p.record = await self.adopt(p.model, p.observation)
+                result.adopted.append(p.name)
+            elif p.action is Action.ERROR:
+                await self.state.append(
+                    self._event(
+                        p.name,
+                        "error",
+                        p.reasons[0].code if p.reasons else "",
+                        p.model.fingerprint,
+                        message=str(p.error) if p.error else "",
+                    )
+                )
+        groups: dict[tuple[str, str], list[ModelPlan]] = defaultdict(list)
+        for p in plans:
+            if p.triggers:
+                try:
+                    adapter = self.adapter(p.model.provider)
+                except ConfigError as exc:
+                    result.outcomes[p.name] = TriggerOutcome(p.name, False, str(exc))
+                    continue
+                groups[(p.model.provider, adapter.train_group_key(p.model))].append(p)
+        outcomes = await asyncio.gather(*(self._trigger_group(ps) for ps in groups.values()))
+        for group in outcomes:
+            for o in group:
+                result.outcomes[o.name] = o
+        return result
+
+    async def _trigger_group(self, plans: list[ModelPlan]) -> list[TriggerOutcome]:
+        adapter = self.adapter(plans[0].model.provider)
+        # one trigger per model at a time within this process; the state lock covers other processes
+        async with self._train_locks[plans[0].model.provider + "/" + plans[0].name]:
+            return await self._trigger(adapter, plans)
+
+    async def _trigger(self, adapter: ProviderAdapter, plans: list[ModelPlan]) -> list[TriggerOutcome]:
+        now = self.clock()
+        previous: dict[str, ModelRecord | None] = {}
+        intents: dict[str, ModelRecord] = {}
+        for p in plans:
+            m, obs = p.model, p.observation
+            assert obs is not None
+            previous[m.name] = p.record
+            same_spec = p.record is not None and p.record.fingerprint == m.fingerprint
+            intent = ModelRecord(
+                name=m.name,
+                provider=m.provider,
+                fingerprint=m.fingerprint,
+                training=m.snapshot,
+                status=RecordStatus.INTENT,
+                attempts=p.record.attempts if (p.record and same_spec) else 0,
+                triggered_at=now,
+                finished_at=p.record.finished_at if p.record else None,
+                marker=obs.marker,
+                data_marker=obs.data_marker,
+                reasons=[r.code for r in p.reasons],
+            )
+            intents[m.name] = intent
+            await self.state.save(
+                intent,
+                self._event(
+                    m.name,
+                    "intent",
+                    ",".join(intent.reasons),
+                    m.fingerprint,
+                    action=p.action.value,
+                    reasons=[dataclasses.asdict(r) for r in p.reasons],
+                    changes=[dataclasses.asdict(c) for c in p.changes],
+                ),
+            )
+        models = [p.model for p in plans]
+        try:
+            for p in plans:
+                assert p.observation is not None
+                await adapter.prepare(p.model, p.observation)
+            results: dict[str, TrainResult] = await adapter.train(models)
+        except ProviderError as exc:
+            return [await self._train_failed(p, intents[p.name], previous[p.name], exc) for p in plans]
+        except Exception as exc:  # never leave an intent without a history line
+            log.exception("train call for %s failed", ", ".join(m.name for m in models))
+            err = TemporaryProviderError(f"unexpected error: {type(exc).__name__}: {exc}", provider=adapter.config.name)
+            return [await self._train_failed(p, intents[p.name], previous[p.name], err) for p in plans]
+        outcomes = []
+        for p in plans:
+            res = results.get(p.name, TrainResult())
+            rec = dataclasses.replace(intents[p.name], status=RecordStatus.TRAINING, handle=res.handle)
+            await self.state.save(
+                rec,
+                self._event(
+                    p.name, "triggered", ",".join(rec.reasons), rec.fingerprint, handle=res.handle, message=res.message
+                ),
+            )
+            p.record = rec
+            outcomes.append(TriggerOutcome(p.name, True, res.message or "training started"))
+        return outcomes
+
+    async def _train_failed(
+        self, p: ModelPlan, intent: ModelRecord, previous: ModelRecord | None, exc: ProviderError
+    ) -> TriggerOutcome:
+        exc.for_model(p.name)
+        refused = isinstance(exc, PermanentProviderError)
+        not_executed = isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
+        if refused:
+            # the provider said no: count it as a failed attempt, retried with backoff up to max_retries
+            from reconciler.plan import retry_delay
+
+            rec = dataclasses.replace(
+                intent,
+                status=RecordStatus.FAILED,
+                attempts=intent.attempts + 1,
+                next_attempt_at=self.clock() + retry_delay(intent.attempts + 1, p.model.policy.retry_backoff),
+            )
+            await self.state.save(
+                rec, self._event(p.name, "refused", type(exc).__name__, rec.fingerprint, message=str(exc))
+            )
+            p.record = rec
+            return TriggerOutcome(p.name, False, str(exc), exc)
+        if not_executed:
+            # nothing started at the provider: forget the intent, plan again next time
+            ev = self._event(p.name, "not-started", type(exc).__name__, intent.fingerprint, message=str(exc))
+            if previous is not None:
+                await self.state.save(previous, ev)
+            else:
+                await self.state.delete(p.name, ev)
+            p.record = previous
+            return TriggerOutcome(p.name, False, str(exc), exc)
+        # the request may have reached the provider: keep the intent; observing settles it
+        await self.state.append(
+            self._event(
+                p.name,
+                "unconfirmed",
+                type(exc).__name__,
+                intent.fingerprint,
+                message=str(exc) + "; the next run settles it by observing the provider",
+            )
+        )
+        return TriggerOutcome(p.name, False, str(exc), exc, ambiguous=True)
+
+    # ------------------------------------------------------------------ follow
+
+    async def follow(
+        self,
+        names: Sequence[str],
+        *,
+        timeout: timedelta | None = None,
+        on_progress: ProgressCallback | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> dict[str, ModelRecord | None]:
+        """Poll the named models until their trainings end (or `timeout`); record the outcomes."""
+        pending = {n for n in names if n in self.manifests.models}
+        deadline = self.clock() + timeout if timeout else None
+        final: dict[str, ModelRecord | None] = {}
+        while pending:
+            models = [self.manifests.models[n] for n in sorted(pending)]
+            plans = await self.plan(models)
+            await self.persist_refresh(plans)
+            for p in plans:
+                obs: Observation | ProviderError = p.error or p.observation  # type: ignore[assignment]
+                if on_progress:
+                    on_progress(p.name, obs, p.record)
+                rec = p.record
+                ended = rec is not None and rec.status in (
+                    RecordStatus.SUCCEEDED,
+                    RecordStatus.FAILED,
+                    RecordStatus.ADOPTED,
+                )
+                if ended or (p.action is Action.ERROR and isinstance(p.error, PermanentProviderError)):
+                    pending.discard(p.name)
+                    final[p.name] = rec
+            if not pending:
+                break
+            if deadline and self.clock() >= deadline:
+                break
+            interval = min(self.poll_interval(self.manifests.models[n].provider) for n in pending)
+            await sleep(interval.total_seconds())
+        for n in pending:
+            final[n] = await self.state.get(n)
+        return final
+
+
+def observation_summary(obs: Observation | ProviderError | None) -> dict[str, Any]:
+    """JSON-able view of an observation for `status`."""
+    if obs is None:
+        return {}
+    if isinstance(obs, ProviderError):
+        return {"error": str(obs)}
+    out: dict[str, Any] = {"status": obs.status.value, "state": obs.provider_state}
+    if obs.progress is not None:
+        out["progress"] = round(obs.progress, 3)
+    if obs.trained_at:
+        out["trained_at"] = obs.trained_at.isoformat()
+    if obs.message:
+        out["message"] = obs.message
+    return out
+
+
+def record_summary(rec: ModelRecord | None) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    return {
+        "status": rec.status.value,
+        "fingerprint": rec.fingerprint,
+        "triggered_at": rec.triggered_at.isoformat() if rec.triggered_at else None,
+        "finished_at": rec.finished_at.isoformat() if rec.finished_at else None,
+        "attempts": rec.attempts,
+        "next_attempt_at": rec.next_attempt_at.isoformat() if rec.next_attempt_at else None,
+        "handle": rec.handle,
+    }
+
+
+def status_entry(p: ModelPlan) -> dict[str, Any]:
+    entry = p.to_json()
+    obs: Observation | ProviderError | None = p.error or p.observation
+    entry["observed"] = observation_summary(obs)
+    entry["last_training"] = record_summary(p.record)
+    return entry
+
+
+__all__ = [
+    "ApplyResult",
+    "Engine",
+    "Reason",
+    "TrainingStatus",
+    "TriggerOutcome",
+    "base_url_env",
+    "status_entry",
+    "utcnow",
+]

@@ -1,0 +1,395 @@
+"""The pure heart: (desired, recorded, observed) -> an action with reasons.
+
+Nothing here does I/O or reads the clock; `now` is an argument. `refresh` folds what the provider
+shows into the record (a training ended, an intent reached the provider); `plan_model` decides;
+`limit_concurrency` turns trainings beyond a provider's `max_concurrent_trainings` into holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from reconciler.errors import (
+    AuthError,
+    BadResponseError,
+    NotFoundError,
+    ProviderError,
+    TemporaryProviderError,
+)
+from reconciler.providers.base import Observation, TrainingStatus
+from reconciler.spec import Change, DesiredModel, diff_snapshots, format_duration
+from reconciler.state.base import HistoryEvent, ModelRecord, RecordStatus
+
+
+class Action(enum.StrEnum):
+    NONE = "none"
+    TRAIN = "train"
+    WAIT = "wait"
+    RETRY = "retry"
+    HOLD = "hold"
+    ERROR = "error"
+
+
+#: Reasons to train (design.md's fixed vocabulary) ...
+TRAIN_REASONS = (
+    "never-trained",
+    "spec-changed",
+    "data-changed",
+    "provider-stale",
+    "training-failed",
+    "expired",
+    "unknown-baseline",
+)
+#: ... and the reasons for the other actions.
+OTHER_REASONS = (
+    "in-flight",  # wait: a training is running
+    "suspended",  # hold: policy.suspend
+    "warn-only",  # hold: policy.drift is warn
+    "backoff",  # hold: a failed training is retried after a delay
+    "retries-exhausted",  # hold: policy.max_retries reached
+    "concurrency-limit",  # hold: provider at max_concurrent_trainings
+    "unconfirmed-intent",  # hold: a train call may have reached a provider we cannot observe
+    "will-adopt",  # none: on_unknown_baseline is adopt; apply records the provider's model
+    "auth-failed",  # error: the key was refused
+    "not-found",  # error: the model does not exist at the provider
+    "provider-unavailable",  # error: 429/5xx/timeouts persisted
+    "bad-response",  # error: the provider answered garbage
+    "provider-error",  # error: anything else the provider refused
+)
+
+#: Order of groups in text output, and precedence of exit codes.
+ACTION_ORDER = (Action.ERROR, Action.TRAIN, Action.RETRY, Action.WAIT, Action.HOLD, Action.NONE)
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    detail: str = ""
+
+
+@dataclass
+class ModelPlan:
+    """The decision for one model, with what it was based on."""
+
+    model: DesiredModel
+    action: Action
+    reasons: list[Reason] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    record: ModelRecord | None = None  # after `refresh`
+    observation: Observation | None = None
+    error: ProviderError | None = None
+    events: list[HistoryEvent] = field(default_factory=list)  # what `refresh` learned
+    record_changed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def triggers(self) -> bool:
+        return self.action in (Action.TRAIN, Action.RETRY)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.model.name,
+            "provider": self.model.provider,
+            "action": self.action.value,
+            "reasons": [{"code": r.code, "detail": r.detail} for r in self.reasons],
+            "changes": [{"path": c.path, "before": c.before, "after": c.after} for c in self.changes],
+        }
+
+
+def retry_delay(attempts: int, base: timedelta) -> timedelta:
+    """Backoff after the n-th consecutive failure: base, 2x, 4x ... capped at 24h."""
+    return min(base * int(2 ** max(0, attempts - 1)), timedelta(hours=24))
+
+
+def refresh(
+    record: ModelRecord | None,
+    obs: Observation | None,
+    now: datetime,
+    *,
+    retry_base: timedelta,
+    training_timeout: timedelta,
+) -> tuple[ModelRecord | None, list[HistoryEvent]]:
+    """Fold what the provider shows into the record: settle intents, end trainings."""
+    if record is None or obs is None or record.status not in (RecordStatus.INTENT, RecordStatus.TRAINING):
+        return record, []
+    rec = dataclasses.replace(record)
+    events: list[HistoryEvent] = []
+    changed_marker = obs.marker != record.marker
+    if rec.status is RecordStatus.INTENT:
+        if not (obs.in_flight or changed_marker):
+            return record, []  # not reached (or not visible): plan decides
+        rec.status = RecordStatus.TRAINING
+        events.append(
+            HistoryEvent(
+                rec.name,
+                "settled",
+                "intent",
+                rec.fingerprint,
+                {"detail": "the provider shows the training this intent started"},
+            )
+        )
+    if obs.status is TrainingStatus.SUCCEEDED and changed_marker:
+        rec.status = RecordStatus.SUCCEEDED
+        rec.finished_at = obs.trained_at or now
+        rec.attempts = 0
+        rec.next_attempt_at = None
+        events.append(HistoryEvent(rec.name, "succeeded", "", rec.fingerprint, {"message": obs.message}))
+    elif obs.status is TrainingStatus.FAILED and (changed_marker or record.status is RecordStatus.TRAINING):
+        rec.status = RecordStatus.FAILED
+        rec.attempts += 1
+        rec.next_attempt_at = now + retry_delay(rec.attempts, retry_base)
+        events.append(HistoryEvent(rec.name, "failed", "training-failed", rec.fingerprint, {"message": obs.message}))
+    elif not obs.in_flight and rec.triggered_at is not None and now - rec.triggered_at > training_timeout:
+        rec.status = RecordStatus.FAILED
+        rec.attempts += 1
+        rec.next_attempt_at = now + retry_delay(rec.attempts, retry_base)
+        events.append(
+            HistoryEvent(
+                rec.name,
+                "failed",
+                "training-failed",
+                rec.fingerprint,
+                {"message": f"no finished training seen {format_duration(training_timeout)} after the trigger"},
+            )
+        )
+    return rec, events
+
+
+def _error_reason(err: ProviderError) -> Reason:
+    if isinstance(err, AuthError):
+        code = "auth-failed"
+    elif isinstance(err, NotFoundError):
+        code = "not-found"
+    elif isinstance(err, BadResponseError):
+        code = "bad-response"
+    elif isinstance(err, TemporaryProviderError):
+        code = "provider-unavailable"
+    else:
+        code = "provider-error"
+    return Reason(code, str(err))
+
+
+def _drift(model: DesiredModel, rec: ModelRecord, obs: Observation, now: datetime) -> tuple[list[Reason], list[Change]]:
+    reasons: list[Reason] = []
+    changes: list[Change] = []
+    if rec.fingerprint != model.fingerprint:
+        changes = diff_snapshots(rec.training, model.snapshot)
+        shown = ", ".join(f"{c.path}: {c.before!r} -> {c.after!r}" for c in changes[:3])
+        reasons.append(Reason("spec-changed", shown or "the normalised spec differs from the recorded one"))
+    if obs.config_changes:
+        changes.extend(obs.config_changes)
+        reasons.append(
+            Reason(
+                "spec-changed",
+                "the provider's configuration differs from the spec: " + ", ".join(c.path for c in obs.config_changes),
+            )
+        )
+    if obs.stale:
+        reasons.append(Reason("provider-stale", obs.stale))
+    if obs.data_changed:
+        reasons.append(Reason("data-changed", obs.data_changed))
+    if obs.status is TrainingStatus.NONE and rec.status in (RecordStatus.SUCCEEDED, RecordStatus.ADOPTED):
+        reasons.append(Reason("never-trained", "the provider shows no trained model although one was recorded"))
+    if rec.status is RecordStatus.FAILED and not any(r.code == "spec-changed" for r in reasons):
+        reasons.append(Reason("training-failed", f"attempt {rec.attempts} failed"))
+    elif (
+        obs.status is TrainingStatus.FAILED
+        and rec.status in (RecordStatus.SUCCEEDED, RecordStatus.ADOPTED)
+        and obs.marker != rec.marker
+    ):
+        reasons.append(Reason("training-failed", f"a later training at the provider failed: {obs.message}"))
+    retrain_after = model.policy.retrain_after
+    last = rec.finished_at
+    if (
+        retrain_after
+        and last
+        and rec.status in (RecordStatus.SUCCEEDED, RecordStatus.ADOPTED)
+        and now - last >= retrain_after
+    ):
+        reasons.append(
+            Reason("expired", f"last trained {last.isoformat()}, retrain_after {format_duration(retrain_after)}")
+        )
+    return reasons, changes
+
+
+def plan_model(
+    model: DesiredModel,
+    record: ModelRecord | None,
+    observed: Observation | ProviderError,
+    now: datetime,
+    *,
+    observable_trigger: bool = True,
+    training_timeout: timedelta = timedelta(hours=12),
+) -> ModelPlan:
+    """Decide what to do for one model. Pure: same inputs, same plan."""
+    if isinstance(observed, ProviderError):
+        return ModelPlan(model, Action.ERROR, [_error_reason(observed)], record=record, error=observed)
+    obs = observed
+    policy = model.policy
+    rec, events = refresh(record, obs, now, retry_base=policy.retry_backoff, training_timeout=training_timeout)
+    p = ModelPlan(model, Action.NONE, record=rec, observation=obs, events=events, record_changed=bool(events))
+
+    def gated(reasons: list[Reason], action: Action = Action.TRAIN) -> ModelPlan:
+        p.reasons = reasons
+        if policy.suspend:
+            p.action, p.reasons = Action.HOLD, [*reasons, Reason("suspended", "policy.suspend is true")]
+        elif policy.drift == "warn":
+            p.action, p.reasons = Action.HOLD, [*reasons, Reason("warn-only", "policy.drift is warn")]
+        else:
+            p.action = action
+        return p
+
+    if rec is None:
+        if obs.status is TrainingStatus.NONE:
+            return gated([Reason("never-trained", "no training recorded and the provider shows none")])
+        if obs.status is TrainingStatus.FAILED:
+            return gated([Reason("training-failed", f"the provider shows a failed training: {obs.message}")])
+        if obs.in_flight:
+            p.action, p.reasons = (
+                Action.WAIT,
+                [
+                    Reason("unknown-baseline", "a training nobody recorded is running at the provider"),
+                    Reason("in-flight", _progress(obs)),
+                ],
+            )
+            return p
+        detail = "the provider shows a trained model that no record explains"
+        if obs.observed_training:
+            detail += " (" + ", ".join(f"{k}={v}" for k, v in sorted(obs.observed_training.items())) + ")"
+        choice = policy.on_unknown_baseline
+        if choice == "adopt":
+            p.reasons = [
+                Reason("unknown-baseline", detail),
+                Reason("will-adopt", "apply records it as matching the spec"),
+            ]
+            return p
+        if choice == "train":
+            return gated([Reason("unknown-baseline", detail)])
+        p.action = Action.HOLD
+        p.reasons = [
+            Reason(
+                "unknown-baseline", detail + f"; run `reconciler adopt {model.name}` or set policy.on_unknown_baseline"
+            )
+        ]
+        return p
+
+    if rec.status is RecordStatus.INTENT:
+        if not observable_trigger:
+            p.action = Action.HOLD
+            p.reasons = [
+                Reason(
+                    "unconfirmed-intent",
+                    "a train call may have reached the provider and it offers no way to check; "
+                    f"look at the provider, then `reconciler adopt {model.name}` if it trained",
+                )
+            ]
+            return p
+        reasons = [Reason(code, "") for code in rec.reasons] or [Reason("never-trained", "")]
+        reasons = [
+            Reason(r.code, "an earlier train call never reached the provider (nothing seen since the intent)")
+            for r in reasons
+        ]
+        changes = diff_snapshots(rec.training, model.snapshot) if rec.fingerprint != model.fingerprint else []
+        p.changes = changes
+        return gated(reasons)
+
+    if rec.status is RecordStatus.TRAINING or obs.in_flight:
+        p.action = Action.WAIT
+        p.reasons = [
+            Reason(
+                "in-flight",
+                _progress(obs)
+                if rec.status is RecordStatus.TRAINING
+                else "a training started outside reconciler is running; " + _progress(obs),
+            )
+        ]
+        if rec.fingerprint != model.fingerprint:
+            p.changes = diff_snapshots(rec.training, model.snapshot)
+            p.reasons.append(Reason("spec-changed", "the spec changed during the training: train again once it ends"))
+        return p
+
+    reasons, changes = _drift(model, rec, obs, now)
+    p.changes = changes
+    if not reasons:
+        return p
+    if [r.code for r in reasons] == ["training-failed"] and rec.status is RecordStatus.FAILED:
+        if rec.attempts > policy.max_retries:
+            p.action = Action.HOLD
+            p.reasons = [
+                *reasons,
+                Reason(
+                    "retries-exhausted",
+                    f"{rec.attempts} failed attempts, policy.max_retries is {policy.max_retries}; "
+                    "change the spec or raise max_retries to try again",
+                ),
+            ]
+            return p
+        if rec.next_attempt_at and now < rec.next_attempt_at:
+            p.action = Action.HOLD
+            p.reasons = [*reasons, Reason("backoff", f"next attempt after {rec.next_attempt_at.isoformat()}")]
+            return p
+        return gated(reasons, Action.RETRY)
+    return gated(reasons)
+
+
+def _progress(obs: Observation) -> str:
+    state = obs.provider_state or obs.status.value
+    if obs.progress is not None:
+        return f"{state}, {obs.progress:.0%}"
+    return state
+
+
+def limit_concurrency(plans: Sequence[ModelPlan], limits: dict[str, int], in_flight: dict[str, int]) -> None:
+    """Hold trainings beyond each provider's max_concurrent_trainings (in place, in name order)."""
+    used = dict(in_flight)
+    for p in sorted(plans, key=lambda p: p.name):
+        if not p.triggers:
+            continue
+        prov = p.model.provider
+        limit = limits.get(prov)
+        if limit is not None and used.get(prov, 0) >= limit:
+            p.action = Action.HOLD
+            p.reasons.append(
+                Reason(
+                    "concurrency-limit",
+                    f"{used.get(prov, 0)} trainings in flight at {prov}, max_concurrent_trainings is {limit}",
+                )
+            )
+            continue
+        used[prov] = used.get(prov, 0) + 1
+
+
+def count_in_flight(plans: Iterable[ModelPlan]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in plans:
+        running = (p.observation is not None and p.observation.in_flight) or (
+            p.record is not None and p.record.status is RecordStatus.TRAINING
+        )
+        if running:
+            counts[p.model.provider] = counts.get(p.model.provider, 0) + 1
+    return counts
+
+
+def summarize(plans: Iterable[ModelPlan]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in plans:
+        out[p.action.value] = out.get(p.action.value, 0) + 1
+    return out
+
+
+def exit_code(plans: Iterable[ModelPlan]) -> int:
+    """Terraform's -detailed-exitcode: 1 any error, 2 something would train, 0 nothing to do."""
+    actions = {p.action for p in plans}
+    if Action.ERROR in actions:
+        return 1
+    if actions & {Action.TRAIN, Action.RETRY}:
+        return 2
+    return 0

@@ -1,0 +1,286 @@
+"""The only module that imports httpx: one `HttpClient` per provider instance.
+
+It owns what every adapter needs and none should write again:
+- rate limiting (requests per second) and a cap on concurrent requests;
+- retries of reads on 429, 5xx, timeouts and connection errors, with capped, jittered exponential
+  backoff that honours `Retry-After`;
+- writes (train calls) are resent only when the request provably never left: a connection that
+  was refused or never opened. Anything after sending is reported, to be settled by observing;
+- status codes mapped onto the error tree in reconciler.errors, with the provider's own message;
+- API keys redacted from every message, and never put in a URL that is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from reconciler.errors import (
+    AuthError,
+    BadResponseError,
+    InvalidRequestError,
+    NotFoundError,
+    PermanentProviderError,
+    ProviderError,
+    RequestNotSentError,
+    TemporaryProviderError,
+)
+from reconciler.providers.base import Auth, RetryPolicy
+
+#: Called after every HTTP exchange as (provider, method, status or error class name, seconds).
+RequestObserver = Callable[[str, str, str, float], None]
+REQUEST_OBSERVERS: list[RequestObserver] = []
+
+
+class Response:
+    """A provider's answer, with helpers that turn bad bodies into BadResponseError."""
+
+    def __init__(self, raw: httpx.Response, provider: str) -> None:
+        self.status = raw.status_code
+        self.headers: Mapping[str, str] = raw.headers
+        self.content = raw.content
+        self.provider = provider
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        if not self.content:
+            raise BadResponseError("empty body where JSON was expected", provider=self.provider, status=self.status)
+        try:
+            return json.loads(self.content)
+        except (ValueError, UnicodeDecodeError):
+            snippet = self.text[:80].replace("\n", " ")
+            raise BadResponseError(
+                f"answered HTTP {self.status} with a body that is not JSON ({snippet!r}...)",
+                provider=self.provider,
+                status=self.status,
+            ) from None
+
+    def json_object(self) -> dict[str, Any]:
+        body = self.json()
+        if not isinstance(body, dict):
+            raise BadResponseError(f"expected a JSON object, got {type(body).__name__}", provider=self.provider)
+        return body
+
+    def json_list(self) -> list[Any]:
+        body = self.json()
+        if not isinstance(body, list):
+            raise BadResponseError(f"expected a JSON array, got {type(body).__name__}", provider=self.provider)
+        return body
+
+
+def error_message(body: Any) -> str:
+    """The provider's own message from any of the error shapes the five APIs use.
+
+    {"error": "..."}, {"error": {"message": ...}}, {"error": [{"field","msg"}]},
+    {"error": "...", "details": [...]}, {"errors": [{"field","message"}]}, {"message": ...},
+    {"detail": ...}, {"status": "NOK", "message", "err"}.
+    """
+
+    def items(seq: list[Any]) -> str:
+        parts = []
+        for it in seq:
+            if isinstance(it, dict):
+                fld = it.get("field") or ".".join(str(x) for x in it.get("loc", []) if x)
+                msg = it.get("msg") or it.get("message") or json.dumps(it)
+                parts.append(f"{fld}: {msg}" if fld else str(msg))
+            else:
+                parts.append(str(it))
+        return "; ".join(parts)
+
+    if isinstance(body, dict):
+        err = body.get("error")
+        details = body.get("details")
+        if isinstance(err, str):
+            return f"{err} ({items(details)})" if isinstance(details, list) and details else err
+        if isinstance(err, dict):
+            return str(err.get("message") or err.get("type") or json.dumps(err))
+        if isinstance(err, list):
+            return items(err)
+        if isinstance(body.get("errors"), list) and body["errors"]:
+            return items(body["errors"])
+        for key in ("message", "err", "detail"):
+            val = body.get(key)
+            if isinstance(val, str) and val:
+                return val
+            if isinstance(val, list):
+                return items(val)
+    if isinstance(body, str):
+        return body[:200]
+    return ""
+
+
+class HttpClient:
+    """HTTP for one provider instance: auth, limits, retries, error mapping, redaction."""
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        *,
+        api_key: str,
+        auth: Auth,
+        requests_per_second: float = 5.0,
+        max_concurrent: int = 16,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self._auth = auth
+        self.retry = retry or RetryPolicy()
+        self._interval = 1.0 / requests_per_second if requests_per_second > 0 else 0.0
+        self._next_slot = 0.0
+        self._rate_lock = asyncio.Lock()
+        self._sem = asyncio.Semaphore(max_concurrent)
+        headers = {"Accept": "application/json", "User-Agent": "reconciler/0.1", **auth.extra_headers}
+        if auth.header:
+            headers[auth.header] = f"{auth.prefix}{api_key}"
+        self._client = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            limits=httpx.Limits(max_connections=max_concurrent, max_keepalive_connections=max_concurrent),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self.request_count = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    async def _throttle(self) -> None:
+        if not self._interval:
+            return
+        async with self._rate_lock:
+            now = time.monotonic()
+            wait = self._next_slot - now
+            self._next_slot = max(now, self._next_slot) + self._interval
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def _error(self, resp: Response, method: str, path: str) -> ProviderError:
+        try:
+            body: Any = json.loads(resp.content) if resp.content else None
+        except (ValueError, UnicodeDecodeError):
+            body = resp.text[:120]
+        detail = self.redact(error_message(body)) or f"HTTP {resp.status}"
+        what = f"{method} {path} -> HTTP {resp.status}: {detail}"
+        status = resp.status
+        retry_after = parse_retry_after(resp.headers.get("retry-after"))
+        kw: dict[str, Any] = {"provider": self.provider, "status": status, "retry_after": retry_after}
+        if status in (401, 403):
+            return AuthError(f"{what}; check the key in the environment variable the Provider names", **kw)
+        if status == 404:
+            return NotFoundError(f"{what}; check the model fields in the manifest", **kw)
+        if status in (400, 422):
+            return InvalidRequestError(what, **kw)
+        if status in (408, 409, 423, 425, 429) or status >= 500:
+            return TemporaryProviderError(what, **kw)
+        return PermanentProviderError(what, **kw)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        data: Mapping[str, Any] | None = None,
+        files: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        ok: tuple[int, ...] = (),
+    ) -> Response:
+        """Send a request; return a 2xx (or `ok`) response or raise from reconciler.errors.
+
+        `idempotent` defaults to True for GET/HEAD. Non-idempotent requests are resent only
+        after a connection error that proves nothing was sent.
+        """
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD")
+        query = dict(params or {})
+        if self._auth.query_param:
+            query[self._auth.query_param] = self._key
+        url = self.base_url + path
+        attempt = 0
+        while True:
+            await self._throttle()
+            started = time.monotonic()
+            try:
+                async with self._sem:
+                    self.request_count += 1
+                    raw = await self._client.request(
+                        method,
+                        url,
+                        params=query or None,
+                        json=json_body,
+                        content=content,
+                        data=data,
+                        files=files,
+                        headers=headers,
+                    )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self._observe(method, type(exc).__name__, started)
+                err: ProviderError = RequestNotSentError(
+                    f"{method} {path}: cannot connect to {self.base_url} ({self.redact(str(exc)) or type(exc).__name__})",
+                    provider=self.provider,
+                )
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                self._observe(method, type(exc).__name__, started)
+                err = TemporaryProviderError(
+                    f"{method} {path}: {type(exc).__name__} after the request was sent"
+                    + ("" if idempotent else "; whether it took effect is settled by observing, not by resending"),
+                    provider=self.provider,
+                )
+                if not idempotent:
+                    raise err from None
+            except httpx.HTTPError as exc:
+                self._observe(method, type(exc).__name__, started)
+                raise PermanentProviderError(
+                    f"{method} {path}: {self.redact(str(exc))}", provider=self.provider
+                ) from None
+            else:
+                resp = Response(raw, self.provider)
+                self._observe(method, str(resp.status), started)
+                if 200 <= resp.status < 300 or resp.status in ok:
+                    return resp
+                err = self._error(resp, method, path)
+                if not idempotent or not isinstance(err, TemporaryProviderError) or resp.status in (409, 423):
+                    raise err
+            attempt += 1
+            if attempt >= self.retry.attempts:
+                raise err
+            await asyncio.sleep(self.retry.delay(attempt - 1, err.retry_after))
+
+    def _observe(self, method: str, outcome: str, started: float) -> None:
+        for obs in REQUEST_OBSERVERS:
+            obs(self.provider, method, outcome, time.monotonic() - started)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,667 @@
+"""Manifests: finding, parsing, validating, fingerprinting.
+
+`load_manifests(paths)` turns YAML files into a `ManifestSet` of `DesiredModel`s and
+`ProviderConfig`s, or raises `ManifestError` listing every problem as `file:line:col: message`.
+Per-file parsing (`parse_file`) is separate from cross-file checks (`assemble`) so the daemon can
+keep a broken file's last good version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from reconciler.errors import ManifestError, Problem
+from reconciler.yamlpos import YamlDocument, YamlError, load_documents
+
+API_VERSION = "reconciler/v1"
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+# ---------------------------------------------------------------- value types shared by schemas
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | int | float) -> timedelta:
+    """`90s`, `10m`, `1h30m`, `30d`, `2w`; a bare number is seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration such as 30s, 10m, 1h or 30d")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=text)
+    s = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return timedelta(seconds=float(s))
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(s):
+        if m.start() != pos and s[pos : m.start()].strip():
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0 or s[pos:].strip():
+        raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 10m, 1h30m or 30d")
+    return timedelta(seconds=total)
+
+
+def format_duration(td: timedelta) -> str:
+    """The shortest exact spelling: 30d, 1h30m, 90s."""
+    secs = int(td.total_seconds())
+    if secs == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size:
+            parts.append(f"{secs // size}{unit}")
+            secs %= size
+    return "".join(parts)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """ISO 8601 in any common spelling; naive times are UTC."""
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date-time, e.g. 2022-01-01T00:00Z") from None
+    else:
+        raise ValueError("expected an ISO 8601 date-time string, e.g. 2022-01-01T00:00Z")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _format_timestamp(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat()
+
+
+#: A date-time normalised to UTC, so `2022-01-01T00:00Z` and `2022-01-01T00:00:00+00:00` are equal.
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_timestamp),
+    PlainSerializer(_format_timestamp, return_type=str),
+]
+
+
+class Strict(BaseModel):
+    """Base for manifest schemas: unknown fields and wrong types are errors, not coercions."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---------------------------------------------------------------- the two kinds
+
+
+class Metadata(Strict):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"name {v!r} must be lowercase letters, digits and '-', at most 63 characters")
+        return v
+
+
+class Policy(Strict):
+    drift: Literal["correct", "warn"] = "correct"
+    retrain_after: Duration | None = None
+    max_retries: int = Field(default=3, ge=0, le=100)
+    suspend: bool = False
+    on_unknown_baseline: Literal["hold", "adopt", "train"] = "hold"
+    #: first wait before retrying a failed training; doubles per failure, capped at 24h
+    retry_backoff: Duration = timedelta(minutes=5)
+
+
+class TrainedModelSpec(Strict):
+    provider: str
+    model: dict[str, Any]
+    training: dict[str, Any] = Field(default_factory=dict)
+    policy: Policy = Field(default_factory=Policy)
+
+
+class TrainedModelManifest(Strict):
+    apiVersion: Literal["reconciler/v1"]
+    kind: Literal["TrainedModel"]
+    metadata: Metadata
+    spec: TrainedModelSpec
+
+
+class ProviderSpecBody(Strict):
+    type: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrent_trainings: int | None = Field(default=None, ge=1, le=1000)
+    requests_per_second: float | None = Field(default=None, gt=0, le=10000)
+    poll_interval: Duration | None = None
+    allow_insecure_http: bool = False
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"{v!r} is not an environment variable name; put the NAME here, never the key")
+        return v
+
+
+class ProviderManifest(Strict):
+    apiVersion: Literal["reconciler/v1"]
+    kind: Literal["Provider"]
+    metadata: Metadata
+    spec: ProviderSpecBody
+
+
+# ---------------------------------------------------------------- validated, resolved results
+
+
+@dataclass(frozen=True)
+class Source:
+    file: str
+    line: int
+    col: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One provider instance: a Provider manifest, or the built-in default of a type."""
+
+    name: str
+    type: str
+    base_url: str | None
+    api_key_env: str
+    max_concurrent_trainings: int
+    requests_per_second: float
+    poll_interval: timedelta
+    allow_insecure_http: bool = False
+    source: Source | None = None  # None for built-in defaults
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    """A validated TrainedModel: what should exist at the provider."""
+
+    name: str
+    labels: dict[str, str]
+    provider: str  # provider instance name
+    provider_type: str
+    model: BaseModel
+    training: BaseModel
+    policy: Policy
+    fingerprint: str
+    source: Source
+    manifest_dir: Path
+    file: str
+
+    @property
+    def snapshot(self) -> dict[str, Any]:
+        """The normalised spec the fingerprint covers: recorded with each training."""
+        return spec_snapshot(self.provider_type, self.model, self.training)
+
+
+@dataclass
+class FileResult:
+    """What one manifest file yields; problems do not stop the other documents."""
+
+    path: str
+    models: list[DesiredModel] = field(default_factory=list)
+    providers: list[ProviderConfig] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    #: model name -> provider reference and where it was written, resolved by `assemble`
+    provider_refs: dict[str, tuple[str, Source]] = field(default_factory=dict)
+    raw_models: list[tuple[TrainedModelManifest, YamlDocument]] = field(default_factory=list)
+    digest: str = ""
+
+
+@dataclass
+class ManifestSet:
+    models: dict[str, DesiredModel]
+    providers: dict[str, ProviderConfig]
+    files: list[str]
+
+    def select(self, targets: Sequence[str] = (), selector: dict[str, str] | None = None) -> list[DesiredModel]:
+        """Models named by --target (all when none) whose labels match --selector."""
+        unknown = [t for t in targets if t not in self.models]
+        if unknown:
+            from reconciler.errors import ConfigError
+
+            raise ConfigError(f"--target names no model in the manifests: {', '.join(unknown)}")
+        picked = [self.models[t] for t in targets] if targets else list(self.models.values())
+        if selector:
+            picked = [m for m in picked if all(m.labels.get(k) == v for k, v in selector.items())]
+        return sorted(picked, key=lambda m: m.name)
+
+
+# ---------------------------------------------------------------- fingerprint and changes
+
+
+def spec_snapshot(provider_type: str, model: BaseModel, training: BaseModel) -> dict[str, Any]:
+    return {
+        "provider": provider_type,
+        "model": model.model_dump(mode="json"),
+        "training": training.model_dump(mode="json"),
+    }
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def prune_nulls(value: Any) -> Any:
+    """Drop null fields: an omitted optional field and an explicit null mean the same, and a
+    later release adding an optional field must not change every fingerprint (a paid retrain)."""
+    if isinstance(value, dict):
+        return {k: prune_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [prune_nulls(v) for v in value]
+    return value
+
+
+def fingerprint(snapshot: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the normalised spec; cosmetic edits never change it."""
+    return "sha256:" + hashlib.sha256(canonical_json(prune_nulls(snapshot)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    before: Any
+    after: Any
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+
+
+_MISSING = object()
+
+
+def diff_snapshots(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+    """Field-level changes between two snapshots; lists compare as a whole."""
+    a: dict[str, Any] = {}
+    b: dict[str, Any] = {}
+    _flatten(prune_nulls(before), "", a)
+    _flatten(prune_nulls(after), "", b)
+    changes = []
+    for path in sorted(set(a) | set(b)):
+        old, new = a.get(path, _MISSING), b.get(path, _MISSING)
+        if old != new:
+            changes.append(Change(path, None if old is _MISSING else old, None if new is _MISSING else new))
+    return changes
+
+
+# ---------------------------------------------------------------- loading
+
+
+def find_manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
+    files: list[Path] = []
+    problems: list[Problem] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.suffix in (".yaml", ".yml")
+                and f.is_file()
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append(Problem(str(p), 0, 0, "no such file or directory"))
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, problems
+
+
+def _loc_message(err: dict[str, Any], doc: YamlDocument, base: tuple[str | int, ...]) -> tuple[tuple[int, int], str]:
+    loc = (*base, *err["loc"])
+    # pydantic adds a union/tag member to loc for some errors; keep only what is in the document
+    path = tuple(p for p in loc if isinstance(p, str | int))
+    pos = doc.where(path)
+    dotted = ".".join(str(p) for p in path)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        msg = f"unknown field {dotted!r}"
+    elif kind == "missing":
+        msg = f"missing required field {dotted!r}"
+    else:
+        msg = f"{dotted}: {err['msg'].removeprefix('Value error, ')}"
+        raw = doc.plain_scalars.get(path)
+        if raw is not None and kind in ("string_type", "literal_error", "enum"):
+            msg += f' (YAML read {raw!r} as {type(err.get("input")).__name__}; quote it: "{raw}")'
+    return pos, msg
+
+
+def _validate(
+    schema: type[BaseModel],
+    data: Any,
+    doc: YamlDocument,
+    base: tuple[str | int, ...],
+    file: str,
+    problems: list[Problem],
+) -> Any:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            (line, col), msg = _loc_message(dict(err), doc, base)
+            problems.append(Problem(file, line, col, msg))
+        return None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_file(path: Path) -> FileResult:
+    """Parse and validate one file; every problem is collected, none raised."""
+    file = str(path)
+    result = FileResult(path=file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        result.problems.append(Problem(file, 0, 0, f"cannot read: {exc}"))
+        return result
+    result.digest = _digest(text)
+    try:
+        docs = load_documents(text)
+    except YamlError as exc:
+        result.problems.append(Problem(file, exc.line, exc.col, exc.message))
+        return result
+    for doc in docs:
+        result.problems.extend(Problem(file, e.line, e.col, e.message) for e in doc.problems)
+        _parse_document(doc, path, result)
+    return result
+
+
+def _parse_document(doc: YamlDocument, path: Path, result: FileResult) -> None:
+    file = result.path
+    data = doc.data
+    if not isinstance(data, dict):
+        result.problems.append(
+            Problem(file, doc.line, 1, "a manifest must be a mapping with apiVersion, kind, metadata and spec")
+        )
+        return
+    kind = data.get("kind")
+    if data.get("apiVersion") not in (API_VERSION, None) and kind in ("TrainedModel", "Provider"):
+        line, col = doc.where(("apiVersion",))
+        result.problems.append(Problem(file, line, col, f"apiVersion must be {API_VERSION!r}"))
+        return
+    if kind == "TrainedModel":
+        manifest = _validate(TrainedModelManifest, data, doc, (), file, result.problems)
+        if manifest is not None:
+            result.raw_models.append((manifest, doc))
+        else:
+            _check_provider_fields(data, doc, file, result.problems)
+    elif kind == "Provider":
+        pm = _validate(ProviderManifest, data, doc, (), file, result.problems)
+        if pm is not None:
+            _add_provider(pm, doc, result)
+    else:
+        line, col = doc.where(("kind",))
+        result.problems.append(Problem(file, line, col, f"unknown kind {kind!r}: expected TrainedModel or Provider"))
+
+
+def _check_provider_fields(data: dict[str, Any], doc: YamlDocument, file: str, problems: list[Problem]) -> None:
+    """Report model/training problems too when the envelope is invalid: all problems in one run."""
+    from reconciler.providers import adapter_class, known_types
+
+    spec = data.get("spec")
+    if not isinstance(spec, dict) or spec.get("provider") not in known_types():
+        return
+    cls = adapter_class(spec["provider"])
+    if isinstance(spec.get("model"), dict):
+        _validate(cls.model_schema, spec["model"], doc, ("spec", "model"), file, problems)
+    if isinstance(spec.get("training", {}), dict):
+        _validate(cls.training_schema, spec.get("training", {}), doc, ("spec", "training"), file, problems)
+
+
+def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult) -> None:
+    from reconciler.providers import adapter_class, known_types
+
+    file = result.path
+    if pm.spec.type not in known_types():
+        line, col = doc.where(("spec", "type"))
+        result.problems.append(
+            Problem(file, line, col, f"unknown provider type {pm.spec.type!r}; known: {', '.join(known_types())}")
+        )
+        return
+    cls = adapter_class(pm.spec.type)
+    line, col = doc.where(("metadata", "name"))
+    if pm.spec.base_url is not None:
+        from reconciler.providers.base import check_base_url
+
+        problem = check_base_url(pm.spec.base_url, pm.spec.allow_insecure_http)
+        if problem:
+            bl, bc = doc.where(("spec", "base_url"))
+            result.problems.append(Problem(file, bl, bc, problem))
+    result.providers.append(
+        ProviderConfig(
+            name=pm.metadata.name,
+            type=pm.spec.type,
+            base_url=pm.spec.base_url,
+            api_key_env=pm.spec.api_key_env or cls.key_env,
+            max_concurrent_trainings=pm.spec.max_concurrent_trainings or cls.max_concurrent_trainings,
+            requests_per_second=pm.spec.requests_per_second or cls.requests_per_second,
+            poll_interval=max(pm.spec.poll_interval or cls.poll_interval, cls.min_poll_interval),
+            allow_insecure_http=pm.spec.allow_insecure_http,
+            source=Source(file, line, col),
+        )
+    )
+
+
+def default_provider(type_name: str) -> ProviderConfig:
+    from reconciler.providers import adapter_class
+
+    cls = adapter_class(type_name)
+    return ProviderConfig(
+        name=type_name,
+        type=type_name,
+        base_url=None,
+        api_key_env=cls.key_env,
+        max_concurrent_trainings=cls.max_concurrent_trainings,
+        requests_per_second=cls.requests_per_second,
+        poll_interval=cls.poll_interval,
+    )
+
+
+def _resolve_model(
+    manifest: TrainedModelManifest, doc: YamlDocument, file: str, provider: ProviderConfig, problems: list[Problem]
+) -> DesiredModel | None:
+    from reconciler.providers import adapter_class
+
+    cls = adapter_class(provider.type)
+    before = len(problems)
+    model = _validate(cls.model_schema, manifest.spec.model, doc, ("spec", "model"), file, problems)
+    training = _validate(cls.training_schema, manifest.spec.training, doc, ("spec", "training"), file, problems)
+    if model is None or training is None:
+        return None
+    manifest_dir = Path(file).parent
+    for loc, message in cls.check_local(model, training, manifest_dir):
+        line, col = doc.where(("spec", *loc))
+        problems.append(Problem(file, line, col, message))
+    if len(problems) > before:
+        return None
+    line, col = doc.where(("metadata", "name"))
+    snap = spec_snapshot(provider.type, model, training)
+    return DesiredModel(
+        name=manifest.metadata.name,
+        labels=dict(manifest.metadata.labels),
+        provider=provider.name,
+        provider_type=provider.type,
+        model=model,
+        training=training,
+        policy=manifest.spec.policy,
+        fingerprint=fingerprint(snap),
+        source=Source(file, line, col),
+        manifest_dir=manifest_dir,
+        file=file,
+    )
+
+
+def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]:
+    """Cross-file checks: unique names, provider references resolved, provider specs validated."""
+    from reconciler.providers import known_types
+
+    problems: list[Problem] = [p for r in results for p in r.problems]
+    providers: dict[str, ProviderConfig] = {}
+    for r in results:
+        for pc in r.providers:
+            if pc.name in providers:
+                first = providers[pc.name].source
+                src = pc.source or Source(r.path, 0)
+                problems.append(
+                    Problem(src.file, src.line, src.col, f"duplicate Provider name {pc.name!r} (first at {first})")
+                )
+                continue
+            providers[pc.name] = pc
+    models: dict[str, DesiredModel] = {}
+    for r in results:
+        for manifest, doc in r.raw_models:
+            name = manifest.metadata.name
+            line, col = doc.where(("metadata", "name"))
+            if name in models:
+                problems.append(
+                    Problem(
+                        r.path,
+                        line,
+                        col,
+                        f"duplicate model name {name!r} (first at {models[name].source}); names must be unique across all files",
+                    )
+                )
+                continue
+            ref = manifest.spec.provider
+            provider = providers.get(ref)
+            if provider is None and ref in known_types():
+                provider = providers.setdefault(ref, default_provider(ref))
+            if provider is None:
+                pl, pc_ = doc.where(("spec", "provider"))
+                problems.append(
+                    Problem(
+                        r.path,
+                        pl,
+                        pc_,
+                        f"unknown provider {ref!r}: use a type ({', '.join(known_types())}) or the name of a Provider manifest",
+                    )
+                )
+                continue
+            desired = _resolve_model(manifest, doc, r.path, provider, problems)
+            if desired is not None:
+                models[name] = desired
+    used = {m.provider for m in models.values()}
+    for name in [n for n, p in providers.items() if p.source is None and n not in used]:
+        del providers[name]
+    return ManifestSet(models=models, providers=providers, files=[r.path for r in results]), problems
+
+
+def load_manifests(paths: Iterable[str | Path]) -> ManifestSet:
+    """Load every manifest under `paths`; raise ManifestError with all problems found."""
+    files, problems = find_manifest_files(paths)
+    results = [parse_file(f) for f in files]
+    manifests, more = assemble(results)
+    problems.extend(more)
+    if problems:
+        raise ManifestError(problems)
+    if not files:
+        raise ManifestError([Problem(",".join(str(p) for p in paths), 0, 0, "no *.yaml or *.yml manifests found")])
+    return manifests
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of both kinds, with per-provider `model`/`training` (for yaml-language-server)."""
+    from reconciler.providers import adapter_class, known_types
+
+    defs: dict[str, Any] = {}
+    variants = []
+    for t in known_types():
+        cls = adapter_class(t)
+        m = cls.model_schema.model_json_schema(ref_template="#/$defs/{model}")
+        tr = cls.training_schema.model_json_schema(ref_template="#/$defs/{model}")
+        for s in (m, tr):
+            defs.update(s.pop("$defs", {}))
+        variants.append(
+            {
+                "if": {"properties": {"provider": {"const": t}}},
+                "then": {"properties": {"model": m, "training": tr}},
+            }
+        )
+    tm = TrainedModelManifest.model_json_schema(ref_template="#/$defs/{model}")
+    pm = ProviderManifest.model_json_schema(ref_template="#/$defs/{model}")
+    for s in (tm, pm):
+        defs.update(s.pop("$defs", {}))
+    if "TrainedModelSpec" in defs:
+        defs["TrainedModelSpec"]["allOf"] = variants
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://reconciler.dev/schema/v1.json",
+        "title": "reconciler manifests",
+        "oneOf": [tm, pm],
+        "$defs": defs,
+    }
+
+
+def git_commit(paths: Sequence[str]) -> str | None:
+    """The HEAD commit of the git repo holding the manifests, if any (recorded in history)."""
+    start = Path(paths[0]).resolve() if paths else Path.cwd()
+    d = start if start.is_dir() else start.parent
+    for cand in (d, *d.parents):
+        head = cand / ".git" / "HEAD"
+        if head.is_file():
+            try:
+                ref = head.read_text().strip()
+                if ref.startswith("ref: "):
+                    ref_path = cand / ".git" / ref[5:]
+                    if ref_path.is_file():
+                        return ref_path.read_text().strip()
+                    packed = cand / ".git" / "packed-refs"
+                    if packed.is_file():
+                        for line in packed.read_text().splitlines():
+                            if line.endswith(" " + ref[5:]):
+                                return line.split()[0]
+                    return None
+                return ref
+            except OSError:
+                return None
+    return os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
