@@ -12,8 +12,8 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from reconciler.engine import Engine
     from reconciler.plan import ModelPlan
     from reconciler.sandbox.server import Sandbox
-    from reconciler.spec import DesiredModel, ManifestSet
+    from reconciler.spec import ManifestSet
     from reconciler.state.base import StateStore
 
 T = TypeVar("T")
@@ -97,10 +97,12 @@ def _engine(manifests: ManifestSet, state: StateStore, sandbox: Sandbox | None, 
     from reconciler.spec import git_commit
 
     endpoints = {}
-    poll = None
+    # RECONCILER_POLL_INTERVAL replaces every provider's poll interval (and PhotoGPT's 5-minute
+    # floor): for simulators, whose trainings take seconds
+    poll_text = os.environ.get("RECONCILER_POLL_INTERVAL") or ("0.5s" if sandbox is not None else "")
+    poll = _duration(poll_text, "RECONCILER_POLL_INTERVAL") if poll_text else None
     if sandbox is not None:
         endpoints = {t: (sandbox.base_url(t), SANDBOX_API_KEYS[t]) for t in SANDBOX_API_KEYS}
-        poll = timedelta(seconds=float(os.environ.get("RECONCILER_SANDBOX_POLL_SECONDS", "0.5")))
     return Engine(
         manifests, state, git_commit=git_commit(list(paths or DEFAULT_PATHS)), endpoints=endpoints, poll_interval=poll
     )
@@ -221,17 +223,22 @@ def validate(paths: tuple[str, ...], output: str) -> None:
         click.echo(f"{len(manifests.models)} models, {len(manifests.providers)} providers: valid")
 
 
-async def _plan(
-    paths: Sequence[str], state_url: str, sandbox: Sandbox | None, targets: Sequence[str], selector: dict[str, str]
-) -> tuple[list[ModelPlan], StateStore, Engine, list[DesiredModel]]:
+@asynccontextmanager
+async def session(paths: Sequence[str], state_url: str, sandbox: bool) -> AsyncIterator[tuple[ManifestSet, Engine]]:
+    """Manifests, an open state and an engine (with the sandbox when asked); always closed."""
     from reconciler.state import open_state
 
     manifests = load(paths)
-    models = manifests.select(targets, selector)
-    state = await open_state(state_url)
-    engine = _engine(manifests, state, sandbox, paths)
-    plans = await engine.plan(models)
-    return plans, state, engine, models
+    with sandbox_for(sandbox, state_url) as sb:
+        state = await open_state(state_url)
+        try:
+            engine = _engine(manifests, state, sb, paths)
+            try:
+                yield manifests, engine
+            finally:
+                await engine.aclose()
+        finally:
+            await state.close()
 
 
 @cli.command()
@@ -257,28 +264,24 @@ def plan(
     selector = _selector(selectors)
 
     async def run() -> int:
-        with sandbox_for(sandbox, url) as sb:
-            try:
-                plans, st, engine, _ = await _plan(paths, url, sb, targets, selector)
-            except ReconcilerError as exc:
-                if output != "json":
-                    raise
-                # plan --output json prints its JSON whatever the exit code
-                problems = [str(p) for p in exc.problems] if isinstance(exc, ManifestError) else [str(exc)]
-                _echo_json({"format_version": 1, "models": [], "summary": {}, "errors": problems})
-                for line in problems:
-                    _err(line)
-                return 1
-            try:
-                _warn_fresh_state(st)
-                if output == "json":
-                    _echo_json(plan_json(plans))
-                else:
-                    click.echo(render_plan(plans))
-                return exit_code(plans)
-            finally:
-                await engine.aclose()
-                await st.close()
+        try:
+            async with session(paths, url, sandbox) as (manifests, engine):
+                plans = await engine.plan(manifests.select(targets, selector))
+                _warn_fresh_state(engine.state)
+        except ReconcilerError as exc:
+            if output != "json":
+                raise
+            # plan --output json prints its JSON whatever the exit code
+            problems = [str(p) for p in exc.problems] if isinstance(exc, ManifestError) else [str(exc)]
+            _echo_json({"format_version": 1, "models": [], "summary": {}, "errors": problems})
+            for line in problems:
+                _err(line)
+            return 1
+        if output == "json":
+            _echo_json(plan_json(plans))
+        else:
+            click.echo(render_plan(plans))
+        return exit_code(plans)
 
     sys.exit(_run(run()))
 
@@ -326,7 +329,6 @@ def apply(
     timeout: str | None,
 ) -> None:
     """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded)."""
-    from reconciler.state import open_state
     from reconciler.state.base import RecordStatus
 
     url = _state_url(state)
@@ -335,48 +337,39 @@ def apply(
     wait_timeout = _duration(timeout, "--timeout") if timeout else None
 
     async def run() -> int:
-        manifests = load(paths)
-        models = manifests.select(targets, selector)
-        with sandbox_for(sandbox, url) as sb:
-            st = await open_state(url)
-            engine = _engine(manifests, st, sb, paths)
-            try:
-                async with st.lock(_holder("apply"), lock_wait):
-                    plans = await engine.plan(models)
-                    if output == "text":
-                        click.echo(render_plan(plans))
-                    result = await engine.apply(plans)
-                    ok = result.ok
-                    for name, o in sorted(result.outcomes.items()):
-                        _err(
-                            f"{name}: {'training started' if o.started else 'not started'}"
-                            + (f" ({o.detail})" if o.detail and not o.started else "")
-                        )
-                    for name in result.adopted:
-                        _err(f"{name}: adopted the provider's model as matching the spec")
-                    final = {}
-                    started = [n for n, o in result.outcomes.items() if o.started]
-                    if wait and started:
-                        final = await engine.follow(started, timeout=wait_timeout, on_progress=_progress_printer())
-                        for name in started:
-                            rec = final.get(name)
-                            if rec is None or rec.status is not RecordStatus.SUCCEEDED:
-                                ok = False
-                                status = rec.status.value if rec else "unknown"
-                                _err(f"{name}: training did not succeed ({status})")
-                    if output == "json":
-                        doc = plan_json(plans)
-                        doc["outcomes"] = {
-                            n: {"started": o.started, "detail": o.detail, "ambiguous": o.ambiguous}
-                            for n, o in sorted(result.outcomes.items())
-                        }
-                        if wait:
-                            doc["final"] = {n: (r.status.value if r else None) for n, r in sorted(final.items())}
-                        _echo_json(doc)
-                    return 0 if ok else 1
-            finally:
-                await engine.aclose()
-                await st.close()
+        async with session(paths, url, sandbox) as (manifests, engine):
+            models = manifests.select(targets, selector)
+            async with engine.state.lock(_holder("apply"), lock_wait):
+                plans = await engine.plan(models)
+                if output == "text":
+                    click.echo(render_plan(plans))
+                result = await engine.apply(plans)
+                ok = result.ok
+                for name, o in sorted(result.outcomes.items()):
+                    verdict = "training started" if o.started else "held by the provider" if o.held else "not started"
+                    _err(f"{name}: {verdict}" + (f" ({o.detail})" if o.detail and not o.started else ""))
+                for name in result.adopted:
+                    _err(f"{name}: adopted the provider's model as matching the spec")
+                final = {}
+                started = [n for n, o in result.outcomes.items() if o.started]
+                if wait and started:
+                    final = await engine.follow(started, timeout=wait_timeout, on_progress=_progress_printer())
+                    for name in started:
+                        rec = final.get(name)
+                        if rec is None or rec.status is not RecordStatus.SUCCEEDED:
+                            ok = False
+                            status = rec.status.value if rec else "unknown"
+                            _err(f"{name}: training did not succeed ({status})")
+                if output == "json":
+                    doc = plan_json(plans)
+                    doc["outcomes"] = {
+                        n: {"started": o.started, "detail": o.detail, "ambiguous": o.ambiguous, "held": o.held}
+                        for n, o in sorted(result.outcomes.items())
+                    }
+                    if wait:
+                        doc["final"] = {n: (r.status.value if r else None) for n, r in sorted(final.items())}
+                    _echo_json(doc)
+                return 0 if ok else 1
 
     sys.exit(_run(run()))
 
@@ -403,31 +396,27 @@ def status(
     selector = _selector(selectors)
 
     async def run() -> int:
-        with sandbox_for(sandbox, url) as sb:
-            plans, st, engine, _ = await _plan(paths, url, sb, targets, selector)
-            try:
-                entries = [status_entry(p) for p in sorted(plans, key=lambda p: p.name)]
-                if output == "json":
-                    _echo_json({"format_version": 1, "models": entries})
-                else:
-                    width = max((len(e["name"]) for e in entries), default=4)
-                    click.echo(f"{'NAME':<{width}}  {'PROVIDER':<10} {'OBSERVED':<22} {'LAST TRAINING':<24} NEXT")
-                    for e in entries:
-                        obs = e["observed"]
-                        seen = obs.get("error", "")[:22] or (obs.get("state") or obs.get("status", ""))
-                        if "progress" in obs:
-                            seen += f" {obs['progress']:.0%}"
-                        last = e["last_training"]
-                        lt = (
-                            "-"
-                            if not last
-                            else f"{last['status']} {(last['finished_at'] or last['triggered_at'] or '')[:16]}"
-                        )
-                        click.echo(f"{e['name']:<{width}}  {e['provider']:<10} {seen:<22} {lt:<24} {e['action']}")
-                return 1 if any(p.error for p in plans) else 0
-            finally:
-                await engine.aclose()
-                await st.close()
+        async with session(paths, url, sandbox) as (manifests, engine):
+            plans = await engine.plan(manifests.select(targets, selector))
+            entries = [status_entry(p) for p in sorted(plans, key=lambda p: p.name)]
+            if output == "json":
+                _echo_json({"format_version": 1, "models": entries})
+            else:
+                width = max((len(e["name"]) for e in entries), default=4)
+                click.echo(f"{'NAME':<{width}}  {'PROVIDER':<10} {'OBSERVED':<22} {'LAST TRAINING':<24} NEXT")
+                for e in entries:
+                    obs = e["observed"]
+                    seen = obs.get("error", "")[:22] or (obs.get("state") or obs.get("status", ""))
+                    if "progress" in obs:
+                        seen += f" {obs['progress']:.0%}"
+                    last = e["last_training"]
+                    lt = (
+                        "-"
+                        if not last
+                        else f"{last['status']} {(last['finished_at'] or last['triggered_at'] or '')[:16]}"
+                    )
+                    click.echo(f"{e['name']:<{width}}  {e['provider']:<10} {seen:<22} {lt:<24} {e['action']}")
+            return 1 if any(p.error for p in plans) else 0
 
     sys.exit(_run(run()))
 
@@ -488,30 +477,22 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
     """Record the provider's current model of NAME as matching its spec (unknown-baseline)."""
     from reconciler.errors import ProviderError
     from reconciler.providers.base import TrainingStatus
-    from reconciler.state import open_state
 
     url = _state_url(state)
     lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
 
     async def run() -> int:
-        manifests = load(paths)
-        model = manifests.select([name])[0]
-        with sandbox_for(sandbox, url) as sb:
-            st = await open_state(url)
-            engine = _engine(manifests, st, sb, paths)
-            try:
-                async with st.lock(_holder("adopt"), lock_wait):
-                    obs = (await engine.observe([model], await st.all()))[name]
-                    if isinstance(obs, ProviderError):
-                        raise Failure(f"cannot adopt {name}: {obs}")
-                    if obs.status is not TrainingStatus.SUCCEEDED:
-                        raise Failure(f"cannot adopt {name}: the provider shows no trained model ({obs.status.value})")
-                    await engine.adopt(model, obs, reason="adopted-by-hand")
-                    click.echo(f"{name}: adopted; the provider's model is now recorded as matching the spec")
-                    return 0
-            finally:
-                await engine.aclose()
-                await st.close()
+        async with session(paths, url, sandbox) as (manifests, engine):
+            model = manifests.select([name])[0]
+            async with engine.state.lock(_holder("adopt"), lock_wait):
+                obs = (await engine.observe([model], await engine.state.all()))[name]
+                if isinstance(obs, ProviderError):
+                    raise Failure(f"cannot adopt {name}: {obs}")
+                if obs.status is not TrainingStatus.SUCCEEDED:
+                    raise Failure(f"cannot adopt {name}: the provider shows no trained model ({obs.status.value})")
+                await engine.adopt(model, obs, reason="adopted-by-hand")
+                click.echo(f"{name}: adopted; the provider's model is now recorded as matching the spec")
+                return 0
 
     sys.exit(_run(run()))
 

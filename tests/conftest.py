@@ -69,6 +69,7 @@ class Workspace:
         env.update(self.sandbox.env())
         env["RECONCILER_STATE"] = self.state_url
         env["RECONCILER_BACKOFF_SCALE"] = "0.01"
+        env["RECONCILER_POLL_INTERVAL"] = "0.2s"
         env.pop("CI", None)
         env.update(extra)
         return env

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from reconciler.errors import BadResponseError, ProviderError
 from reconciler.providers.base import (
+    Auth,
     Observation,
     ProviderAdapter,
     TrainingStatus,
@@ -75,7 +76,7 @@ class RoboflowAdapter(ProviderAdapter):
     requests_per_second = 10.0
     poll_interval = timedelta(seconds=30)
     training_timeout = timedelta(hours=24)
-    auth_description: ClassVar[str] = "query parameter api_key"
+    auth = Auth(query_param="api_key")  # [D] ?api_key= on every request
 
     def _path(self, template: str, m: DesiredModel) -> str:
         model: Any = m.model

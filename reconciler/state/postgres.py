@@ -1,0 +1,505 @@
+"""The PostgreSQL state backend: shared state for CI runners and HA daemons.
+
+Tables are prefixed `reconciler_` so the state can live in a database shared with other things;
+put it in its own schema with `?options=-csearch_path%3Dmyschema` in the URL if you prefer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow, dict_row
+
+from reconciler.errors import LockHeldError, StateError
+from reconciler.state.base import (
+    HistoryEvent,
+    ModelRecord,
+    RecordStatus,
+    StateStore,
+    as_utc,
+    dump_json,
+    utc_now,
+)
+
+#: How often a waiting `lock()` retries the advisory lock (seconds).
+LOCK_POLL_INTERVAL = 0.2
+CONNECT_TIMEOUT = 10
+
+# Each entry upgrades the schema by one version, applied in order inside one transaction at open.
+# Append only: never edit a released migration, add a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE reconciler_models (
+            name text PRIMARY KEY,
+            provider text NOT NULL,
+            fingerprint text NOT NULL,
+            training jsonb NOT NULL,
+            status text NOT NULL,
+            handle text,
+            attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz,
+            triggered_at timestamptz,
+            finished_at timestamptz,
+            marker text,
+            data_marker jsonb NOT NULL DEFAULT 'null',
+            reasons jsonb NOT NULL DEFAULT '[]',
+            updated_at timestamptz NOT NULL
+        )""",
+        """CREATE TABLE reconciler_history (
+            id bigserial PRIMARY KEY,
+            model text NOT NULL,
+            event text NOT NULL,
+            reason text NOT NULL DEFAULT '',
+            fingerprint text NOT NULL DEFAULT '',
+            detail jsonb NOT NULL DEFAULT '{}',
+            git_commit text,
+            at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX reconciler_history_model ON reconciler_history (model, id)",
+        # History is an audit trail: refuse edits even from a hand-run psql session.
+        """CREATE FUNCTION reconciler_history_append_only() RETURNS trigger
+           LANGUAGE plpgsql AS $$
+           BEGIN RAISE EXCEPTION 'reconciler_history is append-only'; END $$""",
+        """CREATE TRIGGER reconciler_history_append_only
+           BEFORE UPDATE OR DELETE ON reconciler_history
+           FOR EACH ROW EXECUTE FUNCTION reconciler_history_append_only()""",
+        """CREATE TABLE reconciler_uploads (
+            provider text NOT NULL,
+            model text NOT NULL,
+            content_hash text NOT NULL,
+            remote_id text NOT NULL,
+            uploaded_at timestamptz NOT NULL,
+            PRIMARY KEY (provider, model, content_hash)
+        )""",
+        # Who holds the advisory lock, for waiters' messages only: the advisory lock is the lock.
+        """CREATE TABLE reconciler_lock (
+            id integer PRIMARY KEY CHECK (id = 1),
+            holder text NOT NULL,
+            since timestamptz NOT NULL,
+            backend_pid integer NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_MODEL_COLUMNS = (
+    "name, provider, fingerprint, training, status, handle, attempts, next_attempt_at,"
+    " triggered_at, finished_at, marker, data_marker, reasons"
+)
+
+_Conn: TypeAlias = psycopg.AsyncConnection[DictRow]
+
+
+def _key(text: str) -> int:
+    """A stable signed 64-bit advisory-lock key."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (in the authority or as a `password=` parameter)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{hostport}"
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="/:*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "postgresql://(unparseable URL)"
+
+
+def _describe(params: dict[str, Any]) -> str:
+    host = params.get("host") or "the local socket"
+    port = params.get("port") or 5432
+    dbname = params.get("dbname") or params.get("user") or "(default)"
+    user = params.get("user") or "(default user)"
+    return f"PostgreSQL database {dbname!r} on {host}:{port} as {user}"
+
+
+def _opt_dt(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def _status(value: str, name: str) -> RecordStatus:
+    try:
+        return RecordStatus(value)
+    except ValueError:
+        raise StateError(
+            f"model {name!r} has status {value!r} in the state, unknown to this version; upgrade reconciler"
+        ) from None
+
+
+def _record(row: DictRow) -> ModelRecord:
+    return ModelRecord(
+        name=row["name"],
+        provider=row["provider"],
+        fingerprint=row["fingerprint"],
+        training=row["training"],
+        status=_status(row["status"], row["name"]),
+        handle=row["handle"],
+        attempts=row["attempts"],
+        next_attempt_at=_opt_dt(row["next_attempt_at"]),
+        triggered_at=_opt_dt(row["triggered_at"]),
+        finished_at=_opt_dt(row["finished_at"]),
+        marker=row["marker"],
+        data_marker=row["data_marker"],
+        reasons=list(row["reasons"]),
+    )
+
+
+def _event(row: DictRow) -> HistoryEvent:
+    return HistoryEvent(
+        id=row["id"],
+        model=row["model"],
+        event=row["event"],
+        reason=row["reason"],
+        fingerprint=row["fingerprint"],
+        detail=row["detail"],
+        git_commit=row["git_commit"],
+        at=_opt_dt(row["at"]),
+    )
+
+
+class PostgresStateStore(StateStore):
+    """State in PostgreSQL tables named `reconciler_*`, shared by every runner."""
+
+    def __init__(self, url: str, params: dict[str, Any], conn: _Conn, schema: str) -> None:
+        self.url = redact_url(url)
+        self.created = False  # shared state, never a fresh local file
+        self._params = params
+        self._where = _describe(params)
+        self._conn = conn
+        self._schema = schema
+        # Keyed by schema: two deployments sharing a database in separate schemas do not collide.
+        self._lock_key = _key(f"reconciler:{schema}")
+        # One connection: coroutines must not interleave statements of each other's transactions.
+        self._mutex = asyncio.Lock()
+        self._lock_conns: set[_Conn] = set()
+        self._closed = False
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresStateStore:
+        """Connect and migrate the schema (two processes opening at once migrate in turn)."""
+        try:
+            params: dict[str, Any] = dict(conninfo_to_dict(url))
+        except psycopg.Error as err:
+            raise StateError(
+                f"invalid PostgreSQL state URL {redact_url(url)}: {_scrub(str(err), {})}; "
+                "use postgresql://user@host:5432/dbname (--state or RECONCILER_STATE)"
+            ) from None
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        params.setdefault("application_name", "reconciler")
+        conn = await _connect(params)
+        try:
+            schema = await cls._migrate(conn, params)
+            return cls(url, params, conn, schema)
+        except BaseException as err:
+            await conn.close()
+            if isinstance(err, psycopg.Error):
+                raise StateError(
+                    f"cannot prepare the state tables in {_describe(params)}: "
+                    f"{_scrub(str(err), params)}; check that the user may create tables in the "
+                    "schema named by search_path"
+                ) from err
+            raise
+
+    @staticmethod
+    async def _migrate(conn: _Conn, params: dict[str, Any]) -> str:
+        async with conn.transaction():
+            cur = await conn.execute("SELECT current_schema() AS schema")
+            row = await cur.fetchone()
+            schema = row["schema"] if row else None
+            if not schema:
+                raise StateError(
+                    f"{_describe(params)} has no schema to create the state tables in; "
+                    "create the schema named in search_path (or use the default public schema)"
+                )
+            # Serialises concurrent first opens (CREATE TABLE IF NOT EXISTS alone still races).
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key(f"reconciler-migrate:{schema}"),))
+            await conn.execute("CREATE TABLE IF NOT EXISTS reconciler_meta (key text PRIMARY KEY, value text NOT NULL)")
+            cur = await conn.execute("SELECT value FROM reconciler_meta WHERE key = 'schema_version'")
+            row = await cur.fetchone()
+            version = int(row["value"]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"the state in {_describe(params)} (schema {schema}) has schema version "
+                    f"{version}, newer than this reconciler understands ({SCHEMA_VERSION}); "
+                    "upgrade reconciler"
+                )
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    await conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                await conn.execute(
+                    "INSERT INTO reconciler_meta (key, value) VALUES ('schema_version', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+        return str(schema)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _error(self, err: psycopg.Error, doing: str) -> StateError:
+        return StateError(
+            f"{self._where}: {doing} failed: {_scrub(str(err), self._params)}; check that the "
+            "database is reachable and the user may read and write the reconciler_* tables"
+        )
+
+    async def _live(self) -> _Conn:
+        # A daemon outlives server restarts and idle-connection reapers: reconnect when dropped.
+        if self._closed:
+            raise StateError(f"{self._where}: the state store is closed")
+        if self._conn.closed:
+            self._conn = await _connect(self._params)
+        return self._conn
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[DictRow]:
+        async with self._mutex:
+            conn = await self._live()
+            try:
+                async with conn.transaction():
+                    cur = await conn.execute(sql, params)
+                    return await cur.fetchall()
+            except psycopg.Error as err:
+                raise self._error(err, "reading") from err
+
+    async def _write(
+        self,
+        events: tuple[HistoryEvent, ...],
+        record: ModelRecord | None = None,
+        delete: str | None = None,
+    ) -> None:
+        # Serialise first: a value that cannot be stored fails before the transaction opens.
+        record_row = self._record_row(record) if record is not None else None
+        event_rows = [self._event_row(ev) for ev in events]
+        ids: list[int] = []
+        async with self._mutex:
+            conn = await self._live()
+            try:
+                async with conn.transaction():
+                    if delete is not None:
+                        await conn.execute("DELETE FROM reconciler_models WHERE name = %s", (delete,))
+                    if record_row is not None:
+                        await conn.execute(
+                            f"INSERT INTO reconciler_models ({_MODEL_COLUMNS}, updated_at)"
+                            " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s,"
+                            " %s::jsonb, %s::jsonb, now())"
+                            " ON CONFLICT (name) DO UPDATE SET"
+                            " provider = excluded.provider, fingerprint = excluded.fingerprint,"
+                            " training = excluded.training, status = excluded.status,"
+                            " handle = excluded.handle, attempts = excluded.attempts,"
+                            " next_attempt_at = excluded.next_attempt_at,"
+                            " triggered_at = excluded.triggered_at,"
+                            " finished_at = excluded.finished_at, marker = excluded.marker,"
+                            " data_marker = excluded.data_marker, reasons = excluded.reasons,"
+                            " updated_at = excluded.updated_at",
+                            record_row,
+                        )
+                    for row in event_rows:
+                        ids.append(await self._insert_event(conn, row))
+            except psycopg.Error as err:
+                raise self._error(err, "writing") from err
+        # Only once committed: hand the ids and times back to the caller's events.
+        for ev, row, new_id in zip(events, event_rows, ids, strict=True):
+            ev.id = new_id
+            ev.at = row[-1]
+
+    async def _insert_event(self, conn: _Conn, row: tuple[Any, ...]) -> int:
+        cur = await conn.execute(
+            "INSERT INTO reconciler_history"
+            " (model, event, reason, fingerprint, detail, git_commit, at)"
+            " VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s) RETURNING id",
+            row,
+        )
+        result = await cur.fetchone()
+        assert result is not None
+        return int(result["id"])
+
+    @staticmethod
+    def _record_row(record: ModelRecord) -> tuple[Any, ...]:
+        what = f"the record of model {record.name!r}"
+        return (
+            record.name,
+            record.provider,
+            record.fingerprint,
+            dump_json(record.training, what),
+            RecordStatus(record.status).value,
+            record.handle,
+            record.attempts,
+            _opt_dt(record.next_attempt_at),
+            _opt_dt(record.triggered_at),
+            _opt_dt(record.finished_at),
+            record.marker,
+            dump_json(record.data_marker, what),
+            dump_json(list(record.reasons), what),
+        )
+
+    @staticmethod
+    def _event_row(ev: HistoryEvent) -> tuple[Any, ...]:
+        return (
+            ev.model,
+            ev.event,
+            ev.reason,
+            ev.fingerprint,
+            dump_json(ev.detail, f"a {ev.event!r} event of model {ev.model!r}"),
+            ev.git_commit,
+            as_utc(ev.at or utc_now()),
+        )
+
+    # -- StateStore ------------------------------------------------------------------------
+
+    async def get(self, name: str) -> ModelRecord | None:
+        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM reconciler_models WHERE name = %s", (name,))
+        return _record(rows[0]) if rows else None
+
+    async def all(self) -> dict[str, ModelRecord]:
+        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM reconciler_models ORDER BY name")
+        return {row["name"]: _record(row) for row in rows}
+
+    async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:
+        """Write the record and append the events in one transaction."""
+        await self._write(events, record=record)
+
+    async def delete(self, name: str, *events: HistoryEvent) -> None:
+        """Remove a model's record (history stays) and append the events, in one transaction."""
+        await self._write(events, delete=name)
+
+    async def append(self, *events: HistoryEvent) -> None:
+        """Append events to the history, all or none."""
+        if events:
+            await self._write(events)
+
+    async def history(self, name: str) -> list[HistoryEvent]:
+        rows = await self._fetchall("SELECT * FROM reconciler_history WHERE model = %s ORDER BY id", (name,))
+        return [_event(row) for row in rows]
+
+    async def uploads(self, provider: str, model: str) -> dict[str, str]:
+        """Content hash -> provider's id of files already uploaded for a model."""
+        rows = await self._fetchall(
+            "SELECT content_hash, remote_id FROM reconciler_uploads WHERE provider = %s AND model = %s",
+            (provider, model),
+        )
+        return {row["content_hash"]: row["remote_id"] for row in rows}
+
+    async def record_upload(self, provider: str, model: str, content_hash: str, remote_id: str) -> None:
+        async with self._mutex:
+            conn = await self._live()
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "INSERT INTO reconciler_uploads"
+                        " (provider, model, content_hash, remote_id, uploaded_at)"
+                        " VALUES (%s, %s, %s, %s, now())"
+                        " ON CONFLICT (provider, model, content_hash)"
+                        " DO UPDATE SET remote_id = excluded.remote_id,"
+                        " uploaded_at = excluded.uploaded_at",
+                        (provider, model, content_hash, remote_id),
+                    )
+            except psycopg.Error as err:
+                raise self._error(err, "recording an upload") from err
+
+    @contextlib.asynccontextmanager
+    async def lock(self, holder: str, timeout: float) -> AsyncIterator[None]:
+        """Hold the single-writer lock; wait up to `timeout` seconds, then raise LockHeldError.
+
+        A session advisory lock on a dedicated connection: the server drops it when that
+        connection ends, so a killed process cannot leave a stale lock. Advisory locks nest
+        within a session, so each `lock()` uses its own session and a second one in the same
+        process waits and fails like any other process.
+        """
+        conn = await self._acquire(holder, timeout)
+        self._lock_conns.add(conn)
+        try:
+            yield
+        finally:
+            await self._release(conn)
+
+    async def _acquire(self, holder: str, timeout: float) -> _Conn:
+        conn = await _connect(self._params, autocommit=True)
+        start = time.monotonic()
+        try:
+            while True:
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (self._lock_key,))
+                row = await cur.fetchone()
+                if row is not None and row["got"]:
+                    break
+                waited = time.monotonic() - start
+                if waited >= timeout:
+                    cur = await conn.execute("SELECT holder FROM reconciler_lock WHERE id = 1")
+                    row = await cur.fetchone()
+                    raise LockHeldError(row["holder"] if row else "another process", waited)
+                await asyncio.sleep(min(LOCK_POLL_INTERVAL, timeout - waited))
+            await conn.execute(
+                "INSERT INTO reconciler_lock (id, holder, since, backend_pid)"
+                " VALUES (1, %s, now(), pg_backend_pid())"
+                " ON CONFLICT (id) DO UPDATE SET holder = excluded.holder,"
+                " since = excluded.since, backend_pid = excluded.backend_pid",
+                (holder,),
+            )
+        except psycopg.Error as err:
+            await conn.close()
+            raise self._error(err, "taking the state lock") from err
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _release(self, conn: _Conn) -> None:
+        if conn not in self._lock_conns:
+            return  # already released by close()
+        self._lock_conns.discard(conn)
+        try:
+            if not conn.closed:
+                await conn.execute("DELETE FROM reconciler_lock WHERE id = 1 AND backend_pid = pg_backend_pid()")
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
+        except psycopg.Error:
+            pass  # closing the session below releases the lock anyway
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        """Release any lock still held and close the connections; safe to call twice."""
+        for conn in list(self._lock_conns):
+            await self._release(conn)
+        if self._closed:
+            return
+        self._closed = True
+        async with self._mutex:
+            await self._conn.close()
+
+    async def ping(self) -> None:
+        """Raise StateError when the database cannot be reached."""
+        await self._fetchall("SELECT 1")
+
+
+def _scrub(text: str, params: dict[str, Any]) -> str:
+    # libpq does not echo passwords today; make sure a future message cannot either.
+    password = params.get("password")
+    return text.replace(password, "***") if password else text
+
+
+async def _connect(params: dict[str, Any], *, autocommit: bool = False) -> _Conn:
+    try:
+        return await psycopg.AsyncConnection.connect(autocommit=autocommit, row_factory=dict_row, **params)
+    except psycopg.Error as err:
+        raise StateError(
+            f"cannot connect to the state database, {_describe(params)}: "
+            f"{_scrub(str(err).strip(), params)}; check that the server is running and "
+            "reachable, and the URL in --state / RECONCILER_STATE (password from the URL, "
+            "PGPASSWORD or ~/.pgpass)"
+        ) from err

@@ -1,0 +1,490 @@
+"""The SQLite state backend: one local file, WAL, and an OS file lock for the single writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from reconciler.errors import LockHeldError, StateError
+from reconciler.state.base import (
+    HistoryEvent,
+    ModelRecord,
+    RecordStatus,
+    StateStore,
+    as_utc,
+    dump_json,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+#: How long a statement waits for another connection's write lock before SQLITE_BUSY (ms).
+BUSY_TIMEOUT_MS = 10_000
+#: How often a waiting `lock()` retries the file lock (seconds).
+LOCK_POLL_INTERVAL = 0.1
+
+# Each entry upgrades the schema by one version, applied in order inside one transaction at open.
+# Append only: never edit a released migration, add a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE models (
+            name TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            training TEXT NOT NULL,
+            status TEXT NOT NULL,
+            handle TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,
+            triggered_at TEXT,
+            finished_at TEXT,
+            marker TEXT,
+            data_marker TEXT NOT NULL DEFAULT 'null',
+            reasons TEXT NOT NULL DEFAULT '[]',
+            updated_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model TEXT NOT NULL,
+            event TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            fingerprint TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT '{}',
+            git_commit TEXT,
+            at TEXT NOT NULL
+        )""",
+        "CREATE INDEX history_model ON history (model, id)",
+        # History is an audit trail: refuse edits even from a hand-run sqlite3 shell.
+        """CREATE TRIGGER history_no_update BEFORE UPDATE ON history
+           BEGIN SELECT RAISE(ABORT, 'history is append-only'); END""",
+        """CREATE TRIGGER history_no_delete BEFORE DELETE ON history
+           BEGIN SELECT RAISE(ABORT, 'history is append-only'); END""",
+        """CREATE TABLE uploads (
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            remote_id TEXT NOT NULL,
+            uploaded_at TEXT NOT NULL,
+            PRIMARY KEY (provider, model, content_hash)
+        )""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_MODEL_COLUMNS = (
+    "name, provider, fingerprint, training, status, handle, attempts, next_attempt_at,"
+    " triggered_at, finished_at, marker, data_marker, reasons"
+)
+
+
+def _iso(value: datetime | None) -> str | None:
+    # Fixed-width text (always microseconds, always +00:00) so that text order is time order.
+    return None if value is None else as_utc(value).isoformat(timespec="microseconds")
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else as_utc(datetime.fromisoformat(value))
+
+
+async def _enable_wal(conn: aiosqlite.Connection) -> sqlite3.Row | None:
+    # Switching a new file to WAL needs an exclusive lock and SQLite reports SQLITE_BUSY at once
+    # (no busy handler) when another process is opening the same file: retry for a while.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            async with conn.execute("PRAGMA journal_mode = WAL") as cur:
+                return await cur.fetchone()
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.02)
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # Never let a failing ROLLBACK hide the error that caused it.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
+
+
+def _status(value: str, name: str) -> RecordStatus:
+    try:
+        return RecordStatus(value)
+    except ValueError:
+        raise StateError(
+            f"model {name!r} has status {value!r} in the state, unknown to this version; upgrade reconciler"
+        ) from None
+
+
+def _record(row: sqlite3.Row) -> ModelRecord:
+    return ModelRecord(
+        name=row["name"],
+        provider=row["provider"],
+        fingerprint=row["fingerprint"],
+        training=json.loads(row["training"]),
+        status=_status(row["status"], row["name"]),
+        handle=row["handle"],
+        attempts=row["attempts"],
+        next_attempt_at=_from_iso(row["next_attempt_at"]),
+        triggered_at=_from_iso(row["triggered_at"]),
+        finished_at=_from_iso(row["finished_at"]),
+        marker=row["marker"],
+        data_marker=json.loads(row["data_marker"]),
+        reasons=json.loads(row["reasons"]),
+    )
+
+
+def _event(row: sqlite3.Row) -> HistoryEvent:
+    return HistoryEvent(
+        id=row["id"],
+        model=row["model"],
+        event=row["event"],
+        reason=row["reason"],
+        fingerprint=row["fingerprint"],
+        detail=json.loads(row["detail"]),
+        git_commit=row["git_commit"],
+        at=_from_iso(row["at"]),
+    )
+
+
+class SQLiteStateStore(StateStore):
+    """State in one SQLite file (default `.reconciler/state.db`)."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection, created: bool) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.created = created
+        self._conn = conn
+        # One connection: coroutines must not interleave statements of each other's transactions.
+        self._mutex = asyncio.Lock()
+        self._lock_fds: set[int] = set()
+        self._closed = False
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteStateStore:
+        """Open the file, creating it (and its folder) on first use, and migrate the schema."""
+        existed = path.exists()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StateError(
+                f"cannot create the folder of the state database {path}: {err.strerror}; "
+                "make it writable or choose another location with --state / RECONCILER_STATE"
+            ) from err
+        connecting = aiosqlite.connect(str(path), isolation_level=None)
+        # aiosqlite's worker thread is not a daemon, so a store someone forgot to close would
+        # hang the interpreter at exit. A daemon thread cut off at exit is only a crash to
+        # SQLite: acknowledged commits are already durable, nothing half-written survives.
+        connecting._thread.daemon = True
+        try:
+            conn = await connecting
+        except sqlite3.Error as err:
+            # aiosqlite stops its worker thread after a failed connect without waiting for it;
+            # wait here, or the thread outlives (and trips over) a closed event loop.
+            await asyncio.to_thread(connecting._thread.join, 5)
+            raise cls._open_error(path, err) from err
+        try:
+            conn.row_factory = sqlite3.Row
+            fresh = await cls._setup(path, conn)
+            return cls(path, conn, created=not existed or fresh)
+        except BaseException as err:
+            await conn.close()
+            if isinstance(err, sqlite3.Error):
+                raise cls._open_error(path, err) from err
+            raise
+
+    @staticmethod
+    def _open_error(path: Path, err: sqlite3.Error) -> StateError:
+        text = str(err)
+        if "not a database" in text or "malformed" in text:
+            hint = (
+                "it is not a reconciler SQLite database (or it is damaged); move it aside or "
+                "point --state / RECONCILER_STATE elsewhere"
+            )
+        elif "readonly" in text or "unable to open" in text or "disk I/O" in text:
+            hint = (
+                "check that the file and its folder are readable and writable (SQLite creates "
+                f"{path.name}-wal and {path.name}-shm beside it), or choose another location "
+                "with --state / RECONCILER_STATE"
+            )
+        else:
+            hint = "check the file, or choose another location with --state / RECONCILER_STATE"
+        return StateError(f"cannot open the state database {path}: {text}; {hint}")
+
+    @staticmethod
+    async def _setup(path: Path, conn: aiosqlite.Connection) -> bool:
+        """Set the pragmas and migrate; True when the file had no schema yet."""
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        row = await _enable_wal(conn)
+        if row is None or str(row[0]).lower() != "wal":
+            # Some network filesystems refuse WAL; still correct, only slower for readers.
+            log.warning("state database %s: WAL journal mode unavailable (got %s)", path, row)
+        # FULL: the WAL is fsynced at every commit, so an acknowledged write survives a crash.
+        await conn.execute("PRAGMA synchronous = FULL")
+        # IMMEDIATE takes the write lock first: two processes opening at once migrate in turn.
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            async with conn.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+                row = await cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"the state database {path} has schema version {version}, newer than this "
+                    f"reconciler understands ({SCHEMA_VERSION}); upgrade reconciler"
+                )
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    await conn.execute(statement)
+            if version != SCHEMA_VERSION:
+                await conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
+        return version == 0
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _error(self, err: sqlite3.Error, doing: str) -> StateError:
+        return StateError(
+            f"state database {self.path}: {doing} failed: {err}; check the file, its folder's "
+            "free space and permissions"
+        )
+
+    async def _fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._mutex:
+            try:
+                async with self._conn.execute(sql, tuple(params)) as cur:
+                    return list(await cur.fetchall())
+            except sqlite3.Error as err:
+                raise self._error(err, "reading") from err
+
+    async def _write(
+        self,
+        events: tuple[HistoryEvent, ...],
+        record: ModelRecord | None = None,
+        delete: str | None = None,
+    ) -> None:
+        # Serialise before BEGIN: a value that cannot be stored fails without touching the file.
+        record_row = self._record_row(record) if record is not None else None
+        event_rows = [self._event_row(ev) for ev in events]
+        ids: list[int] = []
+        async with self._mutex:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if delete is not None:
+                        await self._conn.execute("DELETE FROM models WHERE name = ?", (delete,))
+                    if record_row is not None:
+                        await self._conn.execute(
+                            f"INSERT INTO models ({_MODEL_COLUMNS}, updated_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                            " ON CONFLICT (name) DO UPDATE SET"
+                            " provider = excluded.provider, fingerprint = excluded.fingerprint,"
+                            " training = excluded.training, status = excluded.status,"
+                            " handle = excluded.handle, attempts = excluded.attempts,"
+                            " next_attempt_at = excluded.next_attempt_at,"
+                            " triggered_at = excluded.triggered_at,"
+                            " finished_at = excluded.finished_at, marker = excluded.marker,"
+                            " data_marker = excluded.data_marker, reasons = excluded.reasons,"
+                            " updated_at = excluded.updated_at",
+                            (*record_row, _iso(utc_now())),
+                        )
+                    for row in event_rows:
+                        ids.append(await self._insert_event(row))
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    await _rollback(self._conn)
+                    raise
+            except sqlite3.Error as err:
+                raise self._error(err, "writing") from err
+        # Only once committed: hand the ids and times back to the caller's events.
+        for ev, row, new_id in zip(events, event_rows, ids, strict=True):
+            ev.id = new_id
+            ev.at = _from_iso(row[-1])
+
+    async def _insert_event(self, row: tuple[Any, ...]) -> int:
+        cur = await self._conn.execute(
+            "INSERT INTO history (model, event, reason, fingerprint, detail, git_commit, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        new_id = cur.lastrowid
+        await cur.close()
+        assert new_id is not None
+        return new_id
+
+    @staticmethod
+    def _record_row(record: ModelRecord) -> tuple[Any, ...]:
+        what = f"the record of model {record.name!r}"
+        return (
+            record.name,
+            record.provider,
+            record.fingerprint,
+            dump_json(record.training, what),
+            RecordStatus(record.status).value,
+            record.handle,
+            record.attempts,
+            _iso(record.next_attempt_at),
+            _iso(record.triggered_at),
+            _iso(record.finished_at),
+            record.marker,
+            dump_json(record.data_marker, what),
+            dump_json(list(record.reasons), what),
+        )
+
+    @staticmethod
+    def _event_row(ev: HistoryEvent) -> tuple[Any, ...]:
+        return (
+            ev.model,
+            ev.event,
+            ev.reason,
+            ev.fingerprint,
+            dump_json(ev.detail, f"a {ev.event!r} event of model {ev.model!r}"),
+            ev.git_commit,
+            _iso(ev.at or utc_now()),
+        )
+
+    # -- StateStore ------------------------------------------------------------------------
+
+    async def get(self, name: str) -> ModelRecord | None:
+        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM models WHERE name = ?", (name,))
+        return _record(rows[0]) if rows else None
+
+    async def all(self) -> dict[str, ModelRecord]:
+        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY name")
+        return {row["name"]: _record(row) for row in rows}
+
+    async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:
+        """Write the record and append the events in one transaction."""
+        await self._write(events, record=record)
+
+    async def delete(self, name: str, *events: HistoryEvent) -> None:
+        """Remove a model's record (history stays) and append the events, in one transaction."""
+        await self._write(events, delete=name)
+
+    async def append(self, *events: HistoryEvent) -> None:
+        """Append events to the history, all or none."""
+        if events:
+            await self._write(events)
+
+    async def history(self, name: str) -> list[HistoryEvent]:
+        rows = await self._fetchall("SELECT * FROM history WHERE model = ? ORDER BY id", (name,))
+        return [_event(row) for row in rows]
+
+    async def uploads(self, provider: str, model: str) -> dict[str, str]:
+        """Content hash -> provider's id of files already uploaded for a model."""
+        rows = await self._fetchall(
+            "SELECT content_hash, remote_id FROM uploads WHERE provider = ? AND model = ?",
+            (provider, model),
+        )
+        return {row["content_hash"]: row["remote_id"] for row in rows}
+
+    async def record_upload(self, provider: str, model: str, content_hash: str, remote_id: str) -> None:
+        async with self._mutex:
+            try:
+                # A single statement in autocommit mode is its own durable transaction.
+                await self._conn.execute(
+                    "INSERT INTO uploads (provider, model, content_hash, remote_id, uploaded_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider, model, content_hash)"
+                    " DO UPDATE SET remote_id = excluded.remote_id,"
+                    " uploaded_at = excluded.uploaded_at",
+                    (provider, model, content_hash, remote_id, _iso(utc_now())),
+                )
+            except sqlite3.Error as err:
+                raise self._error(err, "recording an upload") from err
+
+    @contextlib.asynccontextmanager
+    async def lock(self, holder: str, timeout: float) -> AsyncIterator[None]:
+        """Hold the single-writer lock; wait up to `timeout` seconds, then raise LockHeldError.
+
+        An flock on `<db>.lock`: the kernel drops it when the process dies, even by SIGKILL, so
+        no stale lock survives a crash. flock locks belong to an open file, so a second `lock()`
+        in the same process waits and fails like any other process instead of nesting silently.
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = await self._acquire(lock_path, holder, timeout)
+        self._lock_fds.add(fd)
+        try:
+            yield
+        finally:
+            self._release(fd)
+
+    async def _acquire(self, lock_path: Path, holder: str, timeout: float) -> int:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise StateError(
+                f"cannot open the state lock file {lock_path}: {err.strerror}; make its folder "
+                "writable or choose another state location with --state / RECONCILER_STATE"
+            ) from err
+        start = time.monotonic()
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise StateError(f"cannot lock {lock_path}: {err.strerror}") from err
+                waited = time.monotonic() - start
+                if waited >= timeout:
+                    raise LockHeldError(self._read_holder(fd), waited)
+                await asyncio.sleep(min(LOCK_POLL_INTERVAL, timeout - waited))
+            # The holder's description is for waiters' error messages only; the flock is the lock.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def _read_holder(fd: int) -> str:
+        try:
+            text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            text = ""
+        return text or "another process"
+
+    def _release(self, fd: int) -> None:
+        if fd not in self._lock_fds:
+            return  # already released by close()
+        self._lock_fds.discard(fd)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor drops the flock
+
+    async def close(self) -> None:
+        """Release any lock still held and close the database; safe to call twice."""
+        for fd in list(self._lock_fds):
+            self._release(fd)
+        if self._closed:
+            return
+        self._closed = True
+        async with self._mutex:
+            await self._conn.close()
+
+    async def ping(self) -> None:
+        """Raise StateError when the database cannot be read."""
+        await self._fetchall("SELECT 1")
