@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.engine import Engine  # noqa: E402
 from reconciler.plan import Action  # noqa: E402
 from reconciler.providers import adapter_class  # noqa: E402
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Sandbox  # noqa: E402
-from reconciler.spec import load_manifests  # noqa: E402
-from reconciler.state import open_state  # noqa: E402
+from reconciler.sandbox.server import SANDBOX_API_KEYS, Sandbox, WorldStore  # noqa: E402
+from reconciler.spec import ManifestSet, load_manifests  # noqa: E402
+from reconciler.state import StateStore, open_state  # noqa: E402
 
 MANIFEST = """\
 apiVersion: reconciler/v1
@@ -41,8 +45,35 @@ PROVIDER = """\
 apiVersion: reconciler/v1
 kind: Provider
 metadata: {name: roboflow}
-spec: {type: roboflow, requests_per_second: 100000}
+spec: {type: roboflow, requests_per_second: 10000}
 """
+
+
+def start_sandbox_process(world: Path, latency: float) -> tuple[subprocess.Popen[str], str]:
+    """`reconciler sandbox` in its own process: the provider must not share our GIL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "sandbox", "--dir", str(world), "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("export RECONCILER_ROBOFLOW_BASE_URL="):
+            return proc, line.strip().split("=", 1)[1]
+    raise RuntimeError("the sandbox did not start")
+
+
+async def plan_once(manifests: ManifestSet, state: StateStore, url: str, *, apply: bool = False) -> tuple[float, list[Any]]:
+    endpoints = {"roboflow": (url, SANDBOX_API_KEYS["roboflow"])}
+    async with Engine(manifests, state, endpoints=endpoints) as engine:
+        start = time.perf_counter()
+        plans = await engine.plan(list(manifests.models.values()))
+        wall = time.perf_counter() - start
+        if apply:
+            result = await engine.apply(plans)  # adopts every model (the sandbox shows them trained)
+            assert len(result.adopted) == len(plans) and not result.outcomes
+        return wall, plans
 
 
 async def run(models: int, latency: float, rounds: int) -> None:
@@ -53,31 +84,35 @@ async def run(models: int, latency: float, rounds: int) -> None:
         (specs / "models.yaml").write_text("---\n".join(MANIFEST.format(i=i) for i in range(models)))
         # the measured limit is latency x concurrency, not a (provider-documented) rate limit
         (specs / "provider.yaml").write_text(PROVIDER)
-        sb = Sandbox(None, training_seconds=0.1)
-        sim = sb.sim("roboflow")
+        seed = Sandbox(None, providers=["roboflow"]).start()
+        sim = seed.sim("roboflow")
         for i in range(models):
             sim.add_project("bench", f"p{i:05d}", versions=1)  # type: ignore[attr-defined]
             sim.mark_trained("bench", f"p{i:05d}", 1, model_type="rfdetr-nano")  # type: ignore[attr-defined]
-        sb.start()
+        WorldStore(root / "world" / "roboflow.json").save(sim.world)
+        seed.stop()
         manifests = load_manifests([specs])
         state = await open_state(f"sqlite:///{root / 'state.db'}")
-        endpoints = {"roboflow": (sb.base_url("roboflow"), SANDBOX_API_KEYS["roboflow"])}
-        # first pass adopts every model (the sandbox has them trained), so later passes are in sync
-        async with Engine(manifests, state, endpoints=endpoints) as engine:
-            await engine.apply(await engine.plan(list(manifests.models.values())))
-        sb.latency = latency
+        proc, url = start_sandbox_process(root / "world", 0.0)
+        try:
+            await plan_once(manifests, state, url, apply=True)
+        finally:
+            proc.terminate()
+            proc.wait()
+        proc, url = start_sandbox_process(root / "world", latency)
         walls = []
-        for _ in range(rounds):
-            sb.clear_requests()
-            async with Engine(manifests, state, endpoints=endpoints) as engine:
-                start = time.perf_counter()
-                plans = await engine.plan(list(manifests.models.values()))
-                walls.append(time.perf_counter() - start)
-            assert all(p.action is Action.NONE for p in plans), {p.action for p in plans}
-        requests = len(sb.requests("roboflow"))
-        trains = sum(1 for r in sb.requests("roboflow") if r.method == "POST")
+        try:
+            for _ in range(rounds):
+                wall, plans = await plan_once(manifests, state, url)
+                assert all(p.action is Action.NONE for p in plans), {p.action for p in plans}
+                walls.append(wall)
+            log = json.loads(urllib.request.urlopen(url.rsplit("/", 1)[0] + "/_sandbox/requests").read())
+        finally:
+            proc.terminate()
+            proc.wait()
         await state.close()
-        sb.stop()
+    requests = sum(1 for r in log if r["provider"] == "roboflow") / rounds
+    trains = sum(1 for r in log if r["method"] == "POST")
     concurrency = adapter_class("roboflow").max_concurrent_requests
     floor = requests * latency / concurrency
     wall = statistics.median(walls)

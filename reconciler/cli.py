@@ -544,14 +544,15 @@ def daemon(
     help="where the simulated providers keep their world",
 )
 @click.option("--training-seconds", default=3.0, show_default=True, type=float)
-def sandbox(port: int, directory: str, training_seconds: float) -> None:
+@click.option("--latency", default=0.0, show_default=True, type=float, help="seconds added to every request")
+def sandbox(port: int, directory: str, training_seconds: float, latency: float) -> None:
     """Run simulators of all five provider APIs on 127.0.0.1 until interrupted."""
     import signal
     import threading
 
     from reconciler.sandbox.server import Sandbox
 
-    sb = Sandbox(Path(directory), port=port, training_seconds=training_seconds).start()
+    sb = Sandbox(Path(directory), port=port, training_seconds=training_seconds, latency=latency).start()
     for k, v in sb.env().items():
         click.echo(f"export {k}={v}")
     click.echo(f"# request log and fault injection: {sb.url}/_sandbox/requests, {sb.url}/_sandbox/faults", err=True)
