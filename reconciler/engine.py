@@ -68,6 +68,9 @@ class TriggerOutcome:
     error: ProviderError | None = None
     #: the call may have reached the provider: settled later by observing, never resent
     ambiguous: bool = False
+    #: the provider refused for now (429: too many trainings running): nothing started, not an
+    #: error; the record is restored, so the next plan shows the training again
+    held: bool = False
 
 
 @dataclass
@@ -79,7 +82,7 @@ class ApplyResult:
     @property
     def ok(self) -> bool:
         errors = any(p.action is Action.ERROR for p in self.plans)
-        return not errors and all(o.started for o in self.outcomes.values())
+        return not errors and all(o.started or o.held for o in self.outcomes.values())
 
 
 ProgressCallback = Callable[[str, Observation | ProviderError, ModelRecord | None], None]
@@ -405,7 +408,7 @@ class Engine:
             else:
                 await self.state.delete(p.name, ev)
             p.record = previous
-            return TriggerOutcome(p.name, False, str(exc), exc)
+            return TriggerOutcome(p.name, False, str(exc), exc, held=exc.status == 429)
         # the request may have reached the provider: keep the intent; observing settles it
         await self.state.append(
             self._event(

@@ -107,6 +107,10 @@ def error_message(body: Any) -> str:
             return items(err)
         if isinstance(body.get("errors"), list) and body["errors"]:
             return items(body["errors"])
+        msg, detail = body.get("message"), body.get("err")
+        if body.get("status") == "NOK" and isinstance(msg, str) and isinstance(detail, str) and msg and detail:
+            # PhotoGPT: `err` often says more than `message`; show both unless they repeat
+            return msg if detail.lower() in msg.lower() else f"{msg} ({detail})"
         for key in ("message", "err", "detail"):
             val = body.get(key)
             if isinstance(val, str) and val:

@@ -1,0 +1,423 @@
+"""PhotoGPT AI ("PhotoGPT Developers" API): portrait models trained on 12-20 images (providers.md §5).
+
+API used (kept in the constants below so a change at PhotoGPT is a one-line edit):
+- auth: `Authorization: Bearer <key>` and `API-Version: 1` on every request [D];
+- every answer is the envelope `{"status": "OK", "result": ...}`; errors are
+  `{"status": "NOK", "message", "err", "result": null}` [D];
+- observe: `GET /models/{id}` -> `result.status` new | training | ready | deleted [D]; other words
+  are intermediate backend states [D "moves through backend training states"], read as running [I];
+  several models at once: `GET /models` [D], pagination undocumented [?];
+- prepare: `GET /models/{id}/images?imageType=input` [D], `POST /images/upload` multipart
+  `file` + `data` [D], `DELETE /images/{id}` [I path];
+- train: `GET /models/{id}/train` [D] (a GET that starts paid work: never resent).
+
+The manifest declares the input images as a glob of files in the repository; their content is the
+training data. PhotoGPT keeps no content hash, so the state store maps each file's sha256 to the
+image id it was uploaded as, and `prepare` makes the model's inputs exactly the declared files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from reconciler.errors import BadResponseError, NotFoundError, ProviderError
+from reconciler.providers.base import (
+    Auth,
+    Observation,
+    ProviderAdapter,
+    TrainingStatus,
+    TrainResult,
+    path_segment,
+)
+from reconciler.spec import Strict
+
+if TYPE_CHECKING:
+    from reconciler.providers.http import Response
+    from reconciler.spec import DesiredModel
+    from reconciler.state.base import ModelRecord
+
+log = logging.getLogger("reconciler.providers.photogpt")
+
+MODELS_PATH = "/models"
+MODEL_PATH = "/models/{id}"
+MODEL_IMAGES_PATH = "/models/{id}/images"
+TRAIN_PATH = "/models/{id}/train"
+UPLOAD_PATH = "/images/upload"
+IMAGE_PATH = "/images/{id}"  # [I] delete exists ("Images" page); the path is a guess
+API_VERSION = "1"
+
+#: imageType filter of the model image list [D] and the upload `type` of training images [D]
+INPUT_FILTER = "input"
+INPUT_TYPE = "modelInput"
+#: [I] page size of the model image list (the docs' example answers pageSize 20)
+IMAGES_PAGE_SIZE = 20
+MAX_IMAGE_PAGES = 50
+
+MIN_IMAGES, MAX_IMAGES = 12, 20  # [D] "Upload 12 to 20 modelInput images"
+#: [D] "Request at most 20 MB". Whether MB is 10^6 or 2^20 bytes is not said [?]: a file of at most
+#: 20,000,000 bytes leaves room for the multipart envelope under either reading.
+MAX_IMAGE_BYTES = 20_000_000
+#: [D] accepted formats, with the content type sent for each
+CONTENT_TYPES: dict[str, str] = {
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "png": "image/png",
+    "heic": "image/heic",
+}
+
+#: [D] status words; anything else is an intermediate backend state [I]
+NEW, TRAINING, READY, DELETED = "new", "training", "ready", "deleted"
+
+
+class PhotoGPTModel(Strict):
+    model_id: str = Field(min_length=1, description="the PhotoGPT model id (POST /models answers it)")
+
+
+class PhotoGPTTraining(Strict):
+    input_images: str = Field(
+        min_length=1,
+        description=(
+            "glob of 12-20 image files (jpg, jpeg, webp, png, heic; at most 20 MB each), relative to the "
+            "manifest's folder; their content is the training data"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """One declared input image: where it is and the sha256 of its content."""
+
+    path: Path
+    sha256: str
+
+    @property
+    def extension(self) -> str:
+        return self.path.suffix.lower().lstrip(".")
+
+
+def match_images(pattern: str, manifest_dir: Path) -> list[Path]:
+    """Files the glob matches, relative to the manifest's folder (`**` recurses), sorted."""
+    full = os.path.join(manifest_dir, os.path.expanduser(pattern))
+    return sorted(Path(p) for p in glob.glob(full, recursive=True) if os.path.isfile(p))
+
+
+def _sniff(head: bytes) -> str | None:
+    """The image format a file's first bytes show, among those PhotoGPT accepts."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
+        return "heic"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_images(pattern: str, manifest_dir: Path) -> tuple[list[LocalImage], list[str]]:
+    """The declared images with their hashes, and every problem that would make PhotoGPT refuse them."""
+    problems: list[str] = []
+    images: list[LocalImage] = []
+    paths = match_images(pattern, manifest_dir)
+    allowed = ", ".join(CONTENT_TYPES)
+    for path in paths:
+        shown = os.path.relpath(path, manifest_dir)
+        ext = path.suffix.lower().lstrip(".")
+        if ext not in CONTENT_TYPES:
+            problems.append(f"{shown}: PhotoGPT accepts only {allowed} images; narrow the glob or remove the file")
+            continue
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+        except OSError as exc:
+            problems.append(f"{shown}: cannot read ({exc.strerror or exc})")
+            continue
+        if size > MAX_IMAGE_BYTES:
+            problems.append(f"{shown}: {size / 1e6:.1f} MB; PhotoGPT accepts at most 20 MB per upload")
+            continue
+        if _sniff(head) is None:
+            problems.append(f"{shown}: not a {allowed} image (its content is not one of these formats)")
+            continue
+        images.append(LocalImage(path, _sha256(path)))
+    if not problems and not MIN_IMAGES <= len(paths) <= MAX_IMAGES:
+        problems.append(
+            f"input_images {pattern!r} matches {len(paths)} file{'s' if len(paths) != 1 else ''} "
+            f"under {manifest_dir or '.'}; PhotoGPT trains on {MIN_IMAGES} to {MAX_IMAGES} images"
+        )
+    seen: dict[str, Path] = {}
+    for img in images:
+        if img.sha256 in seen:
+            problems.append(
+                f"{os.path.relpath(img.path, manifest_dir)} has the same content as "
+                f"{os.path.relpath(seen[img.sha256], manifest_dir)}; each input image must be distinct"
+            )
+        seen.setdefault(img.sha256, img.path)
+    return images, problems
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _short(sha: str) -> str:
+    return f"sha256 {sha[:12]}"
+
+
+class PhotoGPTAdapter(ProviderAdapter):
+    type = "photogpt"
+    key_env = "PHOTOGPT_API_KEY"
+    default_base_url = "https://developer.photogptai.com/api"  # [D] includes /api
+    model_schema = PhotoGPTModel
+    training_schema = PhotoGPTTraining
+    auth = Auth(header="Authorization", prefix="Bearer ", extra_headers={"API-Version": API_VERSION})
+    #: [I] 429 "too many trainings running" has no documented number; the simulator's default is 1
+    max_concurrent_trainings = 1
+    requests_per_second = 10.0  # [?] no documented rate limit
+    #: [D] trainings take 20-25 min and the docs poll every 5 min; never faster
+    poll_interval = timedelta(minutes=5)
+    min_poll_interval = timedelta(minutes=5)
+    #: [D] the docs' example gives up after 35 min; no failure status is documented [?]
+    training_timeout = timedelta(minutes=35)
+    auth_description: ClassVar[str] = "Authorization: Bearer header and API-Version: 1"
+
+    # ------------------------------------------------------------------ validation (offline)
+
+    @classmethod
+    def check_local(
+        cls, model: BaseModel, training: BaseModel, manifest_dir: Path
+    ) -> list[tuple[tuple[str, ...], str]]:
+        """The glob must match 12-20 distinct accepted images of at most 20 MB each."""
+        pattern = str(getattr(training, "input_images", ""))
+        _, problems = scan_images(pattern, manifest_dir)
+        return [(("training", "input_images"), p) for p in problems]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _result(self, resp: Response, what: str) -> Any:
+        """The envelope's `result`; a 2xx answer that is not `status: OK` is unreadable."""
+        body = resp.json_object()
+        if body.get("status") != "OK":
+            from reconciler.providers.http import error_message
+
+            detail = error_message(body) or f"status {body.get('status')!r}"
+            raise BadResponseError(
+                f"{what}: answered HTTP {resp.status} without status OK: {detail}", provider=self.config.name
+            )
+        return body.get("result")
+
+    @staticmethod
+    def _model_id(m: DesiredModel) -> str:
+        model: Any = m.model  # a PhotoGPTModel (DesiredModel types it as BaseModel)
+        return str(model.model_id)
+
+    @staticmethod
+    def _local(m: DesiredModel) -> list[LocalImage]:
+        training: Any = m.training
+        images, _ = scan_images(str(training.input_images), m.manifest_dir)
+        return images
+
+    # ------------------------------------------------------------------ reading
+
+    async def observe(self, model: DesiredModel, record: ModelRecord | None) -> Observation:
+        resp = await self.http.request("GET", MODEL_PATH.format(id=path_segment(self._model_id(model))))
+        result = self._result(resp, "GET model")
+        if not isinstance(result, dict):
+            raise BadResponseError("GET model: `result` is not an object", provider=self.config.name)
+        return await self._observation(model, record, result)
+
+    async def observe_many(
+        self, models: Sequence[DesiredModel], records: dict[str, ModelRecord]
+    ) -> dict[str, Observation | ProviderError]:
+        """One `GET /models` for several models; any model it does not show is read on its own."""
+        if len(models) < 2:
+            return await super().observe_many(models, records)
+        resp = await self.http.request("GET", MODELS_PATH)
+        listed = self._result(resp, "GET models")
+        if not isinstance(listed, list):
+            raise BadResponseError("GET models: `result` is not a list", provider=self.config.name)
+        by_id = {str(e["id"]): e for e in listed if isinstance(e, dict) and "id" in e}
+        out: dict[str, Observation | ProviderError] = {}
+        # pagination of the list is undocumented [?]: a model missing from it may be on a later page
+        missing = [m for m in models if self._model_id(m) not in by_id]
+        for m in models:
+            entry = by_id.get(self._model_id(m))
+            if entry is None:
+                continue
+            try:
+                out[m.name] = await self._observation(m, records.get(m.name), entry)
+            except ProviderError as exc:
+                out[m.name] = exc.for_model(m.name)
+        out.update(await super().observe_many(missing, records))
+        return out
+
+    async def _observation(self, m: DesiredModel, record: ModelRecord | None, model: dict[str, Any]) -> Observation:
+        from reconciler.state.base import RecordStatus
+
+        word = model.get("status")
+        if not isinstance(word, str) or not word:
+            raise BadResponseError(
+                f"model {self._model_id(m)}: the answer has no `status`", provider=self.config.name
+            ).for_model(m.name)
+        word = word.lower()
+        if word == DELETED:
+            raise NotFoundError(
+                f"model {self._model_id(m)} is deleted at PhotoGPT; create a model (POST /models) and put its id "
+                "in the manifest",
+                provider=self.config.name,
+            ).for_model(m.name)
+        updated = model.get("updatedAt")
+        marker = f"{updated}|{word}"
+        local = await asyncio.to_thread(self._local, m)
+        hashes = sorted(img.sha256 for img in local)
+        obs = Observation(
+            status=TrainingStatus.RUNNING,
+            marker=marker,
+            message=word,
+            data_marker=hashes,
+            provider_state=word,
+        )
+        ours = record is not None and record.status in (RecordStatus.INTENT, RecordStatus.TRAINING, RecordStatus.FAILED)
+        if word == NEW:
+            obs.status = TrainingStatus.NONE
+            # [I] no failure status is documented; a model that leaves `new` for a training and comes back
+            # to `new` (a new updatedAt) is taken as a training that failed
+            if ours and record is not None and record.status is not RecordStatus.FAILED and record.marker != marker:
+                obs.status = TrainingStatus.FAILED
+                obs.message = "the model went back to 'new' after the train call: PhotoGPT dropped the training"
+        elif word == READY:
+            obs.status = TrainingStatus.SUCCEEDED
+            obs.trained_at = _parse_time(updated)  # [I] no trained-at field; a ready model's last change
+        else:
+            # `training` and any undocumented backend state: still in progress [I]
+            triggered = record.triggered_at if (ours and record is not None) else None
+            if triggered is not None and datetime.now(UTC) - triggered > self.training_timeout:
+                # PhotoGPT shows no failure state, so a training that outlives the documented give-up time
+                # is failed here (the engine's own timeout only covers trainings no longer shown running);
+                # a retry's train call is refused (409/429, reported) while PhotoGPT really still runs it
+                obs.status = TrainingStatus.FAILED
+                obs.message = (
+                    f"still {word!r} {int(self.training_timeout.total_seconds() // 60)} min after the train call "
+                    "(PhotoGPT trainings take 20-25 min and no failure status is documented): treated as failed"
+                )
+        if record is not None and record.data_marker is not None and record.data_marker != hashes:
+            obs.data_changed = self._data_detail(record.data_marker, local)
+        return obs
+
+    @staticmethod
+    def _data_detail(recorded: Any, local: list[LocalImage]) -> str:
+        if not isinstance(recorded, list):
+            return "the input images differ from those of the last training"
+        before = {str(h) for h in recorded}
+        names = {img.sha256: img.path.name for img in local}
+        added = sorted(names[h] for h in names.keys() - before)
+        removed = sorted(before - names.keys())
+        parts = []
+        if added:
+            parts.append("new or changed: " + ", ".join(added))
+        if removed:
+            parts.append(
+                f"no longer declared: {len(removed)} image{'s' if len(removed) != 1 else ''} ("
+                + ", ".join(_short(h) for h in removed[:3])
+                + (", ..." if len(removed) > 3 else "")
+                + ")"
+            )
+        return "input images differ from the last training: " + ("; ".join(parts) or "reordered")
+
+    # ------------------------------------------------------------------ writing
+
+    async def _provider_inputs(self, model_id: str) -> list[dict[str, Any]]:
+        """The model's modelInput images at PhotoGPT, every page."""
+        out: list[dict[str, Any]] = []
+        path = MODEL_IMAGES_PATH.format(id=path_segment(model_id))
+        for page in range(1, MAX_IMAGE_PAGES + 1):
+            resp = await self.http.request(
+                "GET", path, params={"imageType": INPUT_FILTER, "pageNum": page, "pageSize": IMAGES_PAGE_SIZE}
+            )
+            result = self._result(resp, "GET model images")
+            if not isinstance(result, list):
+                raise BadResponseError("GET model images: `result` is not a list", provider=self.config.name)
+            # filter again: a server that ignored imageType must not make us delete generated images
+            out.extend(i for i in result if isinstance(i, dict) and i.get("type", INPUT_TYPE) == INPUT_TYPE)
+            if len(result) < IMAGES_PAGE_SIZE:
+                break
+        return out
+
+    async def prepare(self, model: DesiredModel, observation: Observation) -> None:
+        """Make the model's input images exactly the declared files: delete the others, upload the missing.
+
+        Images whose content was uploaded before (state map sha256 -> image id) and that the model still
+        has are kept, so changing one file uploads one image. Inputs that match no declared file (replaced
+        files, images added by hand) are deleted first, which also keeps the model under PhotoGPT's cap of
+        20 inputs.
+        """
+        model_id = self._model_id(model)
+        local = await asyncio.to_thread(self._local, model)
+        state = self.ctx.state
+        uploaded = await state.uploads(self.config.name, model.name) if state is not None else {}
+        present = {str(i.get("id")) for i in await self._provider_inputs(model_id)}
+        keep = {uploaded[img.sha256] for img in local if uploaded.get(img.sha256) in present}
+        for image_id in sorted(present - keep):
+            log.info("%s: deleting input image %s, which no declared file matches", model.name, image_id)
+            await self.http.request("DELETE", IMAGE_PATH.format(id=path_segment(image_id)), idempotent=True, ok=(404,))
+        for img in local:
+            if uploaded.get(img.sha256) in keep:
+                continue
+            image_id = await self._upload(model_id, img)
+            if state is not None:
+                await state.record_upload(self.config.name, model.name, img.sha256, image_id)
+
+    async def _upload(self, model_id: str, img: LocalImage) -> str:
+        content = await asyncio.to_thread(img.path.read_bytes)
+        resp = await self.http.request(
+            "POST",
+            UPLOAD_PATH,
+            files={"file": (img.path.name, content, CONTENT_TYPES.get(img.extension, "application/octet-stream"))},
+            data={"data": json.dumps({"modelID": model_id, "type": INPUT_TYPE})},
+        )
+        result = self._result(resp, f"upload {img.path.name}")
+        if not isinstance(result, dict) or not result.get("id"):
+            raise BadResponseError(f"upload {img.path.name}: the answer names no image id", provider=self.config.name)
+        return str(result["id"])
+
+    async def train(self, models: Sequence[DesiredModel]) -> dict[str, TrainResult]:
+        results = {}
+        for m in models:
+            # a GET that starts paid work: never resent after it may have left (idempotent=False)
+            resp = await self.http.request(
+                "GET", TRAIN_PATH.format(id=path_segment(self._model_id(m))), idempotent=False
+            )
+            message = ""
+            try:
+                message = str(self._result(resp, "train") or "")
+            except BadResponseError:
+                pass  # a 2xx is the acknowledgement; the body only carries "Training triggered"
+            results[m.name] = TrainResult(handle=None, message=message)
+        return results
