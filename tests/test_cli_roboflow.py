@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from conftest import Workspace
 
@@ -175,3 +176,58 @@ def test_schema_is_json_schema() -> None:
     doc = json.loads(out.stdout)
     assert doc["$schema"].startswith("https://json-schema.org/")
     assert "roboflow" in out.stdout and "TrainedModelSpec" in doc["$defs"]
+
+
+def test_history_records_the_git_commit_of_the_manifests(workspace: Workspace) -> None:
+    import subprocess
+
+    ws = workspace
+    ws.write("a.yaml", MODEL.replace("EPOCHS", "100"))
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True)
+    subprocess.run([*git, "add", "specs"], cwd=ws.root, check=True)
+    subprocess.run([*git, "commit", "-qm", "models"], cwd=ws.root, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws.root, capture_output=True, text=True).stdout.strip()
+    assert ws.run("apply").code == 0
+    events = ws.run("history", "hardhat-detector", "--output", "json").json()["events"]
+    assert events and all(e["git_commit"] == head for e in events)
+    text = ws.run("history", "hardhat-detector")
+    assert text.code == 0 and "intent" in text.stdout and head[:8] in text.stdout
+
+
+def test_fresh_state_in_ci_warns(workspace: Workspace) -> None:
+    ws = workspace
+    ws.write("a.yaml", MODEL.replace("EPOCHS", "100"))
+    res = ws.run("plan", env=ws.env(CI="true"))
+    assert res.code == 2 and "forgets every training" in res.stderr
+    assert "forgets every training" not in ws.run("plan", env=ws.env(CI="true")).stderr  # not fresh any more
+
+
+def test_sandbox_command_serves_all_five(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "sandbox", "--dir", str(tmp_path / "world")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        exports = {}
+        for line in proc.stdout:
+            key, _, value = line.removeprefix("export ").strip().partition("=")
+            exports[key] = value
+            if len(exports) == 10:
+                break
+        for t in ("PREDICTHQ", "REBASE", "ROBOFLOW", "LUCID", "PHOTOGPT"):
+            assert exports[f"RECONCILER_{t}_BASE_URL"].startswith("http://127.0.0.1:")
+            assert exports[f"{t}_API_KEY"]
+        url = exports["RECONCILER_ROBOFLOW_BASE_URL"] + "/?api_key=" + exports["ROBOFLOW_API_KEY"]
+        with urllib.request.urlopen(url) as resp:
+            assert resp.status == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
