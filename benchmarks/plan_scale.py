@@ -23,12 +23,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.engine import Engine  # noqa: E402
-from reconciler.plan import Action  # noqa: E402
-from reconciler.providers import adapter_class  # noqa: E402
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Sandbox, WorldStore  # noqa: E402
-from reconciler.spec import ManifestSet, load_manifests  # noqa: E402
-from reconciler.state import StateStore, open_state  # noqa: E402
+from reconciler.engine import Engine
+from reconciler.plan import Action
+from reconciler.providers import adapter_class
+from reconciler.sandbox.server import SANDBOX_API_KEYS, Sandbox, WorldStore
+from reconciler.spec import ManifestSet, load_manifests
+from reconciler.state import StateStore, open_state
 
 MANIFEST = """\
 apiVersion: reconciler/v1
@@ -64,7 +64,9 @@ def start_sandbox_process(world: Path, latency: float) -> tuple[subprocess.Popen
     raise RuntimeError("the sandbox did not start")
 
 
-async def plan_once(manifests: ManifestSet, state: StateStore, url: str, *, apply: bool = False) -> tuple[float, list[Any]]:
+async def plan_once(
+    manifests: ManifestSet, state: StateStore, url: str, *, apply: bool = False
+) -> tuple[float, list[Any]]:
     endpoints = {"roboflow": (url, SANDBOX_API_KEYS["roboflow"])}
     async with Engine(manifests, state, endpoints=endpoints) as engine:
         start = time.perf_counter()

@@ -184,12 +184,15 @@ def _drift(model: DesiredModel, rec: ModelRecord, obs: Observation, now: datetim
         changes = diff_snapshots(rec.training, model.snapshot)
         shown = ", ".join(f"{c.path}: {c.before!r} -> {c.after!r}" for c in changes[:3])
         reasons.append(Reason("spec-changed", shown or "the normalised spec differs from the recorded one"))
-    if obs.config_changes:
-        changes.extend(obs.config_changes)
+    # a field the spec diff already lists (the usual case after an edit) is not shown twice
+    listed = {c.path for c in changes}
+    config_changes = [c for c in obs.config_changes if c.path not in listed]
+    if config_changes:
+        changes.extend(config_changes)
         reasons.append(
             Reason(
                 "spec-changed",
-                "the provider's configuration differs from the spec: " + ", ".join(c.path for c in obs.config_changes),
+                "the provider's configuration differs from the spec: " + ", ".join(c.path for c in config_changes),
             )
         )
     if obs.stale:

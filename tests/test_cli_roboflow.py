@@ -161,7 +161,9 @@ def test_usage_errors_exit_1_and_validate(workspace: Workspace) -> None:
     ws.write("a.yaml", MODEL.replace("EPOCHS", "100"))
     assert ws.run("plan", "--no-such-flag").code == 1
     assert ws.run("validate").code == 0
-    ws.write("b.yaml", "apiVersion: reconciler/v1\nkind: TrainedModel\nmetadata: {name: x}\nspec: {provider: roboflow}\n")
+    ws.write(
+        "b.yaml", "apiVersion: reconciler/v1\nkind: TrainedModel\nmetadata: {name: x}\nspec: {provider: roboflow}\n"
+    )
     bad = ws.run("validate")
     assert bad.code == 1 and "b.yaml:4:" in bad.stderr and "spec.model" in bad.stderr
     j = ws.run("plan", "--output", "json")
