@@ -1,0 +1,308 @@
+"""PredictHQ Forecasts API: demand forecasting models (providers.md section 1).
+
+API used (kept in the constants below so a change at PredictHQ is a one-line edit):
+- auth: `Authorization: Bearer <token>` [D];
+- observe: `GET /v1/forecasts/models/{model_id}` -> `{"model": {...}}`, one request per model [D];
+- prepare: `PATCH /v1/forecasts/models/{model_id}` with only the fields that differ, 204 [D]. A
+  training-relevant change moves the model to `stale`, and training from `stale` is allowed [I];
+- train: `POST /v1/forecasts/models/{model_id}/train`, no body, 204; runs asynchronously [D].
+
+Drift the API lets us see: the writable training config compared field by field (spec-changed),
+`readiness.status == "stale"` (provider-stale), and demand data newer than the data of the last
+training (data-changed, from `metrics.*.date_range` [I]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from reconciler.errors import BadResponseError
+from reconciler.providers.base import (
+    Auth,
+    Observation,
+    ProviderAdapter,
+    RetryPolicy,
+    TrainingStatus,
+    TrainResult,
+    path_segment,
+)
+from reconciler.spec import Change, Strict, parse_timestamp
+from reconciler.state.base import RecordStatus
+
+if TYPE_CHECKING:
+    from reconciler.spec import DesiredModel
+    from reconciler.state.base import ModelRecord
+
+MODEL_PATH = "/v1/forecasts/models/{model_id}"
+TRAIN_PATH = "/v1/forecasts/models/{model_id}/train"
+
+#: `readiness.status` words [D]. The run goes preparing -> training -> forecasting -> ready|failed [I].
+RUNNING_WORDS = frozenset({"preparing", "training", "forecasting"})
+TRAINED_WORDS = frozenset({"ready", "stale"})
+NEVER_TRAINED_WORDS = frozenset({"created"})
+FAILED_WORDS = frozenset({"failed"})
+STALE_WORD = "stale"
+
+ForecastWindow = Literal["1d", "7d", "14d", "28d", "30d", "60d", "90d"]
+Industry = Literal[
+    "accommodation",
+    "cpg",
+    "tourism",
+    "marketing",
+    "parking",
+    "restaurants",
+    "retail",
+    "transportation",
+    "other",
+]
+
+
+class PredictHQModel(Strict):
+    model_id: str = Field(min_length=1, description="the forecast model's id, e.g. Oa1D2XvT-IXfFQ_osoTZjQ")
+
+
+class DemandType(Strict):
+    industry: Industry
+    interval: Literal["day"] = Field(default="day", description="only daily demand is supported")
+
+
+class SavedLocation(Strict):
+    saved_location_id: str = Field(min_length=1, description="id of a Saved Location (POST /v1/saved-locations)")
+
+
+class PredictHQTraining(Strict):
+    # The API's default window is not documented [?], so the manifest must say which one it wants.
+    forecast_window: ForecastWindow = Field(description="how far ahead the model forecasts")
+    algo: Literal["phq-xgboost"] = "phq-xgboost"
+    #: None: not managed by the manifest (whatever the model has is kept and not compared)
+    demand_type: DemandType | None = None
+    location: SavedLocation | None = None
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """A JSON object from the response, or {} for null or a wrong type."""
+    return value if isinstance(value, dict) else {}
+
+
+def _date(value: Any) -> date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _range(metrics: Any, key: str) -> dict[str, Any] | None:
+    """`metrics.<key>.date_range` as {"start", "end"} (strings), when the provider shows one."""
+    if not isinstance(metrics, dict):
+        return None
+    section = metrics.get(key)
+    if not isinstance(section, dict):
+        return None
+    rng = section.get("date_range")
+    if not isinstance(rng, dict) or _date(rng.get("end")) is None:
+        return None
+    return {"start": rng.get("start"), "end": rng.get("end")}
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
+
+
+class PredictHQAdapter(ProviderAdapter):
+    type = "predicthq"
+    key_env = "PREDICTHQ_API_KEY"
+    default_base_url = "https://api.predicthq.com"
+    model_schema = PredictHQModel
+    training_schema = PredictHQTraining
+    auth = Auth(header="Authorization", prefix="Bearer ")
+    # [D] retry 429 and 5xx at most 3 times: 1 s, 2 s, 4 s, each +/- 500 ms
+    retry = RetryPolicy(attempts=4, base=1.0, cap=4.0, jitter=0.5)
+    # [D] the per-organisation rate depends on the plan and "keep concurrency low"; these are
+    # conservative defaults a Provider manifest can raise [I]
+    requests_per_second = 5.0
+    max_concurrent_requests = 4
+    max_concurrent_trainings = 2
+    # [D guide] training "usually takes a few minutes"
+    poll_interval = timedelta(seconds=30)
+    training_timeout = timedelta(hours=6)  # [I] generous for "a few minutes"
+    auth_description: ClassVar[str] = "header Authorization: Bearer"
+
+    def _path(self, template: str, m: DesiredModel) -> str:
+        model: Any = m.model
+        return template.format(model_id=path_segment(model.model_id))
+
+    # ---- reading
+
+    async def observe(self, model: DesiredModel, record: ModelRecord | None) -> Observation:
+        resp = await self.http.request("GET", self._path(MODEL_PATH, model))
+        found = resp.json_object().get("model")
+        if not isinstance(found, dict):
+            raise BadResponseError("model response has no 'model' object", provider=self.config.name)
+        return self.observation(found, model, record)
+
+    def observation(self, found: dict[str, Any], m: DesiredModel, record: ModelRecord | None) -> Observation:
+        """Turn a `PublicForecastModel` into the facts the planner needs."""
+        readiness = _obj(found.get("readiness"))
+        word = str(readiness.get("status") or "").lower()
+        train_dt = found.get("train_dt") if isinstance(found.get("train_dt"), str) else None
+        if word in RUNNING_WORDS:
+            status = TrainingStatus.RUNNING
+        elif word in FAILED_WORDS:
+            status = TrainingStatus.FAILED
+        elif word in NEVER_TRAINED_WORDS or (word in TRAINED_WORDS and not train_dt):
+            # [D] train_dt is the last *successful* training: a stale model without one never trained
+            status = TrainingStatus.NONE
+        elif word in TRAINED_WORDS:
+            status = TrainingStatus.SUCCEEDED
+        else:
+            status = TrainingStatus.UNKNOWN
+
+        message = word or "no readiness status"
+        if status is TrainingStatus.FAILED:
+            code = readiness.get("error_code")
+            text = readiness.get("error_message") or "training failed"
+            message = f"{text} ({code})" if code else str(text)
+
+        metrics = found.get("metrics")
+        demand = _range(metrics, "demand_data")
+        data_changed = None
+        if status is TrainingStatus.SUCCEEDED and demand is not None:
+            data_changed = self._data_changed(demand, _range(metrics, "training_data"), record)
+
+        return Observation(
+            status=status,
+            marker=self._marker(train_dt, word, record),
+            trained_at=_timestamp(train_dt),
+            message=message,
+            stale=(
+                "readiness.status is stale: configuration or data changed since the last training"
+                if word == STALE_WORD and status is TrainingStatus.SUCCEEDED
+                else None
+            ),
+            data_changed=data_changed,
+            data_marker=demand,
+            config_changes=self._config_changes(found, m),
+            observed_training=self._observed_training(found),
+            provider_state=word,
+        )
+
+    @staticmethod
+    def _marker(train_dt: str | None, word: str, record: ModelRecord | None) -> str:
+        marker = f"{train_dt or '-'}/{word or '-'}"
+        if (
+            word == STALE_WORD
+            and record is not None
+            and record.status is RecordStatus.INTENT
+            and record.marker is not None
+            and record.marker.split("/", 1)[0] == (train_dt or "-")
+        ):
+            # `prepare` PATCHes before the train call, which makes the model stale without any
+            # training: after a crash between the two, a stale model with the same train_dt says
+            # the train call never started anything, so the marker the intent saw stands.
+            return record.marker
+        return marker
+
+    @staticmethod
+    def _data_changed(
+        demand: dict[str, Any], trained_on: dict[str, Any] | None, record: ModelRecord | None
+    ) -> str | None:
+        # Prefer the demand range recorded when we triggered the last training: the provider's
+        # training_data range may legitimately end before the uploaded demand (holdout, missing
+        # dates), which would otherwise read as new data forever [I].
+        baseline: dict[str, Any] | None = None
+        source = "the last training's data"
+        if record is not None and isinstance(record.data_marker, dict) and _date(record.data_marker.get("end")):
+            baseline, source = record.data_marker, "the demand recorded at the last training"
+        elif trained_on is not None:
+            baseline = trained_on
+        if baseline is None:
+            return None
+        new_end, old_end = _date(demand.get("end")), _date(baseline.get("end"))
+        if new_end is None or old_end is None or new_end <= old_end:
+            return None
+        return f"demand data now ends {new_end.isoformat()}, {source} ended {old_end.isoformat()}"
+
+    @staticmethod
+    def _observed_training(found: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("forecast_window", "algo"):
+            if found.get(key) is not None:
+                out[key] = found[key]
+        demand_type = found.get("demand_type")
+        if isinstance(demand_type, dict):
+            for key in ("industry", "interval"):
+                if demand_type.get(key) is not None:
+                    out[f"demand_type.{key}"] = demand_type[key]
+        location = found.get("location")
+        if isinstance(location, dict) and location.get("saved_location_id") is not None:
+            out["location.saved_location_id"] = location["saved_location_id"]
+        return out
+
+    @staticmethod
+    def _config_changes(found: dict[str, Any], m: DesiredModel) -> list[Change]:
+        """Writable fields whose value at PredictHQ differs from the spec (paths as in the spec)."""
+        t: Any = m.training
+        changes: list[Change] = []
+        for key in ("forecast_window", "algo"):
+            if found.get(key) != getattr(t, key):
+                changes.append(Change(f"training.{key}", found.get(key), getattr(t, key)))
+        if t.demand_type is not None:
+            have = _obj(found.get("demand_type"))
+            for key in ("industry", "interval"):
+                want = getattr(t.demand_type, key)
+                if have.get(key) != want:
+                    changes.append(Change(f"training.demand_type.{key}", have.get(key), want))
+        if t.location is not None:
+            have = _obj(found.get("location"))
+            if have.get("saved_location_id") != t.location.saved_location_id:
+                changes.append(
+                    Change(
+                        "training.location.saved_location_id",
+                        have.get("saved_location_id"),
+                        t.location.saved_location_id,
+                    )
+                )
+        return changes
+
+    # ---- writing
+
+    @staticmethod
+    def patch_body(m: DesiredModel, changes: Sequence[Change]) -> dict[str, Any]:
+        """The UpdateModelRequest carrying only the top-level fields that differ."""
+        t: Any = m.training
+        body: dict[str, Any] = {}
+        for change in changes:
+            top = change.path.removeprefix("training.").split(".", 1)[0]
+            if top in body:
+                continue
+            value = getattr(t, top)
+            # Nested objects go whole: PATCH semantics inside an object are not documented [?].
+            body[top] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+        return body
+
+    async def prepare(self, model: DesiredModel, observation: Observation) -> None:
+        """PATCH the fields that differ from the spec (nothing when the model already matches)."""
+        body = self.patch_body(model, observation.config_changes)
+        if body:
+            # Setting fields to fixed values is idempotent, so a 429/5xx may be retried.
+            await self.http.request("PATCH", self._path(MODEL_PATH, model), json_body=body, idempotent=True)
+
+    async def train(self, models: Sequence[DesiredModel]) -> dict[str, TrainResult]:
+        results = {}
+        for m in models:
+            # 400 "Current model readiness state is ... doesn't allow triggering training" is an
+            # InvalidRequestError, which the engine records as a refused attempt.
+            await self.http.request("POST", self._path(TRAIN_PATH, m), idempotent=False)
+            results[m.name] = TrainResult(handle=None, message="training started")
+        return results
