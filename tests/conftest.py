@@ -17,6 +17,34 @@ import pytest
 from reconciler.sandbox.server import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("RECONCILER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def with_search_path(url: str, schema: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A state URL on the real PostgreSQL with a fresh schema, dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from reconciler.state.postgres import redact_url
+
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as err:
+        pytest.skip(f"PostgreSQL not reachable at {redact_url(PG_URL)}: {err}")
+    schema = f"reconciler_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield with_search_path(PG_URL, schema)
+    finally:
+        admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        admin.close()
 
 
 @dataclass

@@ -233,3 +233,22 @@ def test_sandbox_command_serves_all_five(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_shared_postgresql_state(workspace: Workspace, postgres_url: str) -> None:
+    """Two CI runners with no local files share what was trained through PostgreSQL."""
+    ws = workspace
+    ws.write("a.yaml", MODEL.replace("EPOCHS", "100"))
+    env = ws.env(RECONCILER_STATE=postgres_url, CI="true")
+    first = ws.run("apply", "--wait", env=env)
+    assert first.code == 0, first.output
+    assert "forgets every training" not in first.stderr  # shared state: no fresh-file warning
+    (ws.root / "state.db").unlink(missing_ok=True)
+    second = ws.run("plan", env=env)
+    assert second.code == 0, second.output
+    assert [e["event"] for e in ws.run("history", "hardhat-detector", "--output", "json", env=env).json()["events"]] == [
+        "intent",
+        "triggered",
+        "succeeded",
+    ]
+    assert len(train_calls(ws)) == 1

@@ -22,14 +22,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+from conftest import PG_URL, with_search_path
 
 from reconciler.errors import LockHeldError, StateError
 from reconciler.state import HistoryEvent, ModelRecord, RecordStatus, StateStore, open_state
 from reconciler.state.postgres import redact_url
 
 REPO = Path(__file__).resolve().parents[1]
-PG_URL = os.environ.get("RECONCILER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @dataclass
@@ -69,28 +68,14 @@ def _pg_raw(url: str) -> Callable[[str], list[tuple[Any, ...]]]:
     return run
 
 
-def _with_search_path(url: str, schema: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
         path = tmp_path / "nested" / "dir" / "state.db"  # the folders do not exist yet
         yield Backend("sqlite", f"sqlite:///{path}", _sqlite_raw(path), "", path)
         return
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as err:
-        pytest.skip(f"PostgreSQL not reachable at {redact_url(PG_URL)}: {err}")
-    schema = f"reconciler_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    url = _with_search_path(PG_URL, schema)
-    try:
-        yield Backend("postgres", url, _pg_raw(url), "reconciler_")
-    finally:
-        admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-        admin.close()
+    url = request.getfixturevalue("postgres_url")
+    yield Backend("postgres", url, _pg_raw(url), "reconciler_")
 
 
 @pytest.fixture
@@ -570,6 +555,6 @@ async def test_postgres_missing_schema_is_a_state_error() -> None:
         psycopg.connect(PG_URL, connect_timeout=3).close()
     except psycopg.OperationalError:
         pytest.skip("PostgreSQL not reachable")
-    url = _with_search_path(PG_URL, f"missing_{uuid.uuid4().hex[:8]}")
+    url = with_search_path(PG_URL, f"missing_{uuid.uuid4().hex[:8]}")
     with pytest.raises(StateError, match="no schema"):
         await open_state(url)
