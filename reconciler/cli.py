@@ -8,6 +8,7 @@ Heavy modules (pydantic models, httpx, the engine) are imported inside commands,
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ import click
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine
+    from reconciler.logs import Redactor
     from reconciler.plan import ModelPlan
     from reconciler.sandbox.server import Sandbox
     from reconciler.spec import ManifestSet
@@ -68,10 +70,22 @@ def _selector(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
+@functools.cache
+def _redactor() -> Redactor:
+    from reconciler.logs import Redactor
+
+    # masks every *_API_KEY variable already; `load` adds the variables Provider manifests name
+    return Redactor()
+
+
 def load(paths: Sequence[str]) -> ManifestSet:
+    from reconciler.logs import provider_key_envs
     from reconciler.spec import load_manifests
 
-    return load_manifests(paths or DEFAULT_PATHS)
+    manifests = load_manifests(paths or DEFAULT_PATHS)
+    # a Provider may name any variable for its key: mask its value in log lines too
+    _redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
+    return manifests
 
 
 @contextmanager
@@ -204,11 +218,20 @@ def cli(verbose: int) -> None:
     """Keep hosted model trainings in the state your YAML manifests declare."""
     import logging
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from reconciler.logs import NOISY_LOGGERS, RedactingFormatter
+
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    # every line is masked for the values of the key variables (httpx and exception texts may
+    # quote a URL with ?api_key=); the request loggers stay quiet even at -vv for the same reason
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"), _redactor()))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
 
 
 @cli.command()
@@ -329,6 +352,7 @@ def apply(
     timeout: str | None,
 ) -> None:
     """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded)."""
+    from reconciler.plan import Action
     from reconciler.state.base import RecordStatus
 
     url = _state_url(state)
@@ -352,6 +376,13 @@ def apply(
                     _err(f"{name}: adopted the provider's model as matching the spec")
                 final = {}
                 started = [n for n, o in result.outcomes.items() if o.started]
+                # a training this state started before (a run that crashed or did not wait) is
+                # followed too: `--wait` means "until the trainings reconciler started have ended"
+                started += [
+                    p.name
+                    for p in plans
+                    if p.action is Action.WAIT and p.record is not None and p.record.status is RecordStatus.TRAINING
+                ]
                 if wait and started:
                     final = await engine.follow(started, timeout=wait_timeout, on_progress=_progress_printer())
                     for name in started:

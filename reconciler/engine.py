@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.errors import (
+    BadResponseError,
     ConfigError,
     PermanentProviderError,
     ProviderError,
@@ -56,6 +58,40 @@ def utcnow() -> datetime:
 
 def base_url_env(type_name: str) -> str:
     return f"RECONCILER_{type_name.upper()}_BASE_URL"
+
+
+#: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
+HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
+DEFAULT_HTTP_TIMEOUT = 30.0
+
+#: Test hook (docs/guarantees.md): `RECONCILER_TEST_CRASHPOINT=after-intent` makes the process
+#: SIGKILL itself at that step of a training trigger, to prove a crash there loses nothing and
+#: trains nothing twice. Read once at import; unset (always, outside tests) it costs one comparison.
+CRASHPOINT_ENV = "RECONCILER_TEST_CRASHPOINT"
+CRASHPOINTS = ("before-intent", "after-intent", "after-train-call")
+_CRASHPOINT = os.environ.get(CRASHPOINT_ENV) or None
+
+
+def _crashpoint(name: str) -> None:
+    """Die here, as `kill -9` would, when the test hook names this step."""
+    if _CRASHPOINT is not None and name == _CRASHPOINT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def http_timeout(env: Mapping[str, str]) -> float:
+    """The HTTP timeout in seconds: `RECONCILER_HTTP_TIMEOUT` (a duration such as 10s) or 30."""
+    text = env.get(HTTP_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_HTTP_TIMEOUT
+    from reconciler.spec import parse_duration
+
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise ConfigError(f"{HTTP_TIMEOUT_ENV}: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{HTTP_TIMEOUT_ENV} must be more than 0, got {text!r}")
+    return seconds
 
 
 @dataclass
@@ -111,6 +147,7 @@ class Engine:
         self.git_commit = git_commit
         self.poll_interval_override = poll_interval
         self.endpoints = dict(endpoints or {})
+        self.http_timeout = http_timeout(self.env)
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
         self._train_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -170,9 +207,20 @@ class Engine:
             auth=cls.auth,
             requests_per_second=cfg.requests_per_second,
             max_concurrent=cls.max_concurrent_requests,
+            timeout=self.http_timeout,
             retry=cls.retry,
         )
         return cls(ProviderContext(config=cfg, http=http, state=self.state))
+
+    @property
+    def settle_window(self) -> timedelta:
+        """How long an unacknowledged intent may still show up at the provider.
+
+        A train call cut off (crash, timeout) may still be received up to one HTTP timeout after
+        it was sent and take about as long again to show; until then an intent the provider does
+        not show yet is held, never sent again. After it, the call is taken as never received.
+        """
+        return timedelta(seconds=2 * self.http_timeout)
 
     def poll_interval(self, provider: str) -> timedelta:
         """How often to read an in-flight training (never below the provider's documented floor)."""
@@ -208,14 +256,18 @@ class Engine:
             except ConfigError as exc:
                 err = PermanentProviderError(str(exc), provider=provider)
                 return {m.name: err for m in ms}
+            found: dict[str, Observation | ProviderError]
             try:
-                return await adapter.observe_many(ms, dict(records))
+                found = dict(await adapter.observe_many(ms, dict(records)))
             except ProviderError as exc:
-                return {m.name: exc for m in ms}
+                found = {m.name: exc for m in ms}
             except Exception as exc:  # a bug or garbage in one provider must not stop the others
-                log.exception("observing %s failed", provider)
-                bad = PermanentProviderError(f"unexpected error: {type(exc).__name__}: {exc}", provider=provider)
-                return {m.name: bad for m in ms}
+                bad = unexpected_error(provider, "reading the model", exc)
+                found = {m.name: bad for m in ms}
+            for m in ms:
+                if m.name not in found:
+                    found[m.name] = BadResponseError("the adapter returned no observation", provider=provider)
+            return {name: scrub(adapter, r) for name, r in found.items()}
 
         results: dict[str, Observation | ProviderError] = {}
         for part in await asyncio.gather(*(one_provider(p, ms) for p, ms in by_provider.items())):
@@ -238,6 +290,7 @@ class Engine:
                     now,
                     observable_trigger=cls.observable_trigger,
                     training_timeout=cls.training_timeout,
+                    settle_window=self.settle_window,
                 )
             )
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
@@ -322,6 +375,7 @@ class Engine:
         now = self.clock()
         previous: dict[str, ModelRecord | None] = {}
         intents: dict[str, ModelRecord] = {}
+        _crashpoint("before-intent")
         for p in plans:
             m, obs = p.model, p.observation
             assert obs is not None
@@ -353,21 +407,36 @@ class Engine:
                     changes=[dataclasses.asdict(c) for c in p.changes],
                 ),
             )
+        _crashpoint("after-intent")
         models = [p.model for p in plans]
+        provider = adapter.config.name
         try:
             for p in plans:
                 assert p.observation is not None
                 await adapter.prepare(p.model, p.observation)
+        except Exception as exc:  # the train call was never made: nothing can have started
+            perr = exc if isinstance(exc, ProviderError) else unexpected_error(provider, "preparing", exc)
+            scrub(adapter, perr)
+            return [await self._train_failed(p, intents[p.name], previous[p.name], perr, sent=False) for p in plans]
+        try:
             results: dict[str, TrainResult] = await adapter.train(models)
-        except ProviderError as exc:
-            return [await self._train_failed(p, intents[p.name], previous[p.name], exc) for p in plans]
         except Exception as exc:  # never leave an intent without a history line
-            log.exception("train call for %s failed", ", ".join(m.name for m in models))
-            err = TemporaryProviderError(f"unexpected error: {type(exc).__name__}: {exc}", provider=adapter.config.name)
-            return [await self._train_failed(p, intents[p.name], previous[p.name], err) for p in plans]
+            if isinstance(exc, ProviderError):
+                terr: ProviderError = exc
+            else:
+                # raised after the call may have left (reading its answer): settled by observing
+                log.debug("train call for %s failed", ", ".join(m.name for m in models), exc_info=True)
+                terr = TemporaryProviderError(f"unexpected error: {type(exc).__name__}: {exc}", provider=provider)
+            scrub(adapter, terr)
+            return [await self._train_failed(p, intents[p.name], previous[p.name], terr) for p in plans]
+        _crashpoint("after-train-call")
         outcomes = []
         for p in plans:
             res = results.get(p.name, TrainResult())
+            res = TrainResult(
+                handle=adapter.http.redact(res.handle) if res.handle else res.handle,
+                message=adapter.http.redact(res.message),
+            )
             rec = dataclasses.replace(intents[p.name], status=RecordStatus.TRAINING, handle=res.handle)
             await self.state.save(
                 rec,
@@ -380,11 +449,12 @@ class Engine:
         return outcomes
 
     async def _train_failed(
-        self, p: ModelPlan, intent: ModelRecord, previous: ModelRecord | None, exc: ProviderError
+        self, p: ModelPlan, intent: ModelRecord, previous: ModelRecord | None, exc: ProviderError, *, sent: bool = True
     ) -> TriggerOutcome:
+        """Record why a trigger did not start a training. `sent=False`: the train call was never made."""
         exc.for_model(p.name)
         refused = isinstance(exc, PermanentProviderError)
-        not_executed = isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
+        not_executed = not sent or isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
         if refused:
             # the provider said no: count it as a failed attempt, retried with backoff up to max_retries
             from reconciler.plan import retry_delay
@@ -461,6 +531,39 @@ class Engine:
         for n in pending:
             final[n] = await self.state.get(n)
         return final
+
+
+def unexpected_error(provider: str, doing: str, exc: Exception) -> BadResponseError:
+    """An exception an adapter did not mean to raise, as a per-model error.
+
+    It comes from an answer the adapter could not read (wrong types, missing fields) or from a
+    bug: either way that provider's models are reported and the others go on. The traceback is
+    logged at debug level (-vv) only, so a provider answering garbage never prints one.
+    """
+    log.debug("%s: unexpected %s while %s", provider, type(exc).__name__, doing, exc_info=True)
+    return BadResponseError(
+        f"unexpected answer while {doing} ({type(exc).__name__}: {exc}); run with -vv for the traceback",
+        provider=provider,
+    )
+
+
+def scrub(adapter: ProviderAdapter | None, result: Any) -> Any:
+    """Mask the provider's key in everything an adapter returns (a provider may echo it back)."""
+    if adapter is None:
+        return result
+    redact = adapter.http.redact
+    if isinstance(result, ProviderError):
+        result.message = redact(result.message)
+        result.args = (result.message,)
+    elif isinstance(result, Observation):
+        for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle"):
+            value = getattr(result, name)
+            if isinstance(value, str):
+                setattr(result, name, redact(value))
+        result.observed_training = {
+            k: redact(v) if isinstance(v, str) else v for k, v in result.observed_training.items()
+        }
+    return result
 
 
 def observation_summary(obs: Observation | ProviderError | None) -> dict[str, Any]:

@@ -231,8 +231,13 @@ def plan_model(
     *,
     observable_trigger: bool = True,
     training_timeout: timedelta = timedelta(hours=12),
+    settle_window: timedelta = timedelta(0),
 ) -> ModelPlan:
-    """Decide what to do for one model. Pure: same inputs, same plan."""
+    """Decide what to do for one model. Pure: same inputs, same plan.
+
+    `settle_window`: how long after an unacknowledged intent its train call may still show up at
+    the provider (a call cut off in flight); until then the intent is held, never sent again.
+    """
     if isinstance(observed, ProviderError):
         return ModelPlan(model, Action.ERROR, [_error_reason(observed)], record=record, error=observed)
     obs = observed
@@ -292,6 +297,17 @@ def plan_model(
                     "unconfirmed-intent",
                     "a train call may have reached the provider and it offers no way to check; "
                     f"look at the provider, then `reconciler adopt {model.name}` if it trained",
+                )
+            ]
+            return p
+        if rec.triggered_at is not None and now - rec.triggered_at < settle_window:
+            until = rec.triggered_at + settle_window
+            p.action = Action.HOLD
+            p.reasons = [
+                Reason(
+                    "unconfirmed-intent",
+                    f"a train call made at {rec.triggered_at.isoformat()} got no answer and may still reach the "
+                    f"provider; it is settled by observing, and taken as never received after {until.isoformat()}",
                 )
             ]
             return p

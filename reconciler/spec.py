@@ -48,6 +48,8 @@ def parse_duration(text: str | int | float) -> timedelta:
         if text < 0:
             raise ValueError("a duration cannot be negative")
         return timedelta(seconds=text)
+    if not isinstance(text, str):  # a list or mapping where a duration belongs
+        raise ValueError("expected a duration such as 30s, 10m, 1h or 30d")
     s = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", s):
         return timedelta(seconds=float(s))

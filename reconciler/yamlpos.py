@@ -22,6 +22,11 @@ _INT = re.compile(r"^[-+]?(0|[1-9][0-9_]*)$|^0o[0-7]+$|^0x[0-9a-fA-F]+$")
 _FLOAT = re.compile(r"^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
 _SPECIAL_FLOAT = {".inf": float("inf"), "+.inf": float("inf"), "-.inf": float("-inf"), ".nan": float("nan")}
 
+#: Most values one document may expand to. Aliases are resolved by copying, so a few lines of
+#: nested aliases ("billion laughs") would otherwise expand to billions of values and never end;
+#: a real manifest has a few hundred.
+MAX_VALUES = 50_000
+
 
 @dataclass
 class YamlDocument:
@@ -34,6 +39,8 @@ class YamlDocument:
     plain_scalars: dict[Path_, str] = field(default_factory=dict)
     #: problems found while building that do not stop the rest of the document (duplicate keys)
     problems: list[YamlError] = field(default_factory=list)
+    #: values built so far, aliases counted each time they are used (bounded by MAX_VALUES)
+    values: int = 0
 
     def where(self, path: Path_) -> tuple[int, int]:
         """Position of the longest prefix of `path` that is known."""
@@ -80,9 +87,23 @@ def _scalar(node: yaml.ScalarNode) -> Any:
 
 
 def _build(node: yaml.Node, path: Path_, doc: YamlDocument) -> Any:
+    doc.values += 1
+    if doc.values > MAX_VALUES:
+        raise YamlError(
+            node.start_mark.line + 1,
+            node.start_mark.column + 1,
+            f"the document expands to more than {MAX_VALUES} values (aliases repeating aliases?)",
+        )
     doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.ScalarNode):
-        value = _scalar(node)
+        try:
+            value = _scalar(node)
+        except ValueError:  # an integer of more digits than Python converts (4300)
+            raise YamlError(
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+                f"the number {node.value[:12]}... has {len(node.value)} characters: too long to be a value here",
+            ) from None
         if not isinstance(value, str) and value is not None and node.style is None:
             doc.plain_scalars[path] = node.value
         return value

@@ -107,8 +107,10 @@ class RetryPolicy:
         scale = _backoff_scale()
         if retry_after is not None:
             return min(retry_after, self.max_retry_after) * scale
-        d = min(self.cap, self.base * float(2**retry_number))
-        return max(0.0, d + random.uniform(-self.jitter, self.jitter)) * scale
+        d = min(self.cap, self.base * float(2 ** min(retry_number, 62)))
+        # the cap bounds the jittered value too (no sleep is ever longer than `cap`), and at the cap
+        # the jitter still spreads clients evenly over [cap - jitter, cap]
+        return max(0.0, d + random.uniform(-self.jitter, min(self.jitter, self.cap - d))) * scale
 
 
 @dataclass
@@ -194,7 +196,12 @@ class ProviderAdapter(ABC):
 
 def path_segment(value: str | int) -> str:
     """Encode one URL path segment: `../`, `?`, `#`, `/` and spaces can never change the path."""
-    return quote(str(value), safe="")
+    segment = quote(str(value), safe="")
+    if segment and segment.strip(".") == "":
+        # `.` and `..` are left alone by quote() but removed as dot-segments by URL normalisation
+        # (httpx does it), which would climb out of the path: send them as %2E instead
+        return segment.replace(".", "%2E")
+    return segment
 
 
 def is_loopback(host: str) -> bool:

@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 
@@ -41,11 +42,13 @@ REQUEST_OBSERVERS: list[RequestObserver] = []
 class Response:
     """A provider's answer, with helpers that turn bad bodies into BadResponseError."""
 
-    def __init__(self, raw: httpx.Response, provider: str) -> None:
+    def __init__(self, raw: httpx.Response, provider: str, redact: Callable[[str], str] = str) -> None:
         self.status = raw.status_code
         self.headers: Mapping[str, str] = raw.headers
         self.content = raw.content
         self.provider = provider
+        #: masks the key in anything quoted from the body (a provider may echo it back)
+        self.redact = redact
 
     @property
     def text(self) -> str:
@@ -57,7 +60,7 @@ class Response:
         try:
             return json.loads(self.content)
         except (ValueError, UnicodeDecodeError):
-            snippet = self.text[:80].replace("\n", " ")
+            snippet = self.redact(self.text)[:80].replace("\n", " ")
             raise BadResponseError(
                 f"answered HTTP {self.status} with a body that is not JSON ({snippet!r}...)",
                 provider=self.provider,
@@ -141,6 +144,7 @@ class HttpClient:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self._key = api_key
+        self._key_forms = secret_forms(api_key)
         self._auth = auth
         self.retry = retry or RetryPolicy()
         self._interval = 1.0 / requests_per_second if requests_per_second > 0 else 0.0
@@ -163,7 +167,11 @@ class HttpClient:
         await self._client.aclose()
 
     def redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        """`text` with the key masked, also as it looks inside a URL or a JSON string."""
+        for form in self._key_forms:
+            if form in text:
+                text = text.replace(form, "***")
+        return text
 
     async def _throttle(self) -> None:
         if not self._interval:
@@ -176,10 +184,13 @@ class HttpClient:
             await asyncio.sleep(wait)
 
     def _error(self, resp: Response, method: str, path: str) -> ProviderError:
+        # masked before parsing and cutting: a provider that echoes the key back must not have
+        # it (or half of it, cut at a length limit) quoted in our message
+        text = self.redact(resp.text)
         try:
-            body: Any = json.loads(resp.content) if resp.content else None
-        except (ValueError, UnicodeDecodeError):
-            body = resp.text[:120]
+            body: Any = json.loads(text) if text.strip() else None
+        except ValueError:
+            body = text[:120]
         detail = self.redact(error_message(body)) or f"HTTP {resp.status}"
         what = f"{method} {path} -> HTTP {resp.status}: {detail}"
         status = resp.status
@@ -258,7 +269,7 @@ class HttpClient:
                     f"{method} {path}: {self.redact(str(exc))}", provider=self.provider
                 ) from None
             else:
-                resp = Response(raw, self.provider)
+                resp = Response(raw, self.provider, self.redact)
                 self._observe(method, str(resp.status), started)
                 if 200 <= resp.status < 300 or resp.status in ok:
                     return resp
@@ -273,6 +284,21 @@ class HttpClient:
     def _observe(self, method: str, outcome: str, started: float) -> None:
         for obs in REQUEST_OBSERVERS:
             obs(self.provider, method, outcome, time.monotonic() - started)
+
+
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """The spellings a secret takes in URLs, form bodies and JSON, longest first (for redaction)."""
+    if not secret:
+        return ()
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        str(httpx.QueryParams({"k": secret}))[2:],  # how httpx writes it into `?api_key=`
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
 
 
 def parse_retry_after(value: str | None) -> float | None:

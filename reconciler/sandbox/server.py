@@ -722,6 +722,8 @@ class LoggedRequest:
     body: bytes
     status: int
     at: float
+    #: the request target exactly as received (percent-encoded, provider prefix and query included)
+    raw_path: str = ""
 
     def json(self) -> Any:
         """The body parsed as JSON (None when empty)."""
@@ -1089,12 +1091,12 @@ class Sandbox:
                 miss = SimRequest(method, sub, query, headers, body, first)
                 answer = sim.not_found(miss)
                 self._record(
-                    LoggedRequest(first, method, sub, query, headers, body, 0, time.time()),
+                    LoggedRequest(first, method, sub, query, headers, body, 0, time.time(), handler.path),
                     answer.status,
                 )
                 return answer
             sub = sub[len(base) :] or "/"
-        entry = LoggedRequest(first, method, sub, query, headers, body, 0, time.time())
+        entry = LoggedRequest(first, method, sub, query, headers, body, 0, time.time(), handler.path)
         req = SimRequest(method, sub, query, headers, body, first)
 
         self._sleep(self.latency)
