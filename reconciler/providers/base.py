@@ -194,6 +194,26 @@ class ProviderAdapter(ABC):
         """Start one training for `models` (one group); raise ProviderError when refused."""
 
 
+def read_time(value: Any) -> datetime | None:
+    """A provider's ISO 8601 timestamp as aware UTC, or None when absent or unreadable.
+
+    Adapters read timestamps from answers they do not control: garbage is "unknown", never a crash.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    from reconciler.spec import parse_timestamp
+
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """`value` when the provider sent a JSON object there, else an empty one (for chained reads)."""
+    return value if isinstance(value, dict) else {}
+
+
 def path_segment(value: str | int) -> str:
     """Encode one URL path segment: `../`, `?`, `#`, `/` and spaces can never change the path."""
     segment = quote(str(value), safe="")

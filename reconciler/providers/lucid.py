@@ -22,7 +22,7 @@ import asyncio
 import copy
 import os
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -35,8 +35,9 @@ from reconciler.providers.base import (
     ProviderAdapter,
     TrainingStatus,
     TrainResult,
+    read_time,
 )
-from reconciler.spec import Strict, parse_timestamp
+from reconciler.spec import Strict
 
 if TYPE_CHECKING:
     from reconciler.providers.http import Response
@@ -98,15 +99,6 @@ def _tags(m: DesiredModel) -> tuple[str, ...]:
 
 def _model_id(m: DesiredModel) -> str:
     return str(getattr(m.model, "model_id"))  # noqa: B009 - model is typed as BaseModel
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        return None
 
 
 def _route_missing(resp: Response) -> bool:
@@ -276,7 +268,7 @@ class LucidAdapter(ProviderAdapter):
             status=status,
             # a new training has a new start; the end of one flips the status word
             marker=f"{start or '-'}/{word}",
-            trained_at=_timestamp(body.get("end_timestamp")) if status is TrainingStatus.SUCCEEDED else None,
+            trained_at=read_time(body.get("end_timestamp")) if status is TrainingStatus.SUCCEEDED else None,
             progress=progress,
             message=str(body.get("message") or word),
             data_changed=self._data_changed(m, record, status, trained, current),

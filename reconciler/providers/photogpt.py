@@ -40,6 +40,7 @@ from reconciler.providers.base import (
     TrainingStatus,
     TrainResult,
     path_segment,
+    read_time,
 )
 from reconciler.spec import Strict
 
@@ -177,16 +178,6 @@ def scan_images(pattern: str, manifest_dir: Path) -> tuple[list[LocalImage], lis
     return images, problems
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
-
-
 def _short(sha: str) -> str:
     return f"sha256 {sha[:12]}"
 
@@ -314,7 +305,7 @@ class PhotoGPTAdapter(ProviderAdapter):
                 obs.message = "the model went back to 'new' after the train call: PhotoGPT dropped the training"
         elif word == READY:
             obs.status = TrainingStatus.SUCCEEDED
-            obs.trained_at = _parse_time(updated)  # [I] no trained-at field; a ready model's last change
+            obs.trained_at = read_time(updated)  # [I] no trained-at field; a ready model's last change
         else:
             # `training` and any undocumented backend state: still in progress [I]
             triggered = record.triggered_at if (ours and record is not None) else None

@@ -15,7 +15,7 @@ training (data-changed, from `metrics.*.date_range` [I]).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -29,8 +29,9 @@ from reconciler.providers.base import (
     TrainingStatus,
     TrainResult,
     path_segment,
+    read_time,
 )
-from reconciler.spec import Change, Strict, parse_timestamp
+from reconciler.spec import Change, Strict
 from reconciler.state.base import RecordStatus
 
 if TYPE_CHECKING:
@@ -110,15 +111,6 @@ def _range(metrics: Any, key: str) -> dict[str, Any] | None:
     return {"start": rng.get("start"), "end": rng.get("end")}
 
 
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        return None
-
-
 class PredictHQAdapter(ProviderAdapter):
     type = "predicthq"
     key_env = "PREDICTHQ_API_KEY"
@@ -183,7 +175,7 @@ class PredictHQAdapter(ProviderAdapter):
         return Observation(
             status=status,
             marker=self._marker(train_dt, word, record),
-            trained_at=_timestamp(train_dt),
+            trained_at=read_time(train_dt),
             message=message,
             stale=(
                 "readiness.status is stale: configuration or data changed since the last training"

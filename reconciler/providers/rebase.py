@@ -34,8 +34,9 @@ from reconciler.providers.base import (
     TrainingStatus,
     TrainResult,
     path_segment,
+    read_time,
 )
-from reconciler.spec import Strict, Timestamp, canonical_json, parse_timestamp
+from reconciler.spec import Strict, Timestamp, canonical_json
 
 if TYPE_CHECKING:
     from reconciler.spec import DesiredModel
@@ -109,15 +110,6 @@ def train_body(site_ids: Sequence[str], training: RebaseTraining) -> dict[str, A
         ]
     body["output_backtest_data"] = training.output_backtest_data
     return body
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        return None
 
 
 def _classify(word: str) -> TrainingStatus:
@@ -294,8 +286,8 @@ class RebaseAdapter(ProviderAdapter):
             if never:
                 # a model added to the site after its last training: the site needs one
                 stale = "never trained: " + ", ".join(never)
-        trained = [t for _, _, e in per_model if (t := _time(e.get(STATE_TRAINED))) is not None]
-        uploads = [t for _, _, e in per_model if (t := _time(e.get(STATE_ACTUALS))) is not None]
+        trained = [t for _, _, e in per_model if (t := read_time(e.get(STATE_TRAINED))) is not None]
+        uploads = [t for _, _, e in per_model if (t := read_time(e.get(STATE_ACTUALS))) is not None]
         last_upload = max(uploads) if uploads else None
         data_marker = last_upload.isoformat() if last_upload else None
         return Observation(
@@ -314,7 +306,7 @@ class RebaseAdapter(ProviderAdapter):
     def _data_changed(last_upload: datetime | None, record: ModelRecord | None) -> str | None:
         if last_upload is None or record is None:
             return None
-        recorded = _time(record.data_marker) if isinstance(record.data_marker, str) else None
+        recorded = read_time(record.data_marker) if isinstance(record.data_marker, str) else None
         if recorded is not None:
             if last_upload > recorded:
                 return (

@@ -26,6 +26,7 @@ from reconciler.providers.base import (
     ProviderAdapter,
     TrainingStatus,
     TrainResult,
+    as_object,
     path_segment,
 )
 from reconciler.spec import Strict
@@ -109,8 +110,8 @@ class RoboflowAdapter(ProviderAdapter):
             status = TrainingStatus.SUCCEEDED
         progress = None
         if status is TrainingStatus.RUNNING:
-            epochs = ((version.get("models") or {}).get("roboflow-train") or {}).get("epochs") or []
-            wanted = getattr(m.training, "epochs", None) or (trained or {}).get("epochs")
+            epochs = as_object(as_object(version.get("models")).get("roboflow-train")).get("epochs") or []
+            wanted = getattr(m.training, "epochs", None) or as_object(trained).get("epochs")
             if isinstance(epochs, list) and isinstance(wanted, int) and wanted > 0:
                 progress = min(1.0, len(epochs) / wanted)
         observed: dict[str, Any] = {}
