@@ -61,6 +61,24 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+class Clock:
+    """A settable clock (epoch seconds): simulator state machines are tested without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0  # 2023-11-14
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     """All five simulators on a free port; trainings take 1 s."""

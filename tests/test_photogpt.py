@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from conftest import ROOT, Workspace
+from conftest import ROOT, Clock, Workspace
 
 from reconciler.errors import NotFoundError
 from reconciler.providers.base import ProviderContext, TrainingStatus
@@ -358,19 +358,6 @@ def test_scan_images_rejects_bad_files(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the simulator over HTTP
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_750_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from conftest import ROOT, Workspace
+from conftest import ROOT, Clock, Workspace
 
 from reconciler.plan import Action, plan_model
 from reconciler.providers.base import ProviderContext, TrainingStatus
@@ -41,19 +41,6 @@ def phq(sb: Sandbox) -> PredictHQSimulator:
 # ================================================================================================
 # The simulator, over HTTP, on a clock moved by hand (trainings take 100 s of that clock)
 # ================================================================================================
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0  # 2023-11-14
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from conftest import Workspace
+from conftest import Clock, Workspace
 
 from reconciler.errors import ManifestError
 from reconciler.providers.base import TrainingStatus
@@ -121,21 +121,6 @@ def test_validate_rejects_bad_splits_with_positions(tmp_path: Path) -> None:
 
 
 # -- the simulator --------------------------------------------------------------------------------
-
-
-class Clock:
-    """A settable clock so the state machine is tested without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -9,21 +9,12 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from conftest import Clock
 
 from reconciler.sandbox import Fault, Sandbox
 from reconciler.sandbox.roboflow import UNAUTHORIZED_BODY, VALID_MODEL_TYPES, RoboflowSimulator
 
 KEY = "sandbox-roboflow-key"
-
-
-class Clock:
-    """A settable clock for the simulators, so state-machine tests need not wait."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def client(sb: Sandbox) -> httpx.Client:
@@ -38,11 +29,6 @@ def version(api: httpx.Client, path: str = "/acme/hardhats/3") -> dict[str, Any]
     resp = api.get(path, params={"api_key": KEY, "nocache": "true"})
     assert resp.status_code == 200, resp.text
     return cast(dict[str, Any], resp.json()["version"])
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
