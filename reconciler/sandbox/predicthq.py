@@ -27,6 +27,7 @@ import io
 import json
 import math
 import secrets
+from collections.abc import Set
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlencode
@@ -140,7 +141,7 @@ def _check_enum(errs: _Invalid, field: str, value: Any, allowed: tuple[str, ...]
         errs.add(field, _one_of(allowed), "literal_error" if len(allowed) == 1 else "enum")
 
 
-def _check_object(errs: _Invalid, field: str, value: Any, allowed: set[str], required: set[str]) -> bool:
+def _check_object(errs: _Invalid, field: str, value: Any, allowed: Set[str], required: Set[str]) -> bool:
     if not isinstance(value, dict):
         errs.add(field, "Input should be a valid dictionary or object to extract fields from", "model_attributes_type")
         return False
@@ -151,7 +152,7 @@ def _check_object(errs: _Invalid, field: str, value: Any, allowed: set[str], req
     return True
 
 
-def validate_model_body(body: Any, *, allowed: set[str], required: set[str]) -> dict[str, Any]:
+def validate_model_body(body: Any, *, allowed: Set[str], required: Set[str]) -> dict[str, Any]:
     """Validate a Create/Replace/UpdateModelRequest (additionalProperties=false) [D]."""
     errs = _Invalid()
     if not _check_object(errs, "body", body, allowed, required):
@@ -313,6 +314,12 @@ def _int_query(req: SimRequest, name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise _query_invalid(name, f"Input should be greater than or equal to {minimum}", "greater_than_equal")
     return value
+
+
+#: [D] CreateModelRequest / UpdateModelRequest fields (additionalProperties=false)
+CREATE_UPDATE_FIELDS = frozenset(
+    {"name", "location", "algo", "forecast_window", "demand_type", "label", "external_id", "generate_baseline"}
+)
 
 
 class PredictHQSimulator(Simulator):
@@ -619,16 +626,7 @@ class PredictHQSimulator(Simulator):
         """[D] 201 `{"model_id", "errors", "warnings"}`; 400 validation or unknown saved location."""
         body = validate_model_body(
             req.json(),
-            allowed={
-                "name",
-                "location",
-                "algo",
-                "forecast_window",
-                "demand_type",
-                "label",
-                "external_id",
-                "generate_baseline",
-            },
+            allowed=CREATE_UPDATE_FIELDS,
             required={"name", "location"},
         )
         location_id = body["location"]["saved_location_id"]
@@ -721,16 +719,7 @@ class PredictHQSimulator(Simulator):
         self._model(model_id)
         body = validate_model_body(
             req.json(),
-            allowed={
-                "name",
-                "location",
-                "algo",
-                "forecast_window",
-                "demand_type",
-                "label",
-                "external_id",
-                "generate_baseline",
-            },
+            allowed=CREATE_UPDATE_FIELDS,
             required=set(),
         )
         self._update(model_id, body)
