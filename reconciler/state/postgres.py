@@ -20,15 +20,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
 from reconciler.errors import LockHeldError, StateError
-from reconciler.state.base import (
-    HistoryEvent,
-    ModelRecord,
-    RecordStatus,
-    StateStore,
-    as_utc,
-    dump_json,
-    utc_now,
-)
+from reconciler.state.base import HistoryEvent, ModelRecord, as_utc
+from reconciler.state.sql import MODEL_COLUMNS, SQLStateStore
 
 #: How often a waiting `lock()` retries the advisory lock (seconds).
 LOCK_POLL_INTERVAL = 0.2
@@ -91,11 +84,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_MODEL_COLUMNS = (
-    "name, provider, fingerprint, training, status, handle, attempts, next_attempt_at,"
-    " triggered_at, finished_at, marker, data_marker, reasons"
-)
-
 _Conn: TypeAlias = psycopg.AsyncConnection[DictRow]
 
 
@@ -129,52 +117,23 @@ def _describe(params: dict[str, Any]) -> str:
     return f"PostgreSQL database {dbname!r} on {host}:{port} as {user}"
 
 
-def _opt_dt(value: datetime | None) -> datetime | None:
-    return None if value is None else as_utc(value)
-
-
-def _status(value: str, name: str) -> RecordStatus:
-    try:
-        return RecordStatus(value)
-    except ValueError:
-        raise StateError(
-            f"model {name!r} has status {value!r} in the state, unknown to this version; upgrade reconciler"
-        ) from None
-
-
-def _record(row: DictRow) -> ModelRecord:
-    return ModelRecord(
-        name=row["name"],
-        provider=row["provider"],
-        fingerprint=row["fingerprint"],
-        training=row["training"],
-        status=_status(row["status"], row["name"]),
-        handle=row["handle"],
-        attempts=row["attempts"],
-        next_attempt_at=_opt_dt(row["next_attempt_at"]),
-        triggered_at=_opt_dt(row["triggered_at"]),
-        finished_at=_opt_dt(row["finished_at"]),
-        marker=row["marker"],
-        data_marker=row["data_marker"],
-        reasons=list(row["reasons"]),
-    )
-
-
-def _event(row: DictRow) -> HistoryEvent:
-    return HistoryEvent(
-        id=row["id"],
-        model=row["model"],
-        event=row["event"],
-        reason=row["reason"],
-        fingerprint=row["fingerprint"],
-        detail=row["detail"],
-        git_commit=row["git_commit"],
-        at=_opt_dt(row["at"]),
-    )
-
-
-class PostgresStateStore(StateStore):
+class PostgresStateStore(SQLStateStore):
     """State in PostgreSQL tables named `reconciler_*`, shared by every runner."""
+
+    TABLE_PREFIX = "reconciler_"
+    PARAM = "%s"
+
+    @staticmethod
+    def _time_in(value: datetime) -> Any:
+        return value  # timestamptz
+
+    @staticmethod
+    def _time_out(value: Any) -> datetime:
+        return as_utc(value)
+
+    @staticmethod
+    def _json_out(value: Any) -> Any:
+        return value  # jsonb arrives decoded
 
     def __init__(self, url: str, params: dict[str, Any], conn: _Conn, schema: str) -> None:
         self.url = redact_url(url)
@@ -296,7 +255,7 @@ class PostgresStateStore(StateStore):
                         await conn.execute("DELETE FROM reconciler_models WHERE name = %s", (delete,))
                     if record_row is not None:
                         await conn.execute(
-                            f"INSERT INTO reconciler_models ({_MODEL_COLUMNS}, updated_at)"
+                            f"INSERT INTO reconciler_models ({MODEL_COLUMNS}, updated_at)"
                             " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s,"
                             " %s::jsonb, %s::jsonb, now())"
                             " ON CONFLICT (name) DO UPDATE SET"
@@ -329,72 +288,6 @@ class PostgresStateStore(StateStore):
         result = await cur.fetchone()
         assert result is not None
         return int(result["id"])
-
-    @staticmethod
-    def _record_row(record: ModelRecord) -> tuple[Any, ...]:
-        what = f"the record of model {record.name!r}"
-        return (
-            record.name,
-            record.provider,
-            record.fingerprint,
-            dump_json(record.training, what),
-            RecordStatus(record.status).value,
-            record.handle,
-            record.attempts,
-            _opt_dt(record.next_attempt_at),
-            _opt_dt(record.triggered_at),
-            _opt_dt(record.finished_at),
-            record.marker,
-            dump_json(record.data_marker, what),
-            dump_json(list(record.reasons), what),
-        )
-
-    @staticmethod
-    def _event_row(ev: HistoryEvent) -> tuple[Any, ...]:
-        return (
-            ev.model,
-            ev.event,
-            ev.reason,
-            ev.fingerprint,
-            dump_json(ev.detail, f"a {ev.event!r} event of model {ev.model!r}"),
-            ev.git_commit,
-            as_utc(ev.at or utc_now()),
-        )
-
-    # -- StateStore ------------------------------------------------------------------------
-
-    async def get(self, name: str) -> ModelRecord | None:
-        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM reconciler_models WHERE name = %s", (name,))
-        return _record(rows[0]) if rows else None
-
-    async def all(self) -> dict[str, ModelRecord]:
-        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM reconciler_models ORDER BY name")
-        return {row["name"]: _record(row) for row in rows}
-
-    async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:
-        """Write the record and append the events in one transaction."""
-        await self._write(events, record=record)
-
-    async def delete(self, name: str, *events: HistoryEvent) -> None:
-        """Remove a model's record (history stays) and append the events, in one transaction."""
-        await self._write(events, delete=name)
-
-    async def append(self, *events: HistoryEvent) -> None:
-        """Append events to the history, all or none."""
-        if events:
-            await self._write(events)
-
-    async def history(self, name: str) -> list[HistoryEvent]:
-        rows = await self._fetchall("SELECT * FROM reconciler_history WHERE model = %s ORDER BY id", (name,))
-        return [_event(row) for row in rows]
-
-    async def uploads(self, provider: str, model: str) -> dict[str, str]:
-        """Content hash -> provider's id of files already uploaded for a model."""
-        rows = await self._fetchall(
-            "SELECT content_hash, remote_id FROM reconciler_uploads WHERE provider = %s AND model = %s",
-            (provider, model),
-        )
-        return {row["content_hash"]: row["remote_id"] for row in rows}
 
     async def record_upload(self, provider: str, model: str, content_hash: str, remote_id: str) -> None:
         async with self._mutex:

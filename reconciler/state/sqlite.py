@@ -19,15 +19,8 @@ from typing import Any
 import aiosqlite
 
 from reconciler.errors import LockHeldError, StateError
-from reconciler.state.base import (
-    HistoryEvent,
-    ModelRecord,
-    RecordStatus,
-    StateStore,
-    as_utc,
-    dump_json,
-    utc_now,
-)
+from reconciler.state.base import HistoryEvent, ModelRecord, as_utc, utc_now
+from reconciler.state.sql import MODEL_COLUMNS, SQLStateStore
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +77,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_MODEL_COLUMNS = (
-    "name, provider, fingerprint, training, status, handle, attempts, next_attempt_at,"
-    " triggered_at, finished_at, marker, data_marker, reasons"
-)
-
 
 def _iso(value: datetime | None) -> str | None:
     # Fixed-width text (always microseconds, always +00:00) so that text order is time order.
     return None if value is None else as_utc(value).isoformat(timespec="microseconds")
-
-
-def _from_iso(value: str | None) -> datetime | None:
-    return None if value is None else as_utc(datetime.fromisoformat(value))
 
 
 async def _enable_wal(conn: aiosqlite.Connection) -> sqlite3.Row | None:
@@ -120,48 +104,21 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
             await conn.execute("ROLLBACK")
 
 
-def _status(value: str, name: str) -> RecordStatus:
-    try:
-        return RecordStatus(value)
-    except ValueError:
-        raise StateError(
-            f"model {name!r} has status {value!r} in the state, unknown to this version; upgrade reconciler"
-        ) from None
-
-
-def _record(row: sqlite3.Row) -> ModelRecord:
-    return ModelRecord(
-        name=row["name"],
-        provider=row["provider"],
-        fingerprint=row["fingerprint"],
-        training=json.loads(row["training"]),
-        status=_status(row["status"], row["name"]),
-        handle=row["handle"],
-        attempts=row["attempts"],
-        next_attempt_at=_from_iso(row["next_attempt_at"]),
-        triggered_at=_from_iso(row["triggered_at"]),
-        finished_at=_from_iso(row["finished_at"]),
-        marker=row["marker"],
-        data_marker=json.loads(row["data_marker"]),
-        reasons=json.loads(row["reasons"]),
-    )
-
-
-def _event(row: sqlite3.Row) -> HistoryEvent:
-    return HistoryEvent(
-        id=row["id"],
-        model=row["model"],
-        event=row["event"],
-        reason=row["reason"],
-        fingerprint=row["fingerprint"],
-        detail=json.loads(row["detail"]),
-        git_commit=row["git_commit"],
-        at=_from_iso(row["at"]),
-    )
-
-
-class SQLiteStateStore(StateStore):
+class SQLiteStateStore(SQLStateStore):
     """State in one SQLite file (default `.reconciler/state.db`)."""
+
+    # Times as fixed-width ISO text (microseconds, +00:00) so that text order is time order.
+    @staticmethod
+    def _time_in(value: datetime) -> Any:
+        return _iso(value)
+
+    @staticmethod
+    def _time_out(value: Any) -> datetime:
+        return as_utc(datetime.fromisoformat(value))
+
+    @staticmethod
+    def _json_out(value: Any) -> Any:
+        return json.loads(value)
 
     def __init__(self, path: Path, conn: aiosqlite.Connection, created: bool) -> None:
         self.path = path
@@ -297,7 +254,7 @@ class SQLiteStateStore(StateStore):
                         await self._conn.execute("DELETE FROM models WHERE name = ?", (delete,))
                     if record_row is not None:
                         await self._conn.execute(
-                            f"INSERT INTO models ({_MODEL_COLUMNS}, updated_at)"
+                            f"INSERT INTO models ({MODEL_COLUMNS}, updated_at)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                             " ON CONFLICT (name) DO UPDATE SET"
                             " provider = excluded.provider, fingerprint = excluded.fingerprint,"
@@ -321,7 +278,7 @@ class SQLiteStateStore(StateStore):
         # Only once committed: hand the ids and times back to the caller's events.
         for ev, row, new_id in zip(events, event_rows, ids, strict=True):
             ev.id = new_id
-            ev.at = _from_iso(row[-1])
+            ev.at = self._time_out(row[-1])
 
     async def _insert_event(self, row: tuple[Any, ...]) -> int:
         cur = await self._conn.execute(
@@ -333,72 +290,6 @@ class SQLiteStateStore(StateStore):
         await cur.close()
         assert new_id is not None
         return new_id
-
-    @staticmethod
-    def _record_row(record: ModelRecord) -> tuple[Any, ...]:
-        what = f"the record of model {record.name!r}"
-        return (
-            record.name,
-            record.provider,
-            record.fingerprint,
-            dump_json(record.training, what),
-            RecordStatus(record.status).value,
-            record.handle,
-            record.attempts,
-            _iso(record.next_attempt_at),
-            _iso(record.triggered_at),
-            _iso(record.finished_at),
-            record.marker,
-            dump_json(record.data_marker, what),
-            dump_json(list(record.reasons), what),
-        )
-
-    @staticmethod
-    def _event_row(ev: HistoryEvent) -> tuple[Any, ...]:
-        return (
-            ev.model,
-            ev.event,
-            ev.reason,
-            ev.fingerprint,
-            dump_json(ev.detail, f"a {ev.event!r} event of model {ev.model!r}"),
-            ev.git_commit,
-            _iso(ev.at or utc_now()),
-        )
-
-    # -- StateStore ------------------------------------------------------------------------
-
-    async def get(self, name: str) -> ModelRecord | None:
-        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM models WHERE name = ?", (name,))
-        return _record(rows[0]) if rows else None
-
-    async def all(self) -> dict[str, ModelRecord]:
-        rows = await self._fetchall(f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY name")
-        return {row["name"]: _record(row) for row in rows}
-
-    async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:
-        """Write the record and append the events in one transaction."""
-        await self._write(events, record=record)
-
-    async def delete(self, name: str, *events: HistoryEvent) -> None:
-        """Remove a model's record (history stays) and append the events, in one transaction."""
-        await self._write(events, delete=name)
-
-    async def append(self, *events: HistoryEvent) -> None:
-        """Append events to the history, all or none."""
-        if events:
-            await self._write(events)
-
-    async def history(self, name: str) -> list[HistoryEvent]:
-        rows = await self._fetchall("SELECT * FROM history WHERE model = ? ORDER BY id", (name,))
-        return [_event(row) for row in rows]
-
-    async def uploads(self, provider: str, model: str) -> dict[str, str]:
-        """Content hash -> provider's id of files already uploaded for a model."""
-        rows = await self._fetchall(
-            "SELECT content_hash, remote_id FROM uploads WHERE provider = ? AND model = ?",
-            (provider, model),
-        )
-        return {row["content_hash"]: row["remote_id"] for row in rows}
 
     async def record_upload(self, provider: str, model: str, content_hash: str, remote_id: str) -> None:
         async with self._mutex:
