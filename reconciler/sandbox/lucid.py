@@ -392,21 +392,17 @@ class LucidSimulator(Simulator):
         """Record a completed training made by hand (outside reconciler): an unknown baseline."""
         with self.transaction() as world:
             end = self.now()
-            record = {
-                "started_at": end - duration,
-                "duration": duration,
-                "outcome": "succeeded",
-                "failure_message": None,
-                "cancelled_at": None,
-                "stopped_at": None,
-                "model_id": model_id,
-                "data_batch_ids": [b["batch_id"] for b in self._batches(None, list(data_tags))],
-                "callback_sent": True,
-                "maximum_interaction_age_days": None,
-                "data_tags": list(data_tags),
-                "data_filters": None,
-                "callback_url": None,
-            }
+            record = self.finished_training(
+                end,
+                duration,
+                model_id=model_id,
+                data_batch_ids=[b["batch_id"] for b in self._batches(None, list(data_tags))],
+                callback_sent=True,
+                maximum_interaction_age_days=None,
+                data_tags=list(data_tags),
+                data_filters=None,
+                callback_url=None,
+            )
             world.setdefault("models", {}).setdefault(model_id, {"trainings": []})["trainings"].append(record)
 
     def status_of(self, model_id: str) -> dict[str, Any] | None:

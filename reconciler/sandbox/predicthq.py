@@ -915,18 +915,14 @@ class PredictHQSimulator(Simulator):
         with self.transaction():
             m = self._model(model_id)
             end = self.now() if ended_at is None else ended_at
-            record: dict[str, Any] = {
-                "training_id": new_model_id(),
-                "via": "manual",
-                "forecast_window": m["forecast_window"],
-                "training_data": self._training_data(m),
-                "started_at": end - duration,
-                "duration": duration,
-                "outcome": "succeeded",
-                "failure_message": None,
-                "cancelled_at": None,
-                "stopped_at": None,
-            }
+            record = self.finished_training(
+                end,
+                duration,
+                training_id=new_model_id(),
+                via="manual",
+                forecast_window=m["forecast_window"],
+                training_data=self._training_data(m),
+            )
             m["trainings"].append(record)
             m["stale"] = False
             return str(record["training_id"])

@@ -455,19 +455,15 @@ class RebaseSimulator(Simulator):
             site = self._site(site_id)
             end = self.now() if ended_at is None else ended_at
             job_id = str(uuid.uuid4())
-            self.world.setdefault("jobs", {})[job_id] = {
-                "job_id": job_id,
-                "site_ids": [site_id],
-                "splits": None,
-                "output_backtest_data": False,
-                "via": "manual",
-                "started_at": end - duration,
-                "duration": duration,
-                "outcome": "succeeded",
-                "failure_message": None,
-                "cancelled_at": None,
-                "stopped_at": None,
-            }
+            self.world.setdefault("jobs", {})[job_id] = self.finished_training(
+                end,
+                duration,
+                job_id=job_id,
+                site_ids=[site_id],
+                splits=None,
+                output_backtest_data=False,
+                via="manual",
+            )
             site["jobs"].append(job_id)
             return job_id
 

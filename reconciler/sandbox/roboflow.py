@@ -720,21 +720,17 @@ class RoboflowSimulator(Simulator):
         with self.transaction():
             v = self._version(ws, proj, str(version))
             end = self.now() if trained_at is None else trained_at
-            record: dict[str, Any] = {
-                "trainingId": self.new_id("tr_"),
-                "jobId": self.new_id("job_"),
-                "via": "manual",
-                "modelType": model_type,
-                "epochs": epochs,
-                "speed": speed,
-                "checkpoint": checkpoint,
-                "started_at": end - duration,
-                "duration": duration,
-                "outcome": "succeeded",
-                "failure_message": None,
-                "cancelled_at": None,
-                "stopped_at": None,
-            }
+            record = self.finished_training(
+                end,
+                duration,
+                trainingId=self.new_id("tr_"),
+                jobId=self.new_id("job_"),
+                via="manual",
+                modelType=model_type,
+                epochs=epochs,
+                speed=speed,
+                checkpoint=checkpoint,
+            )
             v["trainings"].append(record)
             return str(record["trainingId"])
 

@@ -546,6 +546,20 @@ class Simulator:
         record.update(fields)
         return record
 
+    def finished_training(self, end: float, duration: float, **fields: Any) -> dict[str, Any]:
+        """A record like `new_training`'s of a training that succeeded at `end`: for helpers that
+        simulate a model trained by hand, outside reconciler (an unknown baseline)."""
+        record: dict[str, Any] = {
+            "started_at": end - duration,
+            "duration": duration,
+            "outcome": "succeeded",
+            "failure_message": None,
+            "cancelled_at": None,
+            "stopped_at": None,
+        }
+        record.update(fields)
+        return record
+
     def training_state(self, record: dict[str, Any], now: float | None = None) -> TrainingState:
         """The state of a `new_training` record at `now` (default: the clock)."""
         now = self.now() if now is None else now
