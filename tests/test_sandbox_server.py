@@ -419,6 +419,21 @@ def test_training_state_machine_from_the_clock() -> None:
     assert (state.phase, state.progress) == ("succeeded", pytest.approx(3.5 / 9))
 
 
+def test_a_request_cut_off_mid_body_is_never_acted_on(sandbox: Sandbox) -> None:
+    """A client killed between headers and body: the simulator, like a real server, does nothing."""
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    body = json.dumps({"by": 5}).encode()
+    with socket.create_connection((host, int(port))) as conn:
+        head = (
+            f"POST /echo/counter HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Authorization: {AUTH['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        conn.sendall(head.encode() + body[:3])
+    time.sleep(0.3)
+    assert counter(sandbox) == 0
+    assert sandbox.requests("echo", method="POST") == []
+
+
 def test_training_over_http_and_fail_next(sandbox: Sandbox) -> None:
     base = sandbox.base_url("echo")
     sandbox.sim("echo").fail_next_trainings(1, "boom")

@@ -824,7 +824,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.rfile.readline(65537)
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            # the client went away mid-request (killed, timed out): like a real server, never act
+            # on a truncated request
+            raise ConnectionError(f"request body cut off after {len(body)} of {length} bytes")
+        return body
 
     def _dispatch(self) -> None:
         try:
