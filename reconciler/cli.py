@@ -8,29 +8,23 @@ Heavy modules (pydantic models, httpx, the engine) are imported inside commands,
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
-import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from reconciler import runtime
+
 if TYPE_CHECKING:
-    from reconciler.engine import Engine
-    from reconciler.logs import Redactor
     from reconciler.plan import ModelPlan
-    from reconciler.sandbox.server import Sandbox
-    from reconciler.spec import ManifestSet
     from reconciler.state.base import StateStore
 
 T = TypeVar("T")
-DEFAULT_PATHS = ("specs",)
 
 
 def _err(msg: str) -> None:
@@ -45,21 +39,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _state_url(state: str | None) -> str:
-    from reconciler.state import DEFAULT_STATE_URL
-
-    return state or os.environ.get("RECONCILER_STATE") or DEFAULT_STATE_URL
-
-
-def _state_dir(url: str) -> Path:
-    """Where `.reconciler/` files beside the state live (the sandbox world)."""
-    if url.startswith("sqlite:///"):
-        from reconciler.state import sqlite_path
-
-        return sqlite_path(url).parent
-    return Path(".reconciler")
-
-
 def _selector(values: Sequence[str]) -> dict[str, str]:
     out = {}
     for v in values:
@@ -68,62 +47,6 @@ def _selector(values: Sequence[str]) -> dict[str, str]:
         k, _, val = v.partition("=")
         out[k.strip()] = val.strip()
     return out
-
-
-@functools.cache
-def _redactor() -> Redactor:
-    from reconciler.logs import Redactor
-
-    # masks every *_API_KEY variable already; `load` adds the variables Provider manifests name
-    return Redactor()
-
-
-def load(paths: Sequence[str]) -> ManifestSet:
-    from reconciler.logs import provider_key_envs
-    from reconciler.spec import load_manifests
-
-    manifests = load_manifests(paths or DEFAULT_PATHS)
-    # a Provider may name any variable for its key: mask its value in log lines too
-    _redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
-    return manifests
-
-
-@contextmanager
-def sandbox_for(enabled: bool, state_url: str) -> Iterator[Sandbox | None]:
-    """Start the in-process simulators for `--sandbox`; their world lives beside the state."""
-    if not enabled:
-        yield None
-        return
-    from reconciler.sandbox.server import Sandbox
-
-    seconds = float(os.environ.get("RECONCILER_SANDBOX_TRAINING_SECONDS", "3"))
-    sb = Sandbox(_state_dir(state_url) / "sandbox", training_seconds=seconds)
-    sb.start()
-    try:
-        yield sb
-    finally:
-        sb.stop()
-
-
-def _engine(manifests: ManifestSet, state: StateStore, sandbox: Sandbox | None, paths: Sequence[str]) -> Engine:
-    from reconciler.engine import Engine
-    from reconciler.sandbox.server import SANDBOX_API_KEYS
-    from reconciler.spec import git_commit
-
-    endpoints = {}
-    # RECONCILER_POLL_INTERVAL replaces every provider's poll interval (and PhotoGPT's 5-minute
-    # floor): for simulators, whose trainings take seconds
-    poll_text = os.environ.get("RECONCILER_POLL_INTERVAL") or ("0.5s" if sandbox is not None else "")
-    poll = _duration(poll_text, "RECONCILER_POLL_INTERVAL") if poll_text else None
-    if sandbox is not None:
-        endpoints = {t: (sandbox.base_url(t), SANDBOX_API_KEYS[t]) for t in SANDBOX_API_KEYS}
-    return Engine(
-        manifests, state, git_commit=git_commit(list(paths or DEFAULT_PATHS)), endpoints=endpoints, poll_interval=poll
-    )
-
-
-def _holder(command: str) -> str:
-    return f"`reconciler {command}` pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
 
 
 # ---------------------------------------------------------------- rendering
@@ -203,7 +126,7 @@ _lock_timeout = click.option(
 
 
 def _duration(text: str, name: str) -> timedelta:
-    from reconciler.spec import parse_duration
+    from reconciler.values import parse_duration
 
     try:
         return parse_duration(text)
@@ -224,7 +147,9 @@ def cli(verbose: int) -> None:
     # every line is masked for the values of the key variables (httpx and exception texts may
     # quote a URL with ?api_key=); the request loggers stay quiet even at -vv for the same reason
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"), _redactor()))
+    handler.setFormatter(
+        RedactingFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"), runtime.redactor())
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -239,29 +164,11 @@ def cli(verbose: int) -> None:
 @_output
 def validate(paths: tuple[str, ...], output: str) -> None:
     """Check manifests offline: exit 0 valid, 1 invalid (each problem as file:line:col)."""
-    manifests = load(paths)
+    manifests = runtime.load(paths)
     if output == "json":
         _echo_json({"valid": True, "models": sorted(manifests.models), "providers": sorted(manifests.providers)})
     else:
         click.echo(f"{len(manifests.models)} models, {len(manifests.providers)} providers: valid")
-
-
-@asynccontextmanager
-async def session(paths: Sequence[str], state_url: str, sandbox: bool) -> AsyncIterator[tuple[ManifestSet, Engine]]:
-    """Manifests, an open state and an engine (with the sandbox when asked); always closed."""
-    from reconciler.state import open_state
-
-    manifests = load(paths)
-    with sandbox_for(sandbox, state_url) as sb:
-        state = await open_state(state_url)
-        try:
-            engine = _engine(manifests, state, sb, paths)
-            try:
-                yield manifests, engine
-            finally:
-                await engine.aclose()
-        finally:
-            await state.close()
 
 
 @cli.command()
@@ -283,12 +190,12 @@ def plan(
     from reconciler.errors import ManifestError, ReconcilerError
     from reconciler.plan import exit_code
 
-    url = _state_url(state)
+    url = runtime.state_url(state)
     selector = _selector(selectors)
 
     async def run() -> int:
         try:
-            async with session(paths, url, sandbox) as (manifests, engine):
+            async with runtime.session(paths, url, sandbox) as (manifests, engine):
                 plans = await engine.plan(manifests.select(targets, selector))
                 _warn_fresh_state(engine.state)
         except ReconcilerError as exc:
@@ -352,18 +259,18 @@ def apply(
     timeout: str | None,
 ) -> None:
     """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded)."""
+    from reconciler.domain import RecordStatus
     from reconciler.plan import Action
-    from reconciler.state.base import RecordStatus
 
-    url = _state_url(state)
+    url = runtime.state_url(state)
     selector = _selector(selectors)
     lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
     wait_timeout = _duration(timeout, "--timeout") if timeout else None
 
     async def run() -> int:
-        async with session(paths, url, sandbox) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox) as (manifests, engine):
             models = manifests.select(targets, selector)
-            async with engine.state.lock(_holder("apply"), lock_wait):
+            async with engine.state.lock(runtime.holder("apply"), lock_wait):
                 plans = await engine.plan(models)
                 if output == "text":
                     click.echo(render_plan(plans))
@@ -423,11 +330,11 @@ def status(
     """Every model's provider state, last training and next action."""
     from reconciler.engine import status_entry
 
-    url = _state_url(state)
+    url = runtime.state_url(state)
     selector = _selector(selectors)
 
     async def run() -> int:
-        async with session(paths, url, sandbox) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox) as (manifests, engine):
             plans = await engine.plan(manifests.select(targets, selector))
             entries = [status_entry(p) for p in sorted(plans, key=lambda p: p.name)]
             if output == "json":
@@ -461,7 +368,7 @@ def history(name: str, output: str, state: str | None) -> None:
     from reconciler.state import open_state
 
     async def run() -> int:
-        st = await open_state(_state_url(state))
+        st = await open_state(runtime.state_url(state))
         try:
             events = await st.history(name)
         finally:
@@ -506,16 +413,16 @@ def history(name: str, output: str, state: str | None) -> None:
 @_lock_timeout
 def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, lock_timeout: str) -> None:
     """Record the provider's current model of NAME as matching its spec (unknown-baseline)."""
+    from reconciler.domain import TrainingStatus
     from reconciler.errors import ProviderError
-    from reconciler.providers.base import TrainingStatus
 
-    url = _state_url(state)
+    url = runtime.state_url(state)
     lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
 
     async def run() -> int:
-        async with session(paths, url, sandbox) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox) as (manifests, engine):
             model = manifests.select([name])[0]
-            async with engine.state.lock(_holder("adopt"), lock_wait):
+            async with engine.state.lock(runtime.holder("adopt"), lock_wait):
                 obs = (await engine.observe([model], await engine.state.all()))[name]
                 if isinstance(obs, ProviderError):
                     raise Failure(f"cannot adopt {name}: {obs}")
@@ -552,8 +459,8 @@ def daemon(
     if not host or not port.isdigit():
         raise click.BadParameter(f"{listen!r}: write host:port", param_hint="--listen")
     opts = DaemonOptions(
-        paths=list(paths or DEFAULT_PATHS),
-        state_url=_state_url(state),
+        paths=runtime.paths_or_default(paths),
+        state_url=runtime.state_url(state),
         sandbox=sandbox,
         resync=_duration(resync, "--resync"),
         host=host,

@@ -53,6 +53,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from reconciler import runtime
+from reconciler.domain import ProviderConfig, RecordStatus
 from reconciler.engine import status_entry, utcnow
 from reconciler.errors import Problem, ReconcilerError, TemporaryProviderError
 from reconciler.logs import Redactor, setup_logging
@@ -60,13 +62,12 @@ from reconciler.plan import Action, ModelPlan, count_in_flight, limit_concurrenc
 from reconciler.providers import adapter_class
 from reconciler.providers.base import ProviderAdapter
 from reconciler.providers.http import REQUEST_OBSERVERS
-from reconciler.spec import FileResult, ManifestSet, ProviderConfig, assemble, find_manifest_files, parse_file
-from reconciler.state.base import RecordStatus
+from reconciler.spec import FileResult, ManifestSet, assemble, find_manifest_files, parse_file
 
 if TYPE_CHECKING:
+    from reconciler.domain import DesiredModel
     from reconciler.engine import Engine
     from reconciler.sandbox.server import Sandbox
-    from reconciler.spec import DesiredModel
     from reconciler.state.base import StateStore
 
 log = logging.getLogger("reconciler.daemon")
@@ -368,7 +369,6 @@ class Daemon:
 
     async def run(self) -> int:
         """Serve, take the lock, load, reconcile until asked to stop; the exit code."""
-        from reconciler.cli import _holder, sandbox_for
         from reconciler.state import open_state
 
         opts = self.opts
@@ -377,7 +377,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop, sig)
         async with contextlib.AsyncExitStack() as stack:
             try:
-                self.sandbox = stack.enter_context(sandbox_for(opts.sandbox, opts.state_url))
+                self.sandbox = stack.enter_context(runtime.sandbox_for(opts.sandbox, opts.state_url))
                 if self.sandbox is not None:
                     from reconciler.sandbox.server import SANDBOX_API_KEYS
 
@@ -394,7 +394,7 @@ class Daemon:
                 self.state = await open_state(opts.state_url)
                 stack.push_async_callback(self.state.close)
                 self.redactor.add_values(_url_passwords(opts.state_url))
-                if not await self._take_lock(stack, _holder("daemon")):
+                if not await self._take_lock(stack, runtime.holder("daemon")):
                     return 0  # asked to stop while waiting
                 self.locked = True
             except ReconcilerError as exc:  # LockHeldError names the holder
@@ -543,13 +543,11 @@ class Daemon:
             await self._reconcile(batch)
 
     async def _refresh_engine(self) -> None:
-        from reconciler.cli import _engine
-
         if not self._engine_stale and self.engine is not None:
             return
         assert self.state is not None
         old = self.engine
-        self.engine = _engine(self.manifests, self.state, self.sandbox, self.opts.paths)
+        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths)
         self._engine_stale = False
         if old is not None:
             await old.aclose()

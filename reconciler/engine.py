@@ -19,6 +19,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from reconciler.domain import (
+    DesiredModel,
+    HistoryEvent,
+    ModelRecord,
+    Observation,
+    ProviderConfig,
+    RecordStatus,
+    TrainingStatus,
+    TrainResult,
+)
 from reconciler.errors import (
     BadResponseError,
     ConfigError,
@@ -36,16 +46,9 @@ from reconciler.plan import (
     plan_model,
 )
 from reconciler.providers import adapter_class
-from reconciler.providers.base import (
-    Observation,
-    ProviderAdapter,
-    ProviderContext,
-    TrainingStatus,
-    TrainResult,
-    check_base_url,
-)
-from reconciler.spec import DesiredModel, ManifestSet, ProviderConfig
-from reconciler.state.base import HistoryEvent, ModelRecord, RecordStatus, StateStore
+from reconciler.providers.base import ProviderAdapter, ProviderContext, check_base_url
+from reconciler.spec import ManifestSet
+from reconciler.state.base import StateStore
 
 log = logging.getLogger("reconciler.engine")
 
@@ -83,7 +86,7 @@ def http_timeout(env: Mapping[str, str]) -> float:
     text = env.get(HTTP_TIMEOUT_ENV, "").strip()
     if not text:
         return DEFAULT_HTTP_TIMEOUT
-    from reconciler.spec import parse_duration
+    from reconciler.values import parse_duration
 
     try:
         seconds = parse_duration(text).total_seconds()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, Observation, RecordStatus, TrainingStatus
 from reconciler.errors import (
     AuthError,
     BadResponseError,
@@ -21,9 +22,7 @@ from reconciler.errors import (
     ProviderError,
     TemporaryProviderError,
 )
-from reconciler.providers.base import Observation, TrainingStatus
-from reconciler.spec import Change, DesiredModel, diff_snapshots, format_duration
-from reconciler.state.base import HistoryEvent, ModelRecord, RecordStatus
+from reconciler.values import Change, diff_snapshots, format_duration
 
 
 class Action(enum.StrEnum):

@@ -246,7 +246,9 @@ def test_shared_postgresql_state(workspace: Workspace, postgres_url: str) -> Non
     (ws.root / "state.db").unlink(missing_ok=True)
     second = ws.run("plan", env=env)
     assert second.code == 0, second.output
-    assert [e["event"] for e in ws.run("history", "hardhat-detector", "--output", "json", env=env).json()["events"]] == [
+    assert [
+        e["event"] for e in ws.run("history", "hardhat-detector", "--output", "json", env=env).json()["events"]
+    ] == [
         "intent",
         "triggered",
         "succeeded",

@@ -22,14 +22,14 @@ import httpx
 import pytest
 from conftest import ROOT, Clock, Workspace
 
+from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingStatus
 from reconciler.errors import NotFoundError
-from reconciler.providers.base import ProviderContext, TrainingStatus
+from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient
 from reconciler.providers.photogpt import MAX_IMAGE_BYTES, PhotoGPTAdapter, scan_images
 from reconciler.sandbox.photogpt import SEED_MODEL_ID, PhotoGPTSimulator
 from reconciler.sandbox.server import SANDBOX_API_KEYS, LoggedRequest, Sandbox, SimRequest
-from reconciler.spec import DesiredModel, load_manifests
-from reconciler.state.base import ModelRecord, RecordStatus
+from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["photogpt"]
 SAMPLES = ROOT / "specs" / "photogpt-images"

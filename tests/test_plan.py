@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.domain import DesiredModel, ModelRecord, Observation, Policy, RecordStatus, TrainingStatus
 from reconciler.errors import AuthError, NotFoundError, TemporaryProviderError
 from reconciler.plan import Action, ModelPlan, exit_code, limit_concurrency, plan_model
-from reconciler.providers.base import Observation, TrainingStatus
-from reconciler.spec import DesiredModel, Policy, load_manifests
-from reconciler.state.base import ModelRecord, RecordStatus
+from reconciler.spec import load_manifests
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from conftest import ROOT, Clock, Workspace
 
+from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingStatus
 from reconciler.plan import Action, plan_model
-from reconciler.providers.base import ProviderContext, TrainingStatus
+from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient, error_message
 from reconciler.providers.predicthq import PredictHQAdapter
 from reconciler.sandbox.predicthq import (
@@ -27,8 +28,7 @@ from reconciler.sandbox.predicthq import (
     PredictHQSimulator,
 )
 from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
-from reconciler.spec import DesiredModel, load_manifests
-from reconciler.state.base import ModelRecord, RecordStatus
+from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["predicthq"]
 MODELS = "/v1/forecasts/models"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from conftest import Clock, Workspace
 
+from reconciler.domain import TrainingStatus
 from reconciler.errors import ManifestError
-from reconciler.providers.base import TrainingStatus
 from reconciler.providers.rebase import RebaseAdapter, RebaseTraining, format_date, train_body
 from reconciler.sandbox.rebase import (
     INVALID_KEY_BODY,

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import ManifestError
-from reconciler.spec import diff_snapshots, fingerprint, load_manifests, parse_duration
+from reconciler.spec import load_manifests
+from reconciler.values import diff_snapshots, fingerprint, parse_duration
 
 GOOD = """\
 apiVersion: reconciler/v1

@@ -24,8 +24,9 @@ import psycopg
 import pytest
 from conftest import PG_URL, with_search_path
 
+from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import LockHeldError, StateError
-from reconciler.state import HistoryEvent, ModelRecord, RecordStatus, StateStore, open_state
+from reconciler.state import StateStore, open_state
 from reconciler.state.postgres import redact_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -340,7 +341,8 @@ asyncio.run(main())
 
 WRITER_CHILD = """
 import asyncio, sys
-from reconciler.state import HistoryEvent, ModelRecord, RecordStatus, open_state
+from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
+from reconciler.state import open_state
 
 async def main():
     store = await open_state(sys.argv[1])

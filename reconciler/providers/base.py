@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import enum
 import ipaddress
 import os
 import random
@@ -26,54 +25,13 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import BaseModel
 
+from reconciler.domain import Observation, TrainResult
 from reconciler.errors import ProviderError
 
 if TYPE_CHECKING:
+    from reconciler.domain import DesiredModel, ModelRecord, ProviderConfig
     from reconciler.providers.http import HttpClient
-    from reconciler.spec import Change, DesiredModel, ProviderConfig
-    from reconciler.state.base import ModelRecord, StateStore
-
-
-class TrainingStatus(enum.StrEnum):
-    """What the provider shows about the model's latest training."""
-
-    NONE = "none"  # never trained
-    RUNNING = "running"  # queued or in progress
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    UNKNOWN = "unknown"  # the provider does not let us tell
-
-
-@dataclass
-class Observation:
-    """Facts read from the provider about one model; never a decision."""
-
-    status: TrainingStatus
-    #: opaque token naming the provider's latest training (start time, version number, ...); it
-    #: changes when a new training starts, which is how an unacknowledged intent is settled
-    marker: str | None = None
-    trained_at: datetime | None = None  # end of the last successful training, if shown
-    progress: float | None = None  # 0..1 while running, when the provider reports it
-    message: str = ""  # provider's own words: failure reason, state name
-    stale: str | None = None  # the provider flags the model as needing retraining (detail)
-    data_changed: str | None = None  # newer data than the last training (detail)
-    data_marker: Any = None  # identity of the data a training now would use (recorded with it)
-    config_changes: list[Change] = field(default_factory=list)  # writable config that differs
-    observed_training: dict[str, Any] = field(default_factory=dict)  # training fields read back
-    handle: str | None = None
-    provider_state: str = ""  # the provider's raw status word, for `status`
-
-    @property
-    def in_flight(self) -> bool:
-        return self.status is TrainingStatus.RUNNING
-
-
-@dataclass
-class TrainResult:
-    """What a successful train call returned for one model."""
-
-    handle: str | None = None
-    message: str = ""
+    from reconciler.state.base import StateStore
 
 
 @dataclass
@@ -201,7 +159,7 @@ def read_time(value: Any) -> datetime | None:
     """
     if not isinstance(value, str) or not value:
         return None
-    from reconciler.spec import parse_timestamp
+    from reconciler.values import parse_timestamp
 
     try:
         return parse_timestamp(value)

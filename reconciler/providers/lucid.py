@@ -28,21 +28,14 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
+from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, NotFoundError, ProviderError
-from reconciler.providers.base import (
-    Auth,
-    Observation,
-    ProviderAdapter,
-    TrainingStatus,
-    TrainResult,
-    read_time,
-)
-from reconciler.spec import Strict
+from reconciler.providers.base import Auth, ProviderAdapter, read_time
+from reconciler.values import Strict
 
 if TYPE_CHECKING:
+    from reconciler.domain import DesiredModel, ModelRecord
     from reconciler.providers.http import Response
-    from reconciler.spec import DesiredModel
-    from reconciler.state.base import ModelRecord
 
 #: The adapter adds this to the configured host; a base URL already ending in it is used as is.
 API_PREFIX = "/v1"

@@ -32,22 +32,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, NotFoundError, ProviderError
-from reconciler.providers.base import (
-    Auth,
-    Observation,
-    ProviderAdapter,
-    TrainingStatus,
-    TrainResult,
-    path_segment,
-    read_time,
-)
-from reconciler.spec import Strict
+from reconciler.providers.base import Auth, ProviderAdapter, path_segment, read_time
+from reconciler.values import Strict
 
 if TYPE_CHECKING:
+    from reconciler.domain import DesiredModel, ModelRecord
     from reconciler.providers.http import Response
-    from reconciler.spec import DesiredModel
-    from reconciler.state.base import ModelRecord
 
 log = logging.getLogger("reconciler.providers.photogpt")
 
@@ -270,7 +262,7 @@ class PhotoGPTAdapter(ProviderAdapter):
         return out
 
     async def _observation(self, m: DesiredModel, record: ModelRecord | None, model: dict[str, Any]) -> Observation:
-        from reconciler.state.base import RecordStatus
+        from reconciler.domain import RecordStatus
 
         word = model.get("status")
         if not isinstance(word, str) or not word:

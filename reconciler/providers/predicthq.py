@@ -20,23 +20,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from reconciler.domain import Observation, RecordStatus, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError
-from reconciler.providers.base import (
-    Auth,
-    Observation,
-    ProviderAdapter,
-    RetryPolicy,
-    TrainingStatus,
-    TrainResult,
-    path_segment,
-    read_time,
-)
-from reconciler.spec import Change, Strict
-from reconciler.state.base import RecordStatus
+from reconciler.providers.base import Auth, ProviderAdapter, RetryPolicy, path_segment, read_time
+from reconciler.values import Change, Strict
 
 if TYPE_CHECKING:
-    from reconciler.spec import DesiredModel
-    from reconciler.state.base import ModelRecord
+    from reconciler.domain import DesiredModel, ModelRecord
 
 MODEL_PATH = "/v1/forecasts/models/{model_id}"
 TRAIN_PATH = "/v1/forecasts/models/{model_id}/train"

@@ -26,21 +26,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from pydantic import Field, model_validator
 
+from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, NotFoundError, ProviderError
-from reconciler.providers.base import (
-    Auth,
-    Observation,
-    ProviderAdapter,
-    TrainingStatus,
-    TrainResult,
-    path_segment,
-    read_time,
-)
-from reconciler.spec import Strict, Timestamp, canonical_json
+from reconciler.providers.base import Auth, ProviderAdapter, path_segment, read_time
+from reconciler.values import Strict, Timestamp, canonical_json
 
 if TYPE_CHECKING:
-    from reconciler.spec import DesiredModel
-    from reconciler.state.base import ModelRecord
+    from reconciler.domain import DesiredModel, ModelRecord
 
 SITES_PATH = "/platform/v2/sites"
 SITE_MODELS_PATH = "/platform/v2/sites/{site_id}/models"

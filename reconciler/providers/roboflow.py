@@ -19,21 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, ProviderError
-from reconciler.providers.base import (
-    Auth,
-    Observation,
-    ProviderAdapter,
-    TrainingStatus,
-    TrainResult,
-    as_object,
-    path_segment,
-)
-from reconciler.spec import Strict
+from reconciler.providers.base import Auth, ProviderAdapter, as_object, path_segment
+from reconciler.values import Strict
 
 if TYPE_CHECKING:
-    from reconciler.spec import DesiredModel
-    from reconciler.state.base import ModelRecord
+    from reconciler.domain import DesiredModel, ModelRecord
 
 VERSION_PATH = "/{ws}/{proj}/{version}"
 TRAIN_PATH = "/{ws}/{proj}/{version}/train"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler.errors import ConfigError
-from reconciler.state.base import HistoryEvent, ModelRecord, RecordStatus, StateStore
+from reconciler.state.base import StateStore
 
-__all__ = ["HistoryEvent", "ModelRecord", "RecordStatus", "StateStore", "open_state", "sqlite_path"]
+__all__ = ["StateStore", "open_state", "sqlite_path"]
 
 DEFAULT_STATE_URL = "sqlite:///.reconciler/state.db"
 

@@ -10,68 +10,13 @@ import enum
 import json
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any
 
+from reconciler.domain import HistoryEvent, ModelRecord
 from reconciler.errors import StateError
-
-
-class RecordStatus(enum.StrEnum):
-    """Where the last training `reconciler` triggered for a model stands."""
-
-    INTENT = "intent"  # about to call train; not acknowledged (a crash leaves this behind)
-    TRAINING = "training"  # the provider acknowledged the train call; not finished
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    ADOPTED = "adopted"  # a training nobody recorded, accepted as matching the spec
-
-
-@dataclass
-class ModelRecord:
-    """The last training `reconciler` triggered (or adopted) for one model."""
-
-    name: str
-    provider: str
-    fingerprint: str
-    training: dict[str, Any]
-    status: RecordStatus
-    handle: str | None = None
-    attempts: int = 0  # consecutive failed trainings for this fingerprint
-    next_attempt_at: datetime | None = None
-    triggered_at: datetime | None = None
-    finished_at: datetime | None = None  # end of the last successful training
-    # provider's training marker seen before the trigger (settles intents)
-    marker: str | None = None
-    data_marker: Any = None  # provider's data identity at trigger time (batch ids, image hashes)
-    reasons: list[str] = field(default_factory=list)
-
-
-@dataclass
-class HistoryEvent:
-    """One line of a model's append-only history."""
-
-    model: str
-    event: str  # intent, triggered, succeeded, failed, settled, adopted, error, ...
-    reason: str = ""
-    fingerprint: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
-    git_commit: str | None = None
-    at: datetime | None = None  # set by the store when None
-    id: int | None = None
-
-
-def as_utc(value: datetime) -> datetime:
-    """The same instant as a timezone-aware UTC datetime; a naive one is taken to be UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
-def utc_now() -> datetime:
-    """Now, timezone-aware UTC."""
-    return datetime.now(UTC)
+from reconciler.values import as_utc
 
 
 def _json_default(value: Any) -> Any:

@@ -19,9 +19,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
+from reconciler.domain import HistoryEvent, ModelRecord
 from reconciler.errors import LockHeldError, StateError
-from reconciler.state.base import HistoryEvent, ModelRecord, as_utc
 from reconciler.state.sql import MODEL_COLUMNS, SQLStateStore
+from reconciler.values import as_utc
 
 #: How often a waiting `lock()` retries the advisory lock (seconds).
 LOCK_POLL_INTERVAL = 0.2

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
+from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import StateError
-from reconciler.state.base import HistoryEvent, ModelRecord, RecordStatus, StateStore, as_utc, dump_json, utc_now
+from reconciler.state.base import StateStore, dump_json
+from reconciler.values import as_utc, utc_now
 
 MODEL_COLUMNS = (
     "name, provider, fingerprint, training, status, handle, attempts, next_attempt_at,"

@@ -18,9 +18,10 @@ from typing import Any
 
 import aiosqlite
 
+from reconciler.domain import HistoryEvent, ModelRecord
 from reconciler.errors import LockHeldError, StateError
-from reconciler.state.base import HistoryEvent, ModelRecord, as_utc, utc_now
 from reconciler.state.sql import MODEL_COLUMNS, SQLStateStore
+from reconciler.values import as_utc, utc_now
 
 log = logging.getLogger(__name__)
 

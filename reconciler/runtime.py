@@ -1,0 +1,144 @@
+"""The composition root: options from flags and environment, and the objects built from them.
+
+`cli` and `daemon` are thin shells over this module and never import each other. Everything
+that reads the operator's environment (`RECONCILER_*` variables) for wiring lives here, so the
+layers below (engine, providers, state) get plain values and can be tested without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.engine import Engine
+    from reconciler.logs import Redactor
+    from reconciler.sandbox.server import Sandbox
+    from reconciler.spec import ManifestSet
+    from reconciler.state.base import StateStore
+
+DEFAULT_PATHS = ("specs",)
+STATE_ENV = "RECONCILER_STATE"
+POLL_INTERVAL_ENV = "RECONCILER_POLL_INTERVAL"
+SANDBOX_TRAINING_SECONDS_ENV = "RECONCILER_SANDBOX_TRAINING_SECONDS"
+
+
+def state_url(flag: str | None, env: Mapping[str, str] | None = None) -> str:
+    """`--state`, else `RECONCILER_STATE`, else the local SQLite file."""
+    from reconciler.state import DEFAULT_STATE_URL
+
+    env = os.environ if env is None else env
+    return flag or env.get(STATE_ENV) or DEFAULT_STATE_URL
+
+
+def state_dir(url: str) -> Path:
+    """Where `.reconciler/` files beside the state live (the sandbox world)."""
+    if url.startswith("sqlite:///"):
+        from reconciler.state import sqlite_path
+
+        return sqlite_path(url).parent
+    return Path(".reconciler")
+
+
+def paths_or_default(paths: Sequence[str]) -> list[str]:
+    return list(paths or DEFAULT_PATHS)
+
+
+@functools.cache
+def redactor() -> Redactor:
+    """The process's redactor: masks every *_API_KEY value, and the variables Provider manifests name."""
+    from reconciler.logs import Redactor
+
+    return Redactor()
+
+
+def load(paths: Sequence[str]) -> ManifestSet:
+    """The manifests under `paths` (default `specs/`); ManifestError lists every problem."""
+    from reconciler.logs import provider_key_envs
+    from reconciler.spec import load_manifests
+
+    manifests = load_manifests(paths_or_default(paths))
+    # a Provider may name any variable for its key: mask its value in log lines too
+    redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
+    return manifests
+
+
+@contextmanager
+def sandbox_for(enabled: bool, url: str, env: Mapping[str, str] | None = None) -> Iterator[Sandbox | None]:
+    """Start the in-process simulators for `--sandbox`; their world lives beside the state."""
+    if not enabled:
+        yield None
+        return
+    from reconciler.sandbox.server import Sandbox
+
+    env = os.environ if env is None else env
+    seconds = float(env.get(SANDBOX_TRAINING_SECONDS_ENV, "3"))
+    sb = Sandbox(state_dir(url) / "sandbox", training_seconds=seconds)
+    sb.start()
+    try:
+        yield sb
+    finally:
+        sb.stop()
+
+
+def poll_override(sandbox: Sandbox | None, env: Mapping[str, str] | None = None) -> timedelta | None:
+    """`RECONCILER_POLL_INTERVAL` replaces every provider's poll interval (and PhotoGPT's 5-minute
+    floor): for simulators, whose trainings take seconds. The sandbox polls every 0.5 s."""
+    from reconciler.errors import ConfigError
+    from reconciler.values import parse_duration
+
+    env = os.environ if env is None else env
+    text = env.get(POLL_INTERVAL_ENV) or ("0.5s" if sandbox is not None else "")
+    if not text:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{POLL_INTERVAL_ENV}: {exc}") from None
+
+
+def build_engine(manifests: ManifestSet, state: StateStore, sandbox: Sandbox | None, paths: Sequence[str]) -> Engine:
+    """The engine for these manifests and this state, pointed at the sandbox when it runs."""
+    from reconciler.engine import Engine
+    from reconciler.sandbox.server import SANDBOX_API_KEYS
+    from reconciler.spec import git_commit
+
+    endpoints = {}
+    if sandbox is not None:
+        endpoints = {t: (sandbox.base_url(t), SANDBOX_API_KEYS[t]) for t in SANDBOX_API_KEYS}
+    return Engine(
+        manifests,
+        state,
+        git_commit=git_commit(paths_or_default(paths)),
+        endpoints=endpoints,
+        poll_interval=poll_override(sandbox),
+    )
+
+
+def holder(command: str) -> str:
+    """How this process names itself as a lock holder."""
+    return f"`reconciler {command}` pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+@asynccontextmanager
+async def session(paths: Sequence[str], url: str, sandbox: bool) -> AsyncIterator[tuple[ManifestSet, Engine]]:
+    """Manifests, an open state and an engine (with the sandbox when asked); always closed."""
+    from reconciler.state import open_state
+
+    manifests = load(paths)
+    with sandbox_for(sandbox, url) as sb:
+        state = await open_state(url)
+        try:
+            engine = build_engine(manifests, state, sb, paths)
+            try:
+                yield manifests, engine
+            finally:
+                await engine.aclose()
+        finally:
+            await state.close()
