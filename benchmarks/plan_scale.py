@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.engine import Engine
 from reconciler.plan import Action
-from reconciler.providers import adapter_class
+from reconciler.providers.catalog import provider_type
 from reconciler.sandbox.server import SANDBOX_API_KEYS, Sandbox, WorldStore
 from reconciler.spec import ManifestSet, load_manifests
 from reconciler.state import StateStore, open_state
@@ -119,7 +119,7 @@ async def run(models: int, latency: float, rounds: int) -> None:
         await state.close()
     requests = sum(1 for r in log if r["provider"] == "roboflow") / rounds
     trains = sum(1 for r in log if r["method"] == "POST")
-    concurrency = adapter_class("roboflow").max_concurrent_requests
+    concurrency = provider_type("roboflow").max_concurrent_requests
     floor = requests * latency / concurrency
     wall = statistics.median(walls)
     print(f"models                 {models}")

@@ -59,8 +59,7 @@ from reconciler.engine import status_entry, utcnow
 from reconciler.errors import Problem, ReconcilerError, TemporaryProviderError
 from reconciler.logs import Redactor, setup_logging
 from reconciler.plan import Action, ModelPlan, count_in_flight, limit_concurrency
-from reconciler.providers import adapter_class
-from reconciler.providers.base import ProviderAdapter
+from reconciler.providers.catalog import provider_type
 from reconciler.providers.http import REQUEST_OBSERVERS
 from reconciler.spec import FileResult, ManifestSet, assemble, find_manifest_files, parse_file
 
@@ -282,13 +281,12 @@ def _model_key(m: DesiredModel, providers: Mapping[str, ProviderConfig]) -> tupl
     return (m.fingerprint, m.provider, m.policy, _provider_key(providers.get(m.provider)))
 
 
-def _depends_on_local_files(provider_type: str) -> bool:
+def _depends_on_local_files(type_name: str) -> bool:
     """Types whose spec reads files beside the manifest (PhotoGPT's input_images)."""
     try:
-        cls = adapter_class(provider_type)
-    except (KeyError, ImportError):
+        return provider_type(type_name).reads_local_files
+    except KeyError:
         return False
-    return cls.check_local.__func__ is not ProviderAdapter.check_local.__func__  # type: ignore[attr-defined]
 
 
 def _in_flight(p: ModelPlan) -> bool:

@@ -45,8 +45,9 @@ from reconciler.plan import (
     limit_concurrency,
     plan_model,
 )
-from reconciler.providers import adapter_class
-from reconciler.providers.base import ProviderAdapter, ProviderContext, check_base_url
+from reconciler.providers.base import ProviderAdapter, ProviderContext
+from reconciler.providers.catalog import adapter_class, provider_type
+from reconciler.providers.origins import check_base_url
 from reconciler.spec import ManifestSet
 from reconciler.state.base import StateStore
 
@@ -185,8 +186,9 @@ class Engine:
         from reconciler.providers.http import HttpClient
 
         cls = adapter_class(cfg.type)
+        ptype = provider_type(cfg.type)
         env_url = self.env.get(base_url_env(cfg.type)) or None
-        base_url = cfg.base_url or env_url or cls.default_base_url
+        base_url = cfg.base_url or env_url or ptype.default_base_url
         key = self.env.get(cfg.api_key_env, "")
         if cfg.type in self.endpoints:
             base_url, key = self.endpoints[cfg.type]
@@ -209,7 +211,7 @@ class Engine:
             api_key=key,
             auth=cls.auth,
             requests_per_second=cfg.requests_per_second,
-            max_concurrent=cls.max_concurrent_requests,
+            max_concurrent=ptype.max_concurrent_requests,
             timeout=self.http_timeout,
             retry=cls.retry,
         )
@@ -230,7 +232,7 @@ class Engine:
         if self.poll_interval_override is not None:
             return self.poll_interval_override  # the sandbox: trainings take seconds
         cfg = self.provider_config(provider)
-        return max(cfg.poll_interval, adapter_class(cfg.type).min_poll_interval)
+        return max(cfg.poll_interval, provider_type(cfg.type).min_poll_interval)
 
     async def aclose(self) -> None:
         for a in self._adapters.values():
@@ -284,15 +286,15 @@ class Engine:
         now = self.clock()
         plans = []
         for m in models:
-            cls = adapter_class(m.provider_type)
+            ptype = provider_type(m.provider_type)
             plans.append(
                 plan_model(
                     m,
                     records.get(m.name),
                     observed[m.name],
                     now,
-                    observable_trigger=cls.observable_trigger,
-                    training_timeout=cls.training_timeout,
+                    observable_trigger=ptype.observable_trigger,
+                    training_timeout=ptype.training_timeout,
                     settle_window=self.settle_window,
                 )
             )

@@ -39,13 +39,10 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("x", logging.INFO, "x", 0, "x", No
 
 
 def provider_key_envs() -> set[str]:
-    """The key variables of every provider type: the adapters' `key_env`, else `<TYPE>_API_KEY`."""
-    from reconciler.providers import PROVIDER_TYPES, adapter_class, known_types
+    """The key variables of every provider type (the catalog's `key_env` and `<TYPE>_API_KEY`)."""
+    from reconciler.providers.catalog import key_envs
 
-    names = {f"{t.upper()}_API_KEY" for t in PROVIDER_TYPES}
-    for t in known_types():
-        names.add(adapter_class(t).key_env)
-    return names
+    return key_envs()
 
 
 class Redactor:

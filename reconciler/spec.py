@@ -25,6 +25,8 @@ from pydantic import (
 
 from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source
 from reconciler.errors import ManifestError, Problem
+from reconciler.providers.catalog import known_types, provider_type
+from reconciler.providers.origins import check_base_url
 from reconciler.values import Duration, Strict, fingerprint, spec_snapshot
 from reconciler.yamlpos import YamlDocument, YamlError, load_documents
 
@@ -242,21 +244,17 @@ def _parse_document(doc: YamlDocument, path: Path, result: FileResult) -> None:
 
 def _check_provider_fields(data: dict[str, Any], doc: YamlDocument, file: str, problems: list[Problem]) -> None:
     """Report model/training problems too when the envelope is invalid: all problems in one run."""
-    from reconciler.providers import adapter_class, known_types
-
     spec = data.get("spec")
     if not isinstance(spec, dict) or spec.get("provider") not in known_types():
         return
-    cls = adapter_class(spec["provider"])
+    ptype = provider_type(spec["provider"])
     if isinstance(spec.get("model"), dict):
-        _validate(cls.model_schema, spec["model"], doc, ("spec", "model"), file, problems)
+        _validate(ptype.model_schema, spec["model"], doc, ("spec", "model"), file, problems)
     if isinstance(spec.get("training", {}), dict):
-        _validate(cls.training_schema, spec.get("training", {}), doc, ("spec", "training"), file, problems)
+        _validate(ptype.training_schema, spec.get("training", {}), doc, ("spec", "training"), file, problems)
 
 
 def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult) -> None:
-    from reconciler.providers import adapter_class, known_types
-
     file = result.path
     if pm.spec.type not in known_types():
         line, col = doc.where(("spec", "type"))
@@ -264,11 +262,9 @@ def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult) -
             Problem(file, line, col, f"unknown provider type {pm.spec.type!r}; known: {', '.join(known_types())}")
         )
         return
-    cls = adapter_class(pm.spec.type)
+    ptype = provider_type(pm.spec.type)
     line, col = doc.where(("metadata", "name"))
     if pm.spec.base_url is not None:
-        from reconciler.providers.base import check_base_url
-
         problem = check_base_url(pm.spec.base_url, pm.spec.allow_insecure_http)
         if problem:
             bl, bc = doc.where(("spec", "base_url"))
@@ -278,10 +274,10 @@ def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult) -
             name=pm.metadata.name,
             type=pm.spec.type,
             base_url=pm.spec.base_url,
-            api_key_env=pm.spec.api_key_env or cls.key_env,
-            max_concurrent_trainings=pm.spec.max_concurrent_trainings or cls.max_concurrent_trainings,
-            requests_per_second=pm.spec.requests_per_second or cls.requests_per_second,
-            poll_interval=max(pm.spec.poll_interval or cls.poll_interval, cls.min_poll_interval),
+            api_key_env=pm.spec.api_key_env or ptype.key_env,
+            max_concurrent_trainings=pm.spec.max_concurrent_trainings or ptype.max_concurrent_trainings,
+            requests_per_second=pm.spec.requests_per_second or ptype.requests_per_second,
+            poll_interval=max(pm.spec.poll_interval or ptype.poll_interval, ptype.min_poll_interval),
             allow_insecure_http=pm.spec.allow_insecure_http,
             source=Source(file, line, col),
         )
@@ -289,33 +285,29 @@ def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult) -
 
 
 def default_provider(type_name: str) -> ProviderConfig:
-    from reconciler.providers import adapter_class
-
-    cls = adapter_class(type_name)
+    ptype = provider_type(type_name)
     return ProviderConfig(
         name=type_name,
         type=type_name,
         base_url=None,
-        api_key_env=cls.key_env,
-        max_concurrent_trainings=cls.max_concurrent_trainings,
-        requests_per_second=cls.requests_per_second,
-        poll_interval=cls.poll_interval,
+        api_key_env=ptype.key_env,
+        max_concurrent_trainings=ptype.max_concurrent_trainings,
+        requests_per_second=ptype.requests_per_second,
+        poll_interval=ptype.poll_interval,
     )
 
 
 def _resolve_model(
     manifest: TrainedModelManifest, doc: YamlDocument, file: str, provider: ProviderConfig, problems: list[Problem]
 ) -> DesiredModel | None:
-    from reconciler.providers import adapter_class
-
-    cls = adapter_class(provider.type)
+    ptype = provider_type(provider.type)
     before = len(problems)
-    model = _validate(cls.model_schema, manifest.spec.model, doc, ("spec", "model"), file, problems)
-    training = _validate(cls.training_schema, manifest.spec.training, doc, ("spec", "training"), file, problems)
+    model = _validate(ptype.model_schema, manifest.spec.model, doc, ("spec", "model"), file, problems)
+    training = _validate(ptype.training_schema, manifest.spec.training, doc, ("spec", "training"), file, problems)
     if model is None or training is None:
         return None
     manifest_dir = Path(file).parent
-    for loc, message in cls.check_local(model, training, manifest_dir):
+    for loc, message in ptype.local_problems(model, training, manifest_dir):
         line, col = doc.where(("spec", *loc))
         problems.append(Problem(file, line, col, message))
     if len(problems) > before:
@@ -339,8 +331,6 @@ def _resolve_model(
 
 def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]:
     """Cross-file checks: unique names, provider references resolved, provider specs validated."""
-    from reconciler.providers import known_types
-
     problems: list[Problem] = [p for r in results for p in r.problems]
     providers: dict[str, ProviderConfig] = {}
     for r in results:
@@ -407,14 +397,12 @@ def load_manifests(paths: Iterable[str | Path]) -> ManifestSet:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of both kinds, with per-provider `model`/`training` (for yaml-language-server)."""
-    from reconciler.providers import adapter_class, known_types
-
     defs: dict[str, Any] = {}
     variants = []
     for t in known_types():
-        cls = adapter_class(t)
-        m = cls.model_schema.model_json_schema(ref_template="#/$defs/{model}")
-        tr = cls.training_schema.model_json_schema(ref_template="#/$defs/{model}")
+        ptype = provider_type(t)
+        m = ptype.model_schema.model_json_schema(ref_template="#/$defs/{model}")
+        tr = ptype.training_schema.model_json_schema(ref_template="#/$defs/{model}")
         for s in (m, tr):
             defs.update(s.pop("$defs", {}))
         variants.append(

@@ -37,9 +37,10 @@ from reconciler.errors import (
     TemporaryProviderError,
 )
 from reconciler.plan import Action
-from reconciler.providers import known_types
-from reconciler.providers.base import Auth, RetryPolicy, path_segment
+from reconciler.providers.base import path_segment
+from reconciler.providers.catalog import known_types
 from reconciler.providers.http import HttpClient, secret_forms
+from reconciler.providers.policy import Auth, RetryPolicy
 from reconciler.sandbox.server import Fault, Sandbox
 from reconciler.spec import load_manifests
 from reconciler.state import open_state

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import pytest
 from conftest import ROOT, CliResult, Workspace
 
-from reconciler.providers import known_types
+from reconciler.providers.catalog import known_types
 from reconciler.sandbox.server import Fault, LoggedRequest
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import Workspace
 
-from reconciler.providers.lucid import LucidTraining
+from reconciler.providers.lucid.schema import LucidTraining
 from reconciler.sandbox.lucid import UNAUTHORIZED_BODY, LucidSimulator
 from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
 from reconciler.spec import load_manifests

@@ -26,7 +26,8 @@ from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingS
 from reconciler.errors import NotFoundError
 from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient
-from reconciler.providers.photogpt import MAX_IMAGE_BYTES, PhotoGPTAdapter, scan_images
+from reconciler.providers.photogpt.adapter import PhotoGPTAdapter
+from reconciler.providers.photogpt.images import MAX_IMAGE_BYTES, scan_images
 from reconciler.sandbox.photogpt import SEED_MODEL_ID, PhotoGPTSimulator
 from reconciler.sandbox.server import SANDBOX_API_KEYS, LoggedRequest, Sandbox, SimRequest
 from reconciler.spec import load_manifests

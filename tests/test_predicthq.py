@@ -17,7 +17,7 @@ from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingS
 from reconciler.plan import Action, plan_model
 from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient, error_message
-from reconciler.providers.predicthq import PredictHQAdapter
+from reconciler.providers.predicthq.adapter import PredictHQAdapter
 from reconciler.sandbox.predicthq import (
     INVALID_DATA,
     NO_DEMAND_MESSAGE,

@@ -15,7 +15,8 @@ from conftest import Clock, Workspace
 
 from reconciler.domain import TrainingStatus
 from reconciler.errors import ManifestError
-from reconciler.providers.rebase import RebaseAdapter, RebaseTraining, format_date, train_body
+from reconciler.providers.rebase.adapter import RebaseAdapter, format_date, train_body
+from reconciler.providers.rebase.schema import RebaseTraining
 from reconciler.sandbox.rebase import (
     INVALID_KEY_BODY,
     LOAD_SITE,

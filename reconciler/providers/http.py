@@ -32,7 +32,7 @@ from reconciler.errors import (
     RequestNotSentError,
     TemporaryProviderError,
 )
-from reconciler.providers.base import Auth, RetryPolicy
+from reconciler.providers.policy import Auth, RetryPolicy
 
 #: Called after every HTTP exchange as (provider, method, status or error class name, seconds).
 RequestObserver = Callable[[str, str, str, float], None]

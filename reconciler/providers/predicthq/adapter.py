@@ -15,15 +15,15 @@ training (data-changed, from `metrics.*.date_range` [I]).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
-
-from pydantic import Field
+from datetime import date
+from typing import TYPE_CHECKING, Any
 
 from reconciler.domain import Observation, RecordStatus, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError
-from reconciler.providers.base import Auth, ProviderAdapter, RetryPolicy, path_segment, read_time
-from reconciler.values import Change, Strict
+from reconciler.providers.base import ProviderAdapter, path_segment, read_time
+from reconciler.providers.policy import Auth, RetryPolicy
+from reconciler.providers.predicthq.schema import PREDICTHQ, PredictHQModel, PredictHQTraining
+from reconciler.values import Change
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
@@ -37,41 +37,6 @@ TRAINED_WORDS = frozenset({"ready", "stale"})
 NEVER_TRAINED_WORDS = frozenset({"created"})
 FAILED_WORDS = frozenset({"failed"})
 STALE_WORD = "stale"
-
-ForecastWindow = Literal["1d", "7d", "14d", "28d", "30d", "60d", "90d"]
-Industry = Literal[
-    "accommodation",
-    "cpg",
-    "tourism",
-    "marketing",
-    "parking",
-    "restaurants",
-    "retail",
-    "transportation",
-    "other",
-]
-
-
-class PredictHQModel(Strict):
-    model_id: str = Field(min_length=1, description="the forecast model's id, e.g. Oa1D2XvT-IXfFQ_osoTZjQ")
-
-
-class DemandType(Strict):
-    industry: Industry
-    interval: Literal["day"] = Field(default="day", description="only daily demand is supported")
-
-
-class SavedLocation(Strict):
-    saved_location_id: str = Field(min_length=1, description="id of a Saved Location (POST /v1/saved-locations)")
-
-
-class PredictHQTraining(Strict):
-    # The API's default window is not documented [?], so the manifest must say which one it wants.
-    forecast_window: ForecastWindow = Field(description="how far ahead the model forecasts")
-    algo: Literal["phq-xgboost"] = "phq-xgboost"
-    #: None: not managed by the manifest (whatever the model has is kept and not compared)
-    demand_type: DemandType | None = None
-    location: SavedLocation | None = None
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -101,39 +66,29 @@ def _range(metrics: Any, key: str) -> dict[str, Any] | None:
     return {"start": rng.get("start"), "end": rng.get("end")}
 
 
-class PredictHQAdapter(ProviderAdapter):
-    type = "predicthq"
-    key_env = "PREDICTHQ_API_KEY"
-    default_base_url = "https://api.predicthq.com"
-    model_schema = PredictHQModel
-    training_schema = PredictHQTraining
+class PredictHQAdapter(ProviderAdapter[PredictHQModel, PredictHQTraining]):
+    provider_type = PREDICTHQ
     auth = Auth(header="Authorization", prefix="Bearer ")
     # [D] retry 429 and 5xx at most 3 times: 1 s, 2 s, 4 s, each +/- 500 ms
     retry = RetryPolicy(attempts=4, base=1.0, cap=4.0, jitter=0.5)
-    # [D] the per-organisation rate depends on the plan and "keep concurrency low"; these are
-    # conservative defaults a Provider manifest can raise [I]
-    requests_per_second = 5.0
-    max_concurrent_requests = 4
-    max_concurrent_trainings = 2
-    # [D guide] training "usually takes a few minutes"
-    poll_interval = timedelta(seconds=30)
-    training_timeout = timedelta(hours=6)  # [I] generous for "a few minutes"
-    auth_description: ClassVar[str] = "header Authorization: Bearer"
 
-    def _path(self, template: str, m: DesiredModel) -> str:
-        model: Any = m.model
-        return template.format(model_id=path_segment(model.model_id))
+    def _path(self, template: str, m: DesiredModel[PredictHQModel, PredictHQTraining]) -> str:
+        return template.format(model_id=path_segment(m.model.model_id))
 
     # ---- reading
 
-    async def observe(self, model: DesiredModel, record: ModelRecord | None) -> Observation:
+    async def observe(
+        self, model: DesiredModel[PredictHQModel, PredictHQTraining], record: ModelRecord | None
+    ) -> Observation:
         resp = await self.http.request("GET", self._path(MODEL_PATH, model))
         found = resp.json_object().get("model")
         if not isinstance(found, dict):
             raise BadResponseError("model response has no 'model' object", provider=self.config.name)
         return self.observation(found, model, record)
 
-    def observation(self, found: dict[str, Any], m: DesiredModel, record: ModelRecord | None) -> Observation:
+    def observation(
+        self, found: dict[str, Any], m: DesiredModel[PredictHQModel, PredictHQTraining], record: ModelRecord | None
+    ) -> Observation:
         """Turn a `PublicForecastModel` into the facts the planner needs."""
         readiness = _obj(found.get("readiness"))
         word = str(readiness.get("status") or "").lower()
@@ -232,19 +187,19 @@ class PredictHQAdapter(ProviderAdapter):
         return out
 
     @staticmethod
-    def _config_changes(found: dict[str, Any], m: DesiredModel) -> list[Change]:
+    def _config_changes(found: dict[str, Any], m: DesiredModel[PredictHQModel, PredictHQTraining]) -> list[Change]:
         """Writable fields whose value at PredictHQ differs from the spec (paths as in the spec)."""
-        t: Any = m.training
+        t = m.training
         changes: list[Change] = []
-        for key in ("forecast_window", "algo"):
-            if found.get(key) != getattr(t, key):
-                changes.append(Change(f"training.{key}", found.get(key), getattr(t, key)))
+        for key, want in (("forecast_window", t.forecast_window), ("algo", t.algo)):
+            if found.get(key) != want:
+                changes.append(Change(f"training.{key}", found.get(key), want))
         if t.demand_type is not None:
             have = _obj(found.get("demand_type"))
-            for key in ("industry", "interval"):
-                want = getattr(t.demand_type, key)
-                if have.get(key) != want:
-                    changes.append(Change(f"training.demand_type.{key}", have.get(key), want))
+            demand: dict[str, str] = {"industry": t.demand_type.industry, "interval": t.demand_type.interval}
+            for key, value in demand.items():
+                if have.get(key) != value:
+                    changes.append(Change(f"training.demand_type.{key}", have.get(key), value))
         if t.location is not None:
             have = _obj(found.get("location"))
             if have.get("saved_location_id") != t.location.saved_location_id:
@@ -260,27 +215,24 @@ class PredictHQAdapter(ProviderAdapter):
     # ---- writing
 
     @staticmethod
-    def patch_body(m: DesiredModel, changes: Sequence[Change]) -> dict[str, Any]:
+    def patch_body(m: DesiredModel[PredictHQModel, PredictHQTraining], changes: Sequence[Change]) -> dict[str, Any]:
         """The UpdateModelRequest carrying only the top-level fields that differ."""
-        t: Any = m.training
+        # nested objects go whole: PATCH semantics inside an object are not documented [?]
+        fields = m.training.model_dump(mode="json")
         body: dict[str, Any] = {}
         for change in changes:
             top = change.path.removeprefix("training.").split(".", 1)[0]
-            if top in body:
-                continue
-            value = getattr(t, top)
-            # Nested objects go whole: PATCH semantics inside an object are not documented [?].
-            body[top] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+            body.setdefault(top, fields[top])
         return body
 
-    async def prepare(self, model: DesiredModel, observation: Observation) -> None:
+    async def prepare(self, model: DesiredModel[PredictHQModel, PredictHQTraining], observation: Observation) -> None:
         """PATCH the fields that differ from the spec (nothing when the model already matches)."""
         body = self.patch_body(model, observation.config_changes)
         if body:
             # Setting fields to fixed values is idempotent, so a 429/5xx may be retried.
             await self.http.request("PATCH", self._path(MODEL_PATH, model), json_body=body, idempotent=True)
 
-    async def train(self, models: Sequence[DesiredModel]) -> dict[str, TrainResult]:
+    async def train(self, models: Sequence[DesiredModel[PredictHQModel, PredictHQTraining]]) -> dict[str, TrainResult]:
         results = {}
         for m in models:
             # 400 "Current model readiness state is ... doesn't allow triggering training" is an

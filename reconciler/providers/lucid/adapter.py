@@ -22,16 +22,14 @@ import asyncio
 import copy
 import os
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from pydantic import Field, field_validator
 
 from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, NotFoundError, ProviderError
-from reconciler.providers.base import Auth, ProviderAdapter, read_time
-from reconciler.values import Strict
+from reconciler.providers.base import ProviderAdapter, read_time
+from reconciler.providers.lucid.schema import LUCID, LucidModel, LucidTraining
+from reconciler.providers.policy import Auth
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
@@ -61,37 +59,13 @@ FAILED_WORDS = {"error", "failed", "failure", "cancelled", "canceled"}
 #: How many batch ids a data-changed detail names before abbreviating.
 _NAMED_BATCHES = 5
 
-Tag = Annotated[str, Field(min_length=1)]
+
+def _tags(m: DesiredModel[LucidModel, LucidTraining]) -> tuple[str, ...]:
+    return tuple(m.training.data_tags)
 
 
-class LucidModel(Strict):
-    model_id: str = Field(min_length=1, description="Lucid model id; training with an existing id replaces that model")
-
-
-class LucidTraining(Strict):
-    maximum_interaction_age_days: int | None = Field(
-        default=None, ge=1, description="drop interactions older than this (untimestamped ones are kept)"
-    )
-    data_tags: list[Tag] = Field(
-        default_factory=list, description="train on the data batches carrying ALL these tags ([]: every batch)"
-    )
-    data_filters: dict[str, Any] | None = Field(
-        default=None, description="beta at Lucid: passed through verbatim, shape not documented"
-    )
-
-    @field_validator("data_tags")
-    @classmethod
-    def _tags(cls, v: list[str]) -> list[str]:
-        # Lucid matches batches carrying all tags: order and repeats do not change what is trained
-        return sorted(set(v))
-
-
-def _tags(m: DesiredModel) -> tuple[str, ...]:
-    return tuple(getattr(m.training, "data_tags", ()))
-
-
-def _model_id(m: DesiredModel) -> str:
-    return str(getattr(m.model, "model_id"))  # noqa: B009 - model is typed as BaseModel
+def _model_id(m: DesiredModel[LucidModel, LucidTraining]) -> str:
+    return m.model.model_id
 
 
 def _route_missing(resp: Response) -> bool:
@@ -110,19 +84,10 @@ def _names(ids: Sequence[str]) -> str:
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > _NAMED_BATCHES else "")
 
 
-class LucidAdapter(ProviderAdapter):
-    type = "lucid"
-    key_env = "LUCID_API_KEY"
-    default_base_url = None  # [D] per customer: https://<your-server>/v1/...
-    model_schema = LucidModel
-    training_schema = LucidTraining
+class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
+    provider_type = LUCID
     # [D] the example request sends both; HttpClient sets the same Accept, named here on purpose
     auth = Auth(header="apikey", extra_headers={"Accept": "application/json"})
-    max_concurrent_trainings = 2
-    requests_per_second = 5.0  # [?] no documented rate limit
-    poll_interval = timedelta(seconds=60)
-    training_timeout = timedelta(hours=24)  # [D] "minutes to hours"
-    auth_description: ClassVar[str] = "header apikey"
 
     def _path(self, path: str) -> str:
         # the contract names the host; tolerate a base URL that already carries /v1
@@ -131,7 +96,7 @@ class LucidAdapter(ProviderAdapter):
 
     # ---- reading
 
-    async def observe(self, model: DesiredModel, record: ModelRecord | None) -> Observation:
+    async def observe(self, model: DesiredModel[LucidModel, LucidTraining], record: ModelRecord | None) -> Observation:
         """Status of the model plus the current batches matching its data_tags (2 reads)."""
         result = (await self.observe_many([model], {model.name: record} if record else {}))[model.name]
         if isinstance(result, ProviderError):
@@ -139,7 +104,7 @@ class LucidAdapter(ProviderAdapter):
         return result
 
     async def observe_many(
-        self, models: Sequence[DesiredModel], records: dict[str, ModelRecord]
+        self, models: Sequence[DesiredModel[LucidModel, LucidTraining]], records: dict[str, ModelRecord]
     ) -> dict[str, Observation | ProviderError]:
         """One status read per model, one batch query per distinct data_tags set."""
         groups = list(dict.fromkeys(_tags(m) for m in models))
@@ -169,7 +134,7 @@ class LucidAdapter(ProviderAdapter):
                     out[m.name] = exc.for_model(m.name)
         return out
 
-    async def _status(self, m: DesiredModel) -> dict[str, Any] | None:
+    async def _status(self, m: DesiredModel[LucidModel, LucidTraining]) -> dict[str, Any] | None:
         """The model's status object, or None when Lucid does not know the model id."""
         model_id = _model_id(m)
         kwargs: dict[str, Any] = (
@@ -221,7 +186,11 @@ class LucidAdapter(ProviderAdapter):
         return sorted(ids)
 
     def _observation(
-        self, m: DesiredModel, record: ModelRecord | None, body: dict[str, Any] | None, current: list[str]
+        self,
+        m: DesiredModel[LucidModel, LucidTraining],
+        record: ModelRecord | None,
+        body: dict[str, Any] | None,
+        current: list[str],
     ) -> Observation:
         if body is None:
             return Observation(
@@ -273,7 +242,7 @@ class LucidAdapter(ProviderAdapter):
 
     def _data_changed(
         self,
-        m: DesiredModel,
+        m: DesiredModel[LucidModel, LucidTraining],
         record: ModelRecord | None,
         status: TrainingStatus,
         trained: list[str] | None,
@@ -304,12 +273,12 @@ class LucidAdapter(ProviderAdapter):
 
     # ---- writing
 
-    async def train(self, models: Sequence[DesiredModel]) -> dict[str, TrainResult]:
+    async def train(self, models: Sequence[DesiredModel[LucidModel, LucidTraining]]) -> dict[str, TrainResult]:
         """POST the training; reusing the model_id replaces that model once it completes [D]."""
         callback = os.environ.get(CALLBACK_ENV) or None
         results = {}
         for m in models:
-            t: Any = m.training
+            t = m.training
             body = {
                 k: v
                 for k, v in {

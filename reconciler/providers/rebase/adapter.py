@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, cast
-
-from pydantic import Field, model_validator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, NotFoundError, ProviderError
-from reconciler.providers.base import Auth, ProviderAdapter, path_segment, read_time
-from reconciler.values import Strict, Timestamp, canonical_json
+from reconciler.providers.base import ProviderAdapter, path_segment, read_time
+from reconciler.providers.policy import Auth
+from reconciler.providers.rebase.schema import REBASE, RebaseModel, RebaseTraining
+from reconciler.values import canonical_json
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
@@ -53,34 +53,6 @@ UNTRAINED_WORDS = {"untrained", "created", "new", "not_trained", "not trained"}
 RUNNING_WORDS = {"training", "queued", "pending", "running", "started", "in_progress"}
 TRAINED_WORDS = {"trained", "succeeded", "success", "completed", "complete", "finished", "ready"}
 FAILED_WORDS = {"failed", "error", "errored", "cancelled", "canceled"}
-
-
-class RebaseModel(Strict):
-    site_id: str = Field(min_length=1, description="the site's id (a UUID), as Create Site returned it")
-
-
-class RebaseSplit(Strict):
-    start_date: Timestamp = Field(description="start of the training period (ISO 8601, UTC if no offset)")
-    end_date: Timestamp = Field(description="end of the training period, after start_date")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RebaseSplit:
-        if self.start_date >= self.end_date:
-            raise ValueError(
-                f"start_date {self.start_date.isoformat()} must be before end_date {self.end_date.isoformat()}"
-            )
-        return self
-
-
-class RebaseTraining(Strict):
-    splits: list[RebaseSplit] | None = Field(
-        default=None,
-        min_length=1,
-        description="training periods; omitted: Rebase trains on all the site's data",
-    )
-    output_backtest_data: bool = Field(
-        default=False, description="also produce backtest forecasts for the training period"
-    )
 
 
 def format_date(dt: datetime) -> str:
@@ -135,8 +107,8 @@ def _status_word(entry: dict[str, Any]) -> str:
     return ""
 
 
-def _site_id(model: DesiredModel) -> str:
-    return cast(RebaseModel, model.model).site_id
+def _site_id(model: DesiredModel[RebaseModel, RebaseTraining]) -> str:
+    return model.model.site_id
 
 
 def _copy_error(err: ProviderError, model: str, message: str | None = None) -> ProviderError:
@@ -150,20 +122,9 @@ def _copy_error(err: ProviderError, model: str, message: str | None = None) -> P
     )
 
 
-class RebaseAdapter(ProviderAdapter):
-    type = "rebase"
-    key_env = "REBASE_API_KEY"
-    default_base_url = "https://api.rebase.energy"
-    model_schema = RebaseModel
-    training_schema = RebaseTraining
+class RebaseAdapter(ProviderAdapter[RebaseModel, RebaseTraining]):
+    provider_type = REBASE
     auth = Auth(header="Authorization")  # [D] the raw key, no "Bearer" prefix
-    # [?] no limits are documented: a batch train call counts one training per site here, so the
-    # default allows a handful of sites in flight; a Provider manifest can change both.
-    max_concurrent_trainings = 10
-    requests_per_second = 5.0
-    poll_interval = timedelta(seconds=60)
-    training_timeout = timedelta(hours=12)
-    auth_description: ClassVar[str] = "header Authorization: <key> (no Bearer)"
 
     # ---- reading
 
@@ -182,14 +143,16 @@ class RebaseAdapter(ProviderAdapter):
         except ProviderError as exc:
             return exc
 
-    async def observe(self, model: DesiredModel, record: ModelRecord | None) -> Observation:
+    async def observe(
+        self, model: DesiredModel[RebaseModel, RebaseTraining], record: ModelRecord | None
+    ) -> Observation:
         result = (await self.observe_many([model], {model.name: record} if record else {}))[model.name]
         if isinstance(result, ProviderError):
             raise result
         return result
 
     async def observe_many(
-        self, models: Sequence[DesiredModel], records: dict[str, ModelRecord]
+        self, models: Sequence[DesiredModel[RebaseModel, RebaseTraining]], records: dict[str, ModelRecord]
     ) -> dict[str, Observation | ProviderError]:
         """One List Site Models request per distinct site; List Sites only to explain empty lists."""
         site_of = {m.name: _site_id(m) for m in models}
@@ -313,13 +276,13 @@ class RebaseAdapter(ProviderAdapter):
 
     # ---- writing
 
-    def train_group_key(self, model: DesiredModel) -> str:
+    def train_group_key(self, model: DesiredModel[RebaseModel, RebaseTraining]) -> str:
         """Sites with identical training parameters share one train call."""
         return f"{self.config.name}:{canonical_json(model.training.model_dump(mode='json'))}"
 
-    async def train(self, models: Sequence[DesiredModel]) -> dict[str, TrainResult]:
+    async def train(self, models: Sequence[DesiredModel[RebaseModel, RebaseTraining]]) -> dict[str, TrainResult]:
         """One POST for the whole group: every site in `site_ids`, the shared splits once."""
-        training = cast(RebaseTraining, models[0].training)
+        training = models[0].training
         site_ids = list(dict.fromkeys(_site_id(m) for m in models))
         resp = await self.http.request("POST", TRAIN_PATH, json_body=train_body(site_ids, training), idempotent=False)
         message = ""

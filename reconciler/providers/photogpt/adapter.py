@@ -19,23 +19,18 @@ image id it was uploaded as, and `prepare` makes the model's inputs exactly the 
 from __future__ import annotations
 
 import asyncio
-import glob
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from pydantic import BaseModel, Field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, NotFoundError, ProviderError
-from reconciler.providers.base import Auth, ProviderAdapter, path_segment, read_time
-from reconciler.values import Strict
+from reconciler.providers.base import ProviderAdapter, path_segment, read_time
+from reconciler.providers.photogpt.images import CONTENT_TYPES, LocalImage, scan_images
+from reconciler.providers.photogpt.schema import PHOTOGPT, PhotoGPTModel, PhotoGPTTraining
+from reconciler.providers.policy import Auth
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
@@ -58,149 +53,17 @@ INPUT_TYPE = "modelInput"
 IMAGES_PAGE_SIZE = 20
 MAX_IMAGE_PAGES = 50
 
-MIN_IMAGES, MAX_IMAGES = 12, 20  # [D] "Upload 12 to 20 modelInput images"
-#: [D] "Request at most 20 MB". Whether MB is 10^6 or 2^20 bytes is not said [?]: a file of at most
-#: 20,000,000 bytes leaves room for the multipart envelope under either reading.
-MAX_IMAGE_BYTES = 20_000_000
-#: [D] accepted formats, with the content type sent for each
-CONTENT_TYPES: dict[str, str] = {
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-    "png": "image/png",
-    "heic": "image/heic",
-}
-
 #: [D] status words; anything else is an intermediate backend state [I]
 NEW, TRAINING, READY, DELETED = "new", "training", "ready", "deleted"
-
-
-class PhotoGPTModel(Strict):
-    model_id: str = Field(min_length=1, description="the PhotoGPT model id (POST /models answers it)")
-
-
-class PhotoGPTTraining(Strict):
-    input_images: str = Field(
-        min_length=1,
-        description=(
-            "glob of 12-20 image files (jpg, jpeg, webp, png, heic; at most 20 MB each), relative to the "
-            "manifest's folder; their content is the training data"
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class LocalImage:
-    """One declared input image: where it is and the sha256 of its content."""
-
-    path: Path
-    sha256: str
-
-    @property
-    def extension(self) -> str:
-        return self.path.suffix.lower().lstrip(".")
-
-
-def match_images(pattern: str, manifest_dir: Path) -> list[Path]:
-    """Files the glob matches, relative to the manifest's folder (`**` recurses), sorted."""
-    full = os.path.join(manifest_dir, os.path.expanduser(pattern))
-    return sorted(Path(p) for p in glob.glob(full, recursive=True) if os.path.isfile(p))
-
-
-def _sniff(head: bytes) -> str | None:
-    """The image format a file's first bytes show, among those PhotoGPT accepts."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
-        return "heic"
-    return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def scan_images(pattern: str, manifest_dir: Path) -> tuple[list[LocalImage], list[str]]:
-    """The declared images with their hashes, and every problem that would make PhotoGPT refuse them."""
-    problems: list[str] = []
-    images: list[LocalImage] = []
-    paths = match_images(pattern, manifest_dir)
-    allowed = ", ".join(CONTENT_TYPES)
-    for path in paths:
-        shown = os.path.relpath(path, manifest_dir)
-        ext = path.suffix.lower().lstrip(".")
-        if ext not in CONTENT_TYPES:
-            problems.append(f"{shown}: PhotoGPT accepts only {allowed} images; narrow the glob or remove the file")
-            continue
-        try:
-            size = path.stat().st_size
-            with open(path, "rb") as fh:
-                head = fh.read(16)
-        except OSError as exc:
-            problems.append(f"{shown}: cannot read ({exc.strerror or exc})")
-            continue
-        if size > MAX_IMAGE_BYTES:
-            problems.append(f"{shown}: {size / 1e6:.1f} MB; PhotoGPT accepts at most 20 MB per upload")
-            continue
-        if _sniff(head) is None:
-            problems.append(f"{shown}: not a {allowed} image (its content is not one of these formats)")
-            continue
-        images.append(LocalImage(path, _sha256(path)))
-    if not problems and not MIN_IMAGES <= len(paths) <= MAX_IMAGES:
-        problems.append(
-            f"input_images {pattern!r} matches {len(paths)} file{'s' if len(paths) != 1 else ''} "
-            f"under {manifest_dir or '.'}; PhotoGPT trains on {MIN_IMAGES} to {MAX_IMAGES} images"
-        )
-    seen: dict[str, Path] = {}
-    for img in images:
-        if img.sha256 in seen:
-            problems.append(
-                f"{os.path.relpath(img.path, manifest_dir)} has the same content as "
-                f"{os.path.relpath(seen[img.sha256], manifest_dir)}; each input image must be distinct"
-            )
-        seen.setdefault(img.sha256, img.path)
-    return images, problems
 
 
 def _short(sha: str) -> str:
     return f"sha256 {sha[:12]}"
 
 
-class PhotoGPTAdapter(ProviderAdapter):
-    type = "photogpt"
-    key_env = "PHOTOGPT_API_KEY"
-    default_base_url = "https://developer.photogptai.com/api"  # [D] includes /api
-    model_schema = PhotoGPTModel
-    training_schema = PhotoGPTTraining
+class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
+    provider_type = PHOTOGPT
     auth = Auth(header="Authorization", prefix="Bearer ", extra_headers={"API-Version": API_VERSION})
-    #: [I] 429 "too many trainings running" has no documented number; the simulator's default is 1
-    max_concurrent_trainings = 1
-    requests_per_second = 10.0  # [?] no documented rate limit
-    #: [D] trainings take 20-25 min and the docs poll every 5 min; never faster
-    poll_interval = timedelta(minutes=5)
-    min_poll_interval = timedelta(minutes=5)
-    #: [D] the docs' example gives up after 35 min; no failure status is documented [?]
-    training_timeout = timedelta(minutes=35)
-    auth_description: ClassVar[str] = "Authorization: Bearer header and API-Version: 1"
-
-    # ------------------------------------------------------------------ validation (offline)
-
-    @classmethod
-    def check_local(
-        cls, model: BaseModel, training: BaseModel, manifest_dir: Path
-    ) -> list[tuple[tuple[str, ...], str]]:
-        """The glob must match 12-20 distinct accepted images of at most 20 MB each."""
-        pattern = str(getattr(training, "input_images", ""))
-        _, problems = scan_images(pattern, manifest_dir)
-        return [(("training", "input_images"), p) for p in problems]
 
     # ------------------------------------------------------------------ helpers
 
@@ -217,19 +80,19 @@ class PhotoGPTAdapter(ProviderAdapter):
         return body.get("result")
 
     @staticmethod
-    def _model_id(m: DesiredModel) -> str:
-        model: Any = m.model  # a PhotoGPTModel (DesiredModel types it as BaseModel)
-        return str(model.model_id)
+    def _model_id(m: DesiredModel[PhotoGPTModel, PhotoGPTTraining]) -> str:
+        return m.model.model_id
 
     @staticmethod
-    def _local(m: DesiredModel) -> list[LocalImage]:
-        training: Any = m.training
-        images, _ = scan_images(str(training.input_images), m.manifest_dir)
+    def _local(m: DesiredModel[PhotoGPTModel, PhotoGPTTraining]) -> list[LocalImage]:
+        images, _ = scan_images(m.training.input_images, m.manifest_dir)
         return images
 
     # ------------------------------------------------------------------ reading
 
-    async def observe(self, model: DesiredModel, record: ModelRecord | None) -> Observation:
+    async def observe(
+        self, model: DesiredModel[PhotoGPTModel, PhotoGPTTraining], record: ModelRecord | None
+    ) -> Observation:
         resp = await self.http.request("GET", MODEL_PATH.format(id=path_segment(self._model_id(model))))
         result = self._result(resp, "GET model")
         if not isinstance(result, dict):
@@ -237,7 +100,7 @@ class PhotoGPTAdapter(ProviderAdapter):
         return await self._observation(model, record, result)
 
     async def observe_many(
-        self, models: Sequence[DesiredModel], records: dict[str, ModelRecord]
+        self, models: Sequence[DesiredModel[PhotoGPTModel, PhotoGPTTraining]], records: dict[str, ModelRecord]
     ) -> dict[str, Observation | ProviderError]:
         """One `GET /models` for several models; any model it does not show is read on its own."""
         if len(models) < 2:
@@ -261,7 +124,9 @@ class PhotoGPTAdapter(ProviderAdapter):
         out.update(await super().observe_many(missing, records))
         return out
 
-    async def _observation(self, m: DesiredModel, record: ModelRecord | None, model: dict[str, Any]) -> Observation:
+    async def _observation(
+        self, m: DesiredModel[PhotoGPTModel, PhotoGPTTraining], record: ModelRecord | None, model: dict[str, Any]
+    ) -> Observation:
         from reconciler.domain import RecordStatus
 
         word = model.get("status")
@@ -301,13 +166,13 @@ class PhotoGPTAdapter(ProviderAdapter):
         else:
             # `training` and any undocumented backend state: still in progress [I]
             triggered = record.triggered_at if (ours and record is not None) else None
-            if triggered is not None and datetime.now(UTC) - triggered > self.training_timeout:
+            if triggered is not None and datetime.now(UTC) - triggered > self.provider_type.training_timeout:
                 # PhotoGPT shows no failure state, so a training that outlives the documented give-up time
                 # is failed here (the engine's own timeout only covers trainings no longer shown running);
                 # a retry's train call is refused (409/429, reported) while PhotoGPT really still runs it
                 obs.status = TrainingStatus.FAILED
                 obs.message = (
-                    f"still {word!r} {int(self.training_timeout.total_seconds() // 60)} min after the train call "
+                    f"still {word!r} {int(self.provider_type.training_timeout.total_seconds() // 60)} min after the train call "
                     "(PhotoGPT trainings take 20-25 min and no failure status is documented): treated as failed"
                 )
         if record is not None and record.data_marker is not None and record.data_marker != hashes:
@@ -353,7 +218,7 @@ class PhotoGPTAdapter(ProviderAdapter):
                 break
         return out
 
-    async def prepare(self, model: DesiredModel, observation: Observation) -> None:
+    async def prepare(self, model: DesiredModel[PhotoGPTModel, PhotoGPTTraining], observation: Observation) -> None:
         """Make the model's input images exactly the declared files: delete the others, upload the missing.
 
         Images whose content was uploaded before (state map sha256 -> image id) and that the model still
@@ -390,7 +255,7 @@ class PhotoGPTAdapter(ProviderAdapter):
             raise BadResponseError(f"upload {img.path.name}: the answer names no image id", provider=self.config.name)
         return str(result["id"])
 
-    async def train(self, models: Sequence[DesiredModel]) -> dict[str, TrainResult]:
+    async def train(self, models: Sequence[DesiredModel[PhotoGPTModel, PhotoGPTTraining]]) -> dict[str, TrainResult]:
         results = {}
         for m in models:
             # a GET that starts paid work: never resent after it may have left (idempotent=False)

@@ -14,15 +14,14 @@ is a new `version` number in the manifest: a spec change like any other.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import Field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from reconciler.domain import Observation, TrainingStatus, TrainResult
 from reconciler.errors import BadResponseError, ProviderError
-from reconciler.providers.base import Auth, ProviderAdapter, as_object, path_segment
-from reconciler.values import Strict
+from reconciler.providers.base import ProviderAdapter, as_object, path_segment
+from reconciler.providers.policy import Auth
+from reconciler.providers.roboflow.schema import ROBOFLOW, RoboflowModel, RoboflowTraining
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
@@ -37,21 +36,6 @@ FAILED_WORDS = {"failed", "error", "cancelled", "canceled", "stopped"}
 FINISHED_WORDS = {"finished", "complete", "completed", "succeeded", "success"}
 
 
-class RoboflowModel(Strict):
-    workspace: str = Field(min_length=1, description="workspace slug (url segment)")
-    project: str = Field(min_length=1, description="project slug")
-
-
-class RoboflowTraining(Strict):
-    version: int = Field(ge=1, description="dataset version; versions are immutable, a new dataset is a new version")
-    model_type: str | None = Field(
-        default=None, min_length=1, description="e.g. rfdetr-nano, yolov11s; validated by Roboflow"
-    )
-    epochs: int | None = Field(default=None, ge=1, le=10000)
-    speed: Literal["fast", "accurate"] | None = None
-    checkpoint: str | None = None
-
-
 def _epoch_time(value: Any) -> datetime | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         # Roboflow sends epoch seconds; some fields are milliseconds
@@ -59,26 +43,19 @@ def _epoch_time(value: Any) -> datetime | None:
     return None
 
 
-class RoboflowAdapter(ProviderAdapter):
-    type = "roboflow"
-    key_env = "ROBOFLOW_API_KEY"
-    default_base_url = "https://api.roboflow.com"
-    model_schema = RoboflowModel
-    training_schema = RoboflowTraining
-    max_concurrent_trainings = 2
-    requests_per_second = 10.0
-    poll_interval = timedelta(seconds=30)
-    training_timeout = timedelta(hours=24)
+class RoboflowAdapter(ProviderAdapter[RoboflowModel, RoboflowTraining]):
+    provider_type = ROBOFLOW
     auth = Auth(query_param="api_key")  # [D] ?api_key= on every request
 
-    def _path(self, template: str, m: DesiredModel) -> str:
-        model: Any = m.model
-        training: Any = m.training
+    def _path(self, template: str, m: DesiredModel[RoboflowModel, RoboflowTraining]) -> str:
+        model, training = m.model, m.training
         return template.format(
             ws=path_segment(model.workspace), proj=path_segment(model.project), version=path_segment(training.version)
         )
 
-    async def observe(self, model: DesiredModel, record: ModelRecord | None) -> Observation:
+    async def observe(
+        self, model: DesiredModel[RoboflowModel, RoboflowTraining], record: ModelRecord | None
+    ) -> Observation:
         resp = await self.http.request("GET", self._path(VERSION_PATH, model), params={"nocache": "true"})
         body = resp.json_object()
         version = body.get("version")
@@ -89,7 +66,7 @@ class RoboflowAdapter(ProviderAdapter):
             obs.observed_training.update(await self._last_run(model))
         return obs
 
-    def _from_version(self, version: dict[str, Any], m: DesiredModel) -> Observation:
+    def _from_version(self, version: dict[str, Any], m: DesiredModel[RoboflowModel, RoboflowTraining]) -> Observation:
         train = version.get("train") if isinstance(version.get("train"), dict) else None
         trained = version.get("model") if isinstance(version.get("model"), dict) else None
         word = str(train.get("status", "")).lower() if train else ""
@@ -103,7 +80,7 @@ class RoboflowAdapter(ProviderAdapter):
         progress = None
         if status is TrainingStatus.RUNNING:
             epochs = as_object(as_object(version.get("models")).get("roboflow-train")).get("epochs") or []
-            wanted = getattr(m.training, "epochs", None) or as_object(trained).get("epochs")
+            wanted = m.training.epochs or as_object(trained).get("epochs")
             if isinstance(epochs, list) and isinstance(wanted, int) and wanted > 0:
                 progress = min(1.0, len(epochs) / wanted)
         observed: dict[str, Any] = {}
@@ -121,7 +98,7 @@ class RoboflowAdapter(ProviderAdapter):
             provider_state=word or ("trained" if trained else "untrained"),
         )
 
-    async def _last_run(self, m: DesiredModel) -> dict[str, Any]:
+    async def _last_run(self, m: DesiredModel[RoboflowModel, RoboflowTraining]) -> dict[str, Any]:
         """Per-run modelType from the v2 trainings list, where this account has it."""
         try:
             resp = await self.http.request("GET", self._path(TRAININGS_PATH, m))
@@ -134,10 +111,10 @@ class RoboflowAdapter(ProviderAdapter):
         last = max(done, key=lambda r: r.get("start") or 0)
         return {"model_type": last.get("modelType")} if last.get("modelType") else {}
 
-    async def train(self, models: Sequence[DesiredModel]) -> dict[str, TrainResult]:
+    async def train(self, models: Sequence[DesiredModel[RoboflowModel, RoboflowTraining]]) -> dict[str, TrainResult]:
         results = {}
         for m in models:
-            t: Any = m.training
+            t = m.training
             body = {
                 k: v
                 for k, v in {

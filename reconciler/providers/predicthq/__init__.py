@@ -1,0 +1,1 @@
+"""PredictHQ: the `model` and `training` fields of its manifests and its type record."""

@@ -1,0 +1,62 @@
+"""The record each provider type declares about itself, apart from its adapter.
+
+Validating manifests needs only this record (schemas, key variable, defaults, offline checks), so
+`spec` reads it from the catalog without importing an adapter, its HTTP client or httpx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Generic
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar
+
+M = TypeVar("M", bound=BaseModel, default=BaseModel)
+T = TypeVar("T", bound=BaseModel, default=BaseModel)
+
+#: (path under `spec`, message) pairs: problems found in files beside the manifest
+LocalProblems = list[tuple[tuple[str, ...], str]]
+
+
+@dataclass(frozen=True)
+class ProviderType(Generic[M, T]):
+    """One provider type: what its manifests may say and the defaults a Provider manifest can change."""
+
+    name: str
+    #: the `model` and `training` fields of a TrainedModel of this type (strict pydantic schemas)
+    model_schema: type[M]
+    training_schema: type[T]
+    #: the environment variable holding the key, unless a Provider manifest names another
+    key_env: str
+    #: None: the provider has no public host (a Provider's base_url or the environment must say)
+    default_base_url: str | None
+    #: "module:Class" of the adapter, imported only when reconciler talks to the provider
+    adapter: str
+    max_concurrent_trainings: int = 2
+    requests_per_second: float = 5.0
+    max_concurrent_requests: int = 16
+    poll_interval: timedelta = timedelta(seconds=60)
+    #: the documented floor: no configuration polls faster
+    min_poll_interval: timedelta = timedelta(seconds=0)
+    #: how long a training may run before it is counted as failed
+    training_timeout: timedelta = timedelta(hours=12)
+    #: True when observing can tell whether a train call reached the provider (marker changes or a
+    #: training shows as running); False makes an unacknowledged intent a `hold`, never a guess
+    observable_trigger: bool = True
+    #: offline checks that read files beside the manifest (PhotoGPT's image glob)
+    check_local: Callable[[M, T, Path], LocalProblems] | None = None
+
+    @property
+    def reads_local_files(self) -> bool:
+        """Whether a change to files beside the manifest can change what a model of this type is."""
+        return self.check_local is not None
+
+    def local_problems(self, model: Any, training: Any, manifest_dir: Path) -> LocalProblems:
+        """Problems `check_local` finds (none for types without local files)."""
+        if self.check_local is None:
+            return []
+        return self.check_local(model, training, manifest_dir)

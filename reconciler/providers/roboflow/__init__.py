@@ -1,0 +1,1 @@
+"""Roboflow: the `model` and `training` fields of its manifests and its type record."""
