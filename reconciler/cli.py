@@ -134,7 +134,25 @@ def _duration(text: str, name: str) -> timedelta:
         raise click.BadParameter(str(exc), param_hint=name) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose heavy commands are imported only when run or listed (`module:attribute`)."""
+
+    lazy = {"daemon": "reconciler.daemon.command:daemon"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="reconciler")
 @click.option("-v", "--verbose", count=True, help="more log lines on stderr")
 def cli(verbose: int) -> None:
@@ -433,42 +451,6 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
                 return 0
 
     sys.exit(_run(run()))
-
-
-@cli.command()
-@_paths
-@_state
-@_sandbox
-@_lock_timeout
-@click.option("--resync", default="10m", show_default=True, help="full resync interval")
-@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="host:port for health, metrics, webhooks")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def daemon(
-    paths: tuple[str, ...],
-    state: str | None,
-    sandbox: bool,
-    lock_timeout: str,
-    resync: str,
-    listen: str,
-    log_format: str,
-) -> None:
-    """Watch the manifests and reconcile continuously; serve /healthz /readyz /metrics /status."""
-    from reconciler.daemon import DaemonOptions, run_daemon
-
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"{listen!r}: write host:port", param_hint="--listen")
-    opts = DaemonOptions(
-        paths=runtime.paths_or_default(paths),
-        state_url=runtime.state_url(state),
-        sandbox=sandbox,
-        resync=_duration(resync, "--resync"),
-        host=host,
-        port=int(port),
-        log_format=log_format,
-        lock_timeout=_duration(lock_timeout, "--lock-timeout").total_seconds(),
-    )
-    sys.exit(run_daemon(opts))
 
 
 @cli.command()

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -279,8 +279,9 @@ class Engine:
             results.update(part)
         return results
 
-    async def plan(self, models: Sequence[DesiredModel]) -> list[ModelPlan]:
-        """Observe and decide for every model. Writes nothing anywhere."""
+    async def plan(self, models: Sequence[DesiredModel], *, others: Iterable[ModelPlan] = ()) -> list[ModelPlan]:
+        """Observe and decide for every model. Writes nothing anywhere. `others`: the caller's plans of models
+        outside `models` (the daemon's); their in-flight trainings count against `max_concurrent_trainings` too."""
         records = await self.state.all()
         observed = await self.observe(models, records)
         now = self.clock()
@@ -299,7 +300,8 @@ class Engine:
                 )
             )
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
-        limit_concurrency(plans, limits, count_in_flight(plans))
+        names = {p.name for p in plans}
+        limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
         return plans
 
     # ------------------------------------------------------------------ apply

@@ -31,7 +31,10 @@ import httpx
 import pytest
 from conftest import Workspace
 
-from reconciler.daemon import Daemon, DaemonOptions, build_app, hook_authorized, sd_notify, watchdog_interval
+from reconciler.daemon import DaemonOptions
+from reconciler.daemon.app import build_app, hook_authorized
+from reconciler.daemon.lifecycle import Daemon
+from reconciler.daemon.systemd import sd_notify, watchdog_interval
 from reconciler.logs import MASK, Redactor, setup_logging
 from reconciler.sandbox.server import Fault, LoggedRequest
 

@@ -364,7 +364,7 @@ def test_two_applies_never_both_trigger(workspace: Workspace) -> None:
     assert len(train_calls(ws, "roboflow")) == 1
 
 
-@pytest.mark.skipif(not (ROOT / "reconciler" / "daemon.py").exists(), reason="reconciler/daemon.py not in this tree")
+@pytest.mark.skipif(not (ROOT / "reconciler" / "daemon").is_dir(), reason="reconciler/daemon/ not in this tree")
 def test_apply_never_triggers_while_a_daemon_holds_the_state(workspace: Workspace, tmp_path: Path) -> None:
     ws = workspace
     quickstart(ws, ("roboflow",))

@@ -1,0 +1,404 @@
+"""The daemon's life: serve, take the lock, load, reconcile until SIGTERM, shut down in order.
+
+`Daemon` wires the parts together: a `ManifestTracker` (what is declared), a `WorkQueue` and a
+`Schedule` (what to reconcile when), a `PlanBook` (what was decided), `Metrics` and the HTTP
+app. One worker reconciles queued model names in batches (a saved change, a full resync, a poll
+of in-flight trainings at each provider's own interval, a Lucid callback), so trainings are never
+triggered twice concurrently and a shutdown waits for exactly one batch. Everything it decides
+comes from `Engine.plan` and everything it writes goes through `Engine.apply` /
+`Engine.persist_refresh`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler import runtime
+from reconciler.daemon.app import WEBHOOK_SECRET_ENV, HttpServer
+from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.options import DaemonOptions
+from reconciler.daemon.plans import PlanBook
+from reconciler.daemon.queue import Schedule, WorkQueue, batch_trigger
+from reconciler.daemon.systemd import sd_notify, watchdog, watchdog_interval
+from reconciler.daemon.tracker import RESCAN_SECONDS, ManifestTracker, watch
+from reconciler.errors import Problem, ReconcilerError
+from reconciler.logs import Redactor
+from reconciler.plan import Action, ModelPlan
+
+if TYPE_CHECKING:
+    from reconciler.engine import Engine
+    from reconciler.sandbox.server import Sandbox
+    from reconciler.spec import ManifestSet
+    from reconciler.state.base import StateStore
+
+log = logging.getLogger("reconciler.daemon")
+
+#: SIGTERM to exit: in-flight work gets this long, the HTTP server the rest of the 10 s budget.
+WORK_GRACE_SECONDS = 6.0
+
+
+def _url_passwords(url: str) -> list[str]:
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
+
+
+class Daemon:
+    """State and tasks of one daemon process; `run()` is its whole life."""
+
+    def __init__(
+        self,
+        opts: DaemonOptions,
+        *,
+        redactor: Redactor | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.opts = opts
+        self.env = env if env is not None else os.environ
+        self.redactor = redactor or Redactor(self.env)
+        self.webhook_secret = self.env.get(WEBHOOK_SECRET_ENV) or None
+        self.tracker = ManifestTracker(opts.paths, self.redactor)
+        self.queue = WorkQueue()
+        self.schedule = Schedule()
+        self.plans = PlanBook()
+        self.metrics = Metrics(
+            plans=self.current_plans,
+            queue_depth=lambda: len(self.queue),
+            manifest_errors=lambda: len(self.tracker.problems),
+        )
+        self.last_errors: dict[str, str] = {}  # model name -> the error last written to history
+        self.stopping = asyncio.Event()
+        self.loaded = False
+        self.locked = False
+        self.state: StateStore | None = None
+        self.sandbox: Sandbox | None = None
+        self.engine: Engine | None = None
+        self._engine_stale = True
+        self._essential: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ what the endpoints read
+
+    @property
+    def manifests(self) -> ManifestSet:
+        return self.tracker.manifests
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.tracker.problems
+
+    @property
+    def pending(self) -> dict[str, str]:
+        return self.queue.pending
+
+    def current_plans(self) -> list[ModelPlan]:
+        """Each declared model's newest plan: one snapshot for `/status` and `reconciler_models`."""
+        return self.plans.current(self.manifests.models)
+
+    def task_problems(self) -> list[str]:
+        """The essential tasks that have stopped (while not stopping)."""
+        return [
+            f"the {t.get_name()} task has stopped" for t in self._essential if t.done() and not self.stopping.is_set()
+        ]
+
+    def _tasks_alive(self) -> bool:
+        return all(not t.done() for t in self._essential)
+
+    def enqueue(self, names: Iterable[str], trigger: str) -> None:
+        """Ask the worker to reconcile these models (coalesced with what is already queued)."""
+        self.queue.put(names, trigger)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        """Serve, take the lock, load, reconcile until asked to stop; the exit code."""
+        from reconciler.state import open_state
+
+        opts = self.opts
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                self.sandbox = stack.enter_context(runtime.sandbox_for(opts.sandbox, opts.state_url))
+                if self.sandbox is not None:
+                    from reconciler.sandbox.server import SANDBOX_API_KEYS
+
+                    self.redactor.add_values(SANDBOX_API_KEYS.values())
+                # HTTP first: /healthz answers while we wait for the lock, /readyz says why not ready
+                try:
+                    http = HttpServer(self, opts.host, opts.port)
+                except OSError as exc:
+                    log.error("cannot listen on %s:%s: %s", opts.host, opts.port, exc.strerror or exc)
+                    return 1
+                http.start()
+                stack.push_async_callback(http.stop)
+                self.state = await open_state(opts.state_url)
+                stack.push_async_callback(self.state.close)
+                self.redactor.add_values(_url_passwords(opts.state_url))
+                if not await self._take_lock(stack, runtime.holder("daemon")):
+                    return 0  # asked to stop while waiting
+                self.locked = True
+            except ReconcilerError as exc:  # LockHeldError names the holder
+                log.error("error: %s", exc)
+                return 1
+            stack.enter_context(self.metrics.observing_requests())
+            return await self._serve_until_stopped()
+        return 0  # unreachable: the stack's body returns (mypy cannot see that)
+
+    async def _take_lock(self, stack: contextlib.AsyncExitStack, holder: str) -> bool:
+        assert self.state is not None
+        waiting = asyncio.create_task(stack.enter_async_context(self.state.lock(holder, self.opts.lock_timeout)))
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if waiting.done():
+            waiting.result()  # LockHeldError propagates
+            log.info("holding the state lock on %s as %s", self.state.url, holder)
+            return True
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ReconcilerError):
+            await waiting
+        return False
+
+    async def _serve_until_stopped(self) -> int:
+        self._load("startup")
+        self.enqueue(self.manifests.models, "startup")
+        self.metrics.last_resync.set(time.time())
+        self.loaded = True
+        tasks = {
+            "worker": self._worker(),
+            "scheduler": self._scheduler(),
+            "watcher": watch(self.opts.paths, self.stopping, self._files_changed),
+        }
+        self._essential = [asyncio.create_task(coro, name=name) for name, coro in tasks.items()]
+        dog = None
+        interval = watchdog_interval(self.env)
+        if interval:
+            dog = asyncio.create_task(watchdog(interval, self._tasks_alive, self.env), name="watchdog")
+        models = len(self.manifests.models)
+        log.info(
+            "daemon ready: %d models from %s, listening on %s:%d",
+            models,
+            ", ".join(self.opts.paths),
+            self.opts.host,
+            self.opts.port,
+            extra={"models": models},
+        )
+        sd_notify(f"READY=1\nSTATUS=reconciling {models} models", self.env)
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait({stop, *self._essential}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task is not stop and not self.stopping.is_set():
+                code = 1
+                exc = task.exception() if not task.cancelled() else None
+                log.critical("the %s task ended unexpectedly; stopping", task.get_name(), exc_info=exc)
+        self.request_stop()
+        sd_notify("STOPPING=1", self.env)
+        await self._shutdown(dog)
+        log.info("daemon stopped")
+        return code
+
+    def request_stop(self, sig: int | None = None) -> None:
+        """Stop taking new work; `run()` finishes the batch in flight and exits."""
+        if sig is not None and not self.stopping.is_set():
+            log.info("received %s: finishing in-flight work, then exiting", signal.Signals(sig).name)
+        self.stopping.set()
+        self.queue.close()
+
+    async def _shutdown(self, dog: asyncio.Task[None] | None) -> None:
+        by_name = {t.get_name(): t for t in self._essential}
+        others = [t for n, t in by_name.items() if n != "worker"]
+        if dog:
+            others.append(dog)
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        worker = by_name.get("worker")
+        if worker is not None and not worker.done():
+            # the batch in flight finishes its requests and state writes; no new batch starts
+            try:
+                await asyncio.wait_for(asyncio.shield(worker), WORK_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "in-flight work did not finish within %.0fs; stopping it (an unacknowledged train call is settled "
+                    "by observing on the next start)",
+                    WORK_GRACE_SECONDS,
+                )
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                await self.engine.aclose()
+
+    # ------------------------------------------------------------ worker
+
+    async def _worker(self) -> None:
+        while not self.stopping.is_set():
+            batch = await self.queue.take()
+            if not batch:
+                continue
+            await self._refresh_engine()
+            await self._reconcile(batch)
+
+    async def _refresh_engine(self) -> None:
+        if not self._engine_stale and self.engine is not None:
+            return
+        assert self.state is not None
+        old = self.engine
+        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths)
+        self._engine_stale = False
+        if old is not None:
+            await old.aclose()
+
+    async def _reconcile(self, batch: Mapping[str, str]) -> None:
+        engine = self.engine
+        assert engine is not None
+        names = sorted(n for n in batch if n in self.manifests.models)
+        if not names:
+            return
+        trigger = batch_trigger(batch)
+        models = [self.manifests.models[n] for n in names]
+        started = time.monotonic()
+        try:
+            # max_concurrent_trainings counts the trainings of every model, not only this batch's
+            plans = await engine.plan(models, others=self.plans.others(names, self.manifests.models))
+            # shown from now on, so no reader takes a model for in sync while its training starts
+            self.plans.decide(plans)
+            if self.stopping.is_set():
+                # no new trainings during shutdown; still store what observing learned
+                await engine.persist_refresh(plans)
+                result = None
+            else:
+                result = await engine.apply([p for p in plans if self._worth_applying(p)])
+        except Exception as exc:  # the state or a bug: keep the daemon alive, try these again later
+            self.plans.abandon()
+            self._retry_later(names, exc)
+            return
+        finally:
+            self.metrics.reconcile_seconds.labels(trigger).observe(time.monotonic() - started)
+        self.schedule.succeeded(names)
+        self._after(plans, result.outcomes if result else {}, result.adopted if result else [], trigger)
+
+    def _worth_applying(self, p: ModelPlan) -> bool:
+        # apply writes an error event per call: write it when the error changes, not every poll
+        if p.action is not Action.ERROR:
+            self.last_errors.pop(p.name, None)
+            return True
+        message = str(p.error or "")
+        if self.last_errors.get(p.name) == message:
+            return False
+        self.last_errors[p.name] = message
+        return True
+
+    def _retry_later(self, names: list[str], exc: Exception) -> None:
+        delay = self.schedule.failed(names)
+        if isinstance(exc, ReconcilerError):
+            log.error("reconciling %s failed: %s; retrying in %.0fs", ", ".join(names), exc, delay)
+        else:
+            log.exception("reconciling %s failed; retrying in %.0fs", ", ".join(names), delay)
+
+    def _after(self, plans: list[ModelPlan], outcomes: Mapping[str, Any], adopted: list[str], trigger: str) -> None:
+        """Log what changed, count it, settle the plans for /status and the scheduler."""
+        for p in plans:
+            provider = p.model.provider
+            fields = {"model": p.name, "provider": provider, "action": p.action.value, "trigger": trigger}
+            for ev in p.events:
+                if ev.event in ("succeeded", "failed"):
+                    self.metrics.finished.labels(provider, ev.event).inc()
+                    message = ev.detail.get("message") or ""
+                    level = logging.INFO if ev.event == "succeeded" else logging.WARNING
+                    log.log(
+                        level, "%s: training %s%s", p.name, ev.event, f": {message}" if message else "", extra=fields
+                    )
+            previous = self.plans.settled.get(p.name)
+            codes = [r.code for r in p.reasons]
+            if previous is None or previous.action is not p.action or [r.code for r in previous.reasons] != codes:
+                detail = "; ".join(f"{r.code}: {r.detail}" if r.detail else r.code for r in p.reasons) or "in sync"
+                level = logging.WARNING if p.action is Action.ERROR else logging.INFO
+                log.log(level, "%s: %s (%s)", p.name, p.action.value, detail, extra={**fields, "reasons": codes})
+            o = outcomes.get(p.name)
+            if o is not None:
+                outcome = "started" if o.started else "unconfirmed" if o.ambiguous else "not-started"
+                self.metrics.trainings.labels(provider, outcome).inc()
+                if o.started:
+                    log.info("%s: training started (%s)", p.name, o.detail, extra={**fields, "outcome": outcome})
+                else:
+                    log.warning("%s: training not started: %s", p.name, o.detail, extra={**fields, "outcome": outcome})
+            if p.name in adopted:
+                log.info("%s: adopted the provider's model as matching the spec", p.name, extra=fields)
+            self.schedule.schedule_wake(p)
+        self.plans.settle(plans)
+
+    # ------------------------------------------------------------ scheduler
+
+    def _not_to_poll(self, name: str) -> bool:
+        return name not in self.manifests.models or name in self.pending
+
+    def _poll_interval(self, provider: str) -> timedelta:
+        engine = self.engine
+        try:
+            base = engine.poll_interval(provider) if engine is not None else None
+        except KeyError:  # the engine predates this provider; the next batch refreshes it
+            base = None
+        if base is None:
+            cfg = self.manifests.providers.get(provider)
+            base = cfg.poll_interval if cfg else timedelta(seconds=60)
+        return base
+
+    async def _scheduler(self) -> None:
+        now = time.monotonic()
+        resync = max(self.opts.resync.total_seconds(), 1.0)
+        next_resync = now + resync
+        next_rescan = now + RESCAN_SECONDS
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            if now >= next_resync:
+                self._load("resync")
+                self.enqueue(self.manifests.models, "resync")
+                self.metrics.last_resync.set(time.time())
+                log.info("full resync of %d models", len(self.manifests.models))
+                next_resync = now + resync
+            elif now >= next_rescan:
+                self._load("rescan")
+                next_rescan = now + RESCAN_SECONDS
+            polls = self.schedule.due_polls(now, self.plans.settled, self._not_to_poll, self._poll_interval)
+            self.enqueue(polls, "poll")
+            self.enqueue(self.schedule.due_wakes(self.manifests.models), "retry")
+            sleep = min([next_resync, next_rescan, *self.schedule.poll_due.values()]) - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), max(0.05, min(sleep, 1.0)))
+
+    # ------------------------------------------------------------ manifests
+
+    def _files_changed(self, paths: set[Path]) -> None:
+        self._load("change")
+        self.enqueue(self.tracker.local_files_changed(paths), "change")
+
+    def _load(self, trigger: str) -> None:
+        """Re-read changed manifest files (by digest) and queue the models whose spec changed."""
+        change = self.tracker.load()
+        if change is None:
+            return
+        self._engine_stale = True
+        for name in change.gone:
+            self.plans.forget(name)
+            self.queue.discard(name)
+            self.schedule.forget(name)
+            self.last_errors.pop(name, None)
+        if change.touched and self.loaded:
+            log.info("manifests changed (%s): reconciling %s", trigger, ", ".join(sorted(change.touched)))
+            self.enqueue(change.touched, "change")

@@ -1,0 +1,48 @@
+"""The daemon's current plan per model: what `/status` and the `reconciler_models` gauge both read."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from reconciler.plan import ModelPlan
+
+
+class PlanBook:
+    """Plans that finished batches left (`settled`) and the plans of the batch being applied.
+
+    The scheduler and the concurrency limit follow `settled`; `current()` shows a batch's
+    decisions from the moment they are made, so nothing reads a model as in sync while a
+    training for it is being started.
+    """
+
+    def __init__(self) -> None:
+        self.settled: dict[str, ModelPlan] = {}
+        self.deciding: dict[str, ModelPlan] = {}
+
+    def current(self, known: Collection[str]) -> list[ModelPlan]:
+        """Each model's newest plan (decided in the batch in flight, else settled), by name; only `known` ones."""
+        merged = {**self.settled, **self.deciding}
+        return [merged[n] for n in sorted(merged) if n in known]
+
+    def others(self, names: Collection[str], known: Collection[str]) -> list[ModelPlan]:
+        """Settled plans of the known models outside `names` (the rest of the daemon's world)."""
+        return [p for n, p in self.settled.items() if n not in names and n in known]
+
+    def decide(self, plans: Iterable[ModelPlan]) -> None:
+        """A batch decided these plans; shown until `settle` or `abandon`."""
+        self.deciding = {p.name: p for p in plans}
+
+    def settle(self, plans: Iterable[ModelPlan]) -> None:
+        """The batch is done: its plans are the models' plans now."""
+        for p in plans:
+            self.settled[p.name] = p
+        self.deciding = {}
+
+    def abandon(self) -> None:
+        """The batch failed: the models keep their previous plans."""
+        self.deciding = {}
+
+    def forget(self, name: str) -> None:
+        """A model left the manifests."""
+        self.settled.pop(name, None)
+        self.deciding.pop(name, None)
