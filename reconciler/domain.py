@@ -158,6 +158,10 @@ class ModelRecord:
     marker: str | None = None
     data_marker: Any = None  # provider's data identity at trigger time (batch ids, image hashes)
     reasons: list[str] = field(default_factory=list)
+    #: the stored row's version (0: not stored yet); every write bumps it, and compare-and-set
+    #: writes (`StateStore.save_if`) succeed only on the version they read. Not part of equality:
+    #: two records say the same when their content does, whichever write stored them.
+    version: int = field(default=0, compare=False)
 
 
 @dataclass

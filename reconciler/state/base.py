@@ -1,21 +1,26 @@
 """What `reconciler` remembers between runs, behind one small interface.
 
 The engine only ever talks to `StateStore`; `open_state(url)` picks the backend from the URL
-(`sqlite:///...` or `postgresql://...`). Records are per model; history is append-only.
+(`sqlite:///...` or `postgresql://...`). Records are per model, each with a version that every
+write bumps; history is append-only. Many writers share one state: the engine writes records
+only by compare-and-set (`save_if`, `delete_if`), and daemons elect a leader with a `Lease`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
+import time
 from abc import ABC, abstractmethod
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from reconciler.domain import HistoryEvent, ModelRecord
-from reconciler.errors import StateError
+from reconciler.errors import LockHeldError, StateError
 from reconciler.values import as_utc
 
 
@@ -40,12 +45,40 @@ def dump_json(value: Any, what: str) -> str:
         raise StateError(f"cannot store {what} in the state: {err}") from err
 
 
+class Lease(ABC):
+    """Leadership among the daemons sharing one state: held by at most one of them at a time.
+
+    SQLite: an flock on `<db>.lock` (one machine). PostgreSQL: a session advisory lock on a
+    connection of its own. Either is dropped when the holder dies, so a standby can take over.
+    """
+
+    holder: str
+
+    @abstractmethod
+    async def acquire(self) -> bool:
+        """Try once, never waiting: True when this lease holds it (now or already)."""
+
+    @abstractmethod
+    async def check(self) -> bool:
+        """Prove the lease is still held (the fence before every trigger); False once lost."""
+
+    @abstractmethod
+    async def held_by(self) -> str:
+        """Who holds it, as the holder described itself (for messages)."""
+
+    @abstractmethod
+    async def release(self) -> None:
+        """Give it up; safe to call when not held, or twice."""
+
+
 class StateStore(ABC):
-    """Per-model records, an append-only history, uploaded-file maps and the writer lock."""
+    """Per-model versioned records, an append-only history, uploaded-file maps and the leader lease."""
 
     url: str
     #: True when this run created the store (a fresh local file forgets every training).
     created: bool = False
+    #: how often a waiting `lock()` tries the lease again (seconds)
+    LOCK_POLL_INTERVAL: ClassVar[float] = 0.1
 
     @abstractmethod
     async def get(self, name: str) -> ModelRecord | None: ...
@@ -55,11 +88,24 @@ class StateStore(ABC):
 
     @abstractmethod
     async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:
-        """Write the record and append the events in one transaction."""
+        """Write the record whatever is stored and append the events in one transaction (tools and
+        tests; the engine writes only by compare-and-set). Sets `record.version` to the new one."""
+
+    @abstractmethod
+    async def save_if(self, record: ModelRecord, expected_version: int | None, *events: HistoryEvent) -> bool:
+        """Compare-and-set: write the record (version + 1) and append the events in one transaction
+        only when the stored version is `expected_version` (None or 0: only when there is no
+        record). True and `record.version` set when written; False when another writer changed it
+        first, and then nothing is written."""
 
     @abstractmethod
     async def delete(self, name: str, *events: HistoryEvent) -> None:
         """Remove a model's record (history stays) and append the events, in one transaction."""
+
+    @abstractmethod
+    async def delete_if(self, name: str, expected_version: int, *events: HistoryEvent) -> bool:
+        """Compare-and-set: remove the record and append the events only when the stored version is
+        `expected_version`; False (nothing written) otherwise."""
 
     @abstractmethod
     async def append(self, *events: HistoryEvent) -> None: ...
@@ -75,8 +121,23 @@ class StateStore(ABC):
     async def record_upload(self, provider: str, model: str, content_hash: str, remote_id: str) -> None: ...
 
     @abstractmethod
-    def lock(self, holder: str, timeout: float) -> AbstractAsyncContextManager[None]:
-        """Hold the single-writer lock; wait up to `timeout` seconds, then raise LockHeldError."""
+    def lease(self, holder: str) -> Lease:
+        """The leader lease of this state, described as `holder` to whoever waits for it."""
+
+    @asynccontextmanager
+    async def lock(self, holder: str, timeout: float) -> AsyncIterator[None]:
+        """Hold the lease for the block; wait up to `timeout` seconds, then raise LockHeldError."""
+        lease = self.lease(holder)
+        start = time.monotonic()
+        try:
+            while not await lease.acquire():
+                waited = time.monotonic() - start
+                if waited >= timeout:
+                    raise LockHeldError(await lease.held_by(), waited)
+                await asyncio.sleep(min(self.LOCK_POLL_INTERVAL, timeout - waited))
+            yield
+        finally:
+            await lease.release()
 
     @abstractmethod
     async def close(self) -> None: ...

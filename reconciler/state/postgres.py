@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -19,13 +18,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
-from reconciler.domain import HistoryEvent, ModelRecord
-from reconciler.errors import LockHeldError, StateError
-from reconciler.state.sql import MODEL_COLUMNS, SQLStateStore
+from reconciler.domain import HistoryEvent
+from reconciler.errors import StateError
+from reconciler.state.base import Lease
+from reconciler.state.sql import RowWrite, SQLStateStore
 from reconciler.values import as_utc
 
-#: How often a waiting `lock()` retries the advisory lock (seconds).
-LOCK_POLL_INTERVAL = 0.2
+#: Seconds the fence (`AdvisoryLease.check`) may take before the lease counts as lost.
+FENCE_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 10
 
 # Each entry upgrades the schema by one version, applied in order inside one transaction at open.
@@ -82,6 +82,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             backend_pid integer NOT NULL
         )""",
     ),
+    # Many writers: every record write bumps the version; compare-and-set writes check it.
+    ("ALTER TABLE reconciler_models ADD COLUMN version integer NOT NULL DEFAULT 1",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -123,6 +125,8 @@ class PostgresStateStore(SQLStateStore):
 
     TABLE_PREFIX = "reconciler_"
     PARAM = "%s"
+    JSON_PARAM = "%s::jsonb"
+    LOCK_POLL_INTERVAL = 0.2
 
     @staticmethod
     def _time_in(value: datetime) -> Any:
@@ -147,7 +151,7 @@ class PostgresStateStore(SQLStateStore):
         self._lock_key = _key(f"reconciler:{schema}")
         # One connection: coroutines must not interleave statements of each other's transactions.
         self._mutex = asyncio.Lock()
-        self._lock_conns: set[_Conn] = set()
+        self._leases: set[AdvisoryLease] = set()
         self._closed = False
 
     # -- opening ---------------------------------------------------------------------------
@@ -238,46 +242,37 @@ class PostgresStateStore(SQLStateStore):
             except psycopg.Error as err:
                 raise self._error(err, "reading") from err
 
-    async def _write(
-        self,
-        events: tuple[HistoryEvent, ...],
-        record: ModelRecord | None = None,
-        delete: str | None = None,
-    ) -> None:
+    async def _write(self, events: tuple[HistoryEvent, ...], writes: Sequence[RowWrite] = ()) -> list[Any] | None:
         # Serialise first: a value that cannot be stored fails before the transaction opens.
-        record_row = self._record_row(record) if record is not None else None
         event_rows = [self._event_row(ev) for ev in events]
         ids: list[int] = []
+        returned: list[Any] = []
+        lost = False
         async with self._mutex:
             conn = await self._live()
             try:
-                async with conn.transaction():
-                    if delete is not None:
-                        await conn.execute("DELETE FROM reconciler_models WHERE name = %s", (delete,))
-                    if record_row is not None:
-                        await conn.execute(
-                            f"INSERT INTO reconciler_models ({MODEL_COLUMNS}, updated_at)"
-                            " VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s,"
-                            " %s::jsonb, %s::jsonb, now())"
-                            " ON CONFLICT (name) DO UPDATE SET"
-                            " provider = excluded.provider, fingerprint = excluded.fingerprint,"
-                            " training = excluded.training, status = excluded.status,"
-                            " handle = excluded.handle, attempts = excluded.attempts,"
-                            " next_attempt_at = excluded.next_attempt_at,"
-                            " triggered_at = excluded.triggered_at,"
-                            " finished_at = excluded.finished_at, marker = excluded.marker,"
-                            " data_marker = excluded.data_marker, reasons = excluded.reasons,"
-                            " updated_at = excluded.updated_at",
-                            record_row,
-                        )
-                    for row in event_rows:
-                        ids.append(await self._insert_event(conn, row))
+                async with conn.transaction() as tx:
+                    # READ COMMITTED is enough for a compare-and-set: `UPDATE ... WHERE version = %s`
+                    # waits for a concurrent writer of that row, then re-checks the condition on the
+                    # row it committed; `INSERT ... ON CONFLICT DO NOTHING` waits the same way.
+                    for w in writes:
+                        cur = await conn.execute(w.sql, w.params)
+                        row = await cur.fetchone() if cur.description else None
+                        if w.required and row is None:
+                            lost = True
+                            raise psycopg.Rollback(tx)  # leaves the block quietly, nothing written
+                        returned.append(row)
+                    for event_row in event_rows:
+                        ids.append(await self._insert_event(conn, event_row))
             except psycopg.Error as err:
                 raise self._error(err, "writing") from err
+        if lost:
+            return None
         # Only once committed: hand the ids and times back to the caller's events.
-        for ev, row, new_id in zip(events, event_rows, ids, strict=True):
+        for ev, event_row, new_id in zip(events, event_rows, ids, strict=True):
             ev.id = new_id
-            ev.at = row[-1]
+            ev.at = event_row[-1]
+        return returned
 
     async def _insert_event(self, conn: _Conn, row: tuple[Any, ...]) -> int:
         cur = await conn.execute(
@@ -307,69 +302,14 @@ class PostgresStateStore(SQLStateStore):
             except psycopg.Error as err:
                 raise self._error(err, "recording an upload") from err
 
-    @contextlib.asynccontextmanager
-    async def lock(self, holder: str, timeout: float) -> AsyncIterator[None]:
-        """Hold the single-writer lock; wait up to `timeout` seconds, then raise LockHeldError.
-
-        A session advisory lock on a dedicated connection: the server drops it when that
-        connection ends, so a killed process cannot leave a stale lock. Advisory locks nest
-        within a session, so each `lock()` uses its own session and a second one in the same
-        process waits and fails like any other process.
-        """
-        conn = await self._acquire(holder, timeout)
-        self._lock_conns.add(conn)
-        try:
-            yield
-        finally:
-            await self._release(conn)
-
-    async def _acquire(self, holder: str, timeout: float) -> _Conn:
-        conn = await _connect(self._params, autocommit=True)
-        start = time.monotonic()
-        try:
-            while True:
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (self._lock_key,))
-                row = await cur.fetchone()
-                if row is not None and row["got"]:
-                    break
-                waited = time.monotonic() - start
-                if waited >= timeout:
-                    cur = await conn.execute("SELECT holder FROM reconciler_lock WHERE id = 1")
-                    row = await cur.fetchone()
-                    raise LockHeldError(row["holder"] if row else "another process", waited)
-                await asyncio.sleep(min(LOCK_POLL_INTERVAL, timeout - waited))
-            await conn.execute(
-                "INSERT INTO reconciler_lock (id, holder, since, backend_pid)"
-                " VALUES (1, %s, now(), pg_backend_pid())"
-                " ON CONFLICT (id) DO UPDATE SET holder = excluded.holder,"
-                " since = excluded.since, backend_pid = excluded.backend_pid",
-                (holder,),
-            )
-        except psycopg.Error as err:
-            await conn.close()
-            raise self._error(err, "taking the state lock") from err
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
-
-    async def _release(self, conn: _Conn) -> None:
-        if conn not in self._lock_conns:
-            return  # already released by close()
-        self._lock_conns.discard(conn)
-        try:
-            if not conn.closed:
-                await conn.execute("DELETE FROM reconciler_lock WHERE id = 1 AND backend_pid = pg_backend_pid()")
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key,))
-        except psycopg.Error:
-            pass  # closing the session below releases the lock anyway
-        finally:
-            await conn.close()
+    def lease(self, holder: str) -> AdvisoryLease:
+        """The leader lease: a session advisory lock on a dedicated, unpooled connection."""
+        return AdvisoryLease(self, holder)
 
     async def close(self) -> None:
-        """Release any lock still held and close the connections; safe to call twice."""
-        for conn in list(self._lock_conns):
-            await self._release(conn)
+        """Release any lease still held and close the connections; safe to call twice."""
+        for lease in list(self._leases):
+            await lease.release()
         if self._closed:
             return
         self._closed = True
@@ -379,6 +319,98 @@ class PostgresStateStore(SQLStateStore):
     async def ping(self) -> None:
         """Raise StateError when the database cannot be reached."""
         await self._fetchall("SELECT 1")
+
+
+class AdvisoryLease(Lease):
+    """A session advisory lock on a connection of its own (autocommit, never pooled, never shared
+    with the store's queries): the server drops it when that session ends, so a killed process,
+    a `pg_terminate_backend` or a network cut frees it for a standby. Advisory locks nest within a
+    session, so each lease uses its own session and a second one in the same process conflicts."""
+
+    def __init__(self, store: PostgresStateStore, holder: str) -> None:
+        self.store = store
+        self.holder = holder
+        self._key = store._lock_key
+        self._conn: _Conn | None = None
+        self._held = False
+        self._mutex = asyncio.Lock()  # the fence and the heartbeat share the one connection
+
+    async def acquire(self) -> bool:
+        """`pg_try_advisory_lock` once; reconnects when the session was lost."""
+        async with self._mutex:
+            if self._held:
+                return True
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = await _connect(self.store._params, autocommit=True)
+                cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (self._key,))
+                row = await cur.fetchone()
+                if row is None or not row["got"]:
+                    return False
+                self._held = True
+                self.store._leases.add(self)
+                await self._conn.execute(
+                    "INSERT INTO reconciler_lock (id, holder, since, backend_pid)"
+                    " VALUES (1, %s, now(), pg_backend_pid())"
+                    " ON CONFLICT (id) DO UPDATE SET holder = excluded.holder,"
+                    " since = excluded.since, backend_pid = excluded.backend_pid",
+                    (self.holder,),
+                )
+                return True
+            except psycopg.Error as err:
+                await self._drop()
+                raise self.store._error(err, "taking the leader lease") from err
+
+    async def check(self) -> bool:
+        """The fence: a round trip on the lease's own session, and the server's word (`pg_locks`)
+        that this session still holds the advisory lock. A terminated session, a server restart
+        or a hung network (beyond FENCE_TIMEOUT) count as lost, and the lease is dropped."""
+        async with self._mutex:
+            if not self._held or self._conn is None or self._conn.closed:
+                return False
+            try:
+                async with asyncio.timeout(FENCE_TIMEOUT):
+                    cur = await self._conn.execute(
+                        "SELECT count(*) AS held FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                        " AND pid = pg_backend_pid() AND objsubid = 1"
+                        " AND classid::bigint = %s AND objid::bigint = %s",
+                        ((self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF),
+                    )
+                    row = await cur.fetchone()
+            except (psycopg.Error, TimeoutError):
+                await self._drop()
+                return False
+            if row is None or not row["held"]:
+                await self._drop()
+                return False
+            return True
+
+    async def held_by(self) -> str:
+        """The holder recorded beside the lock (for messages only)."""
+        try:
+            rows = await self.store._fetchall("SELECT holder FROM reconciler_lock WHERE id = 1")
+        except StateError:
+            rows = []
+        return str(rows[0]["holder"]) if rows else "another process"
+
+    async def release(self) -> None:
+        """Unlock and close the session (closing alone would release it too)."""
+        async with self._mutex:
+            conn, held = self._conn, self._held
+            if conn is not None and held and not conn.closed:
+                try:
+                    await conn.execute("DELETE FROM reconciler_lock WHERE id = 1 AND backend_pid = pg_backend_pid()")
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+                except psycopg.Error:
+                    pass  # closing the session below releases the lock anyway
+            await self._drop()
+
+    async def _drop(self) -> None:
+        conn, self._conn, self._held = self._conn, None, False
+        self.store._leases.discard(self)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
 
 def _scrub(text: str, params: dict[str, Any]) -> str:

@@ -1,13 +1,19 @@
-"""What the SQLite and PostgreSQL stores share: row mapping and the simple queries.
+"""What the SQLite and PostgreSQL stores share: row mapping, the queries and the record writes.
 
-A subclass names its dialect (`TABLE_PREFIX`, `PARAM`, how times and JSON come back) and
-implements the transactional parts (`_fetchall`, `_write`, the lock).
+A subclass names its dialect (`TABLE_PREFIX`, `PARAM`, `JSON_PARAM`, how times and JSON come back)
+and implements the transactional parts (`_fetchall`, `_write`, the leader lease).
+
+Every record write bumps the row's `version`. A compare-and-set write (`save_if`, `delete_if`)
+names the version it read and changes nothing when the stored one differs: `UPDATE ... WHERE
+version = ?` or `INSERT ... ON CONFLICT DO NOTHING` for "no record yet", with `RETURNING` telling
+whether a row was touched, so the check and the write are one statement in one transaction.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -16,10 +22,33 @@ from reconciler.errors import StateError
 from reconciler.state.base import StateStore, dump_json
 from reconciler.values import as_utc, utc_now
 
-MODEL_COLUMNS = (
-    "name, provider, fingerprint, training, status, handle, attempts, next_attempt_at,"
-    " triggered_at, finished_at, marker, data_marker, reasons"
+RECORD_FIELDS = (
+    "name",
+    "provider",
+    "fingerprint",
+    "training",
+    "status",
+    "handle",
+    "attempts",
+    "next_attempt_at",
+    "triggered_at",
+    "finished_at",
+    "marker",
+    "data_marker",
+    "reasons",
 )
+JSON_FIELDS = frozenset({"training", "data_marker", "reasons"})
+MODEL_COLUMNS = ", ".join(RECORD_FIELDS) + ", version"
+
+
+@dataclass(frozen=True)
+class RowWrite:
+    """One statement of a write transaction. `required`: the transaction is void (rolled back,
+    False returned) unless the statement returns a row: how a compare-and-set that lost writes nothing."""
+
+    sql: str
+    params: tuple[Any, ...]
+    required: bool = False
 
 
 def record_status(value: str, name: str) -> RecordStatus:
@@ -36,6 +65,8 @@ class SQLStateStore(StateStore):
 
     TABLE_PREFIX: ClassVar[str] = ""
     PARAM: ClassVar[str] = "?"
+    #: the placeholder of a JSON column (PostgreSQL casts text to jsonb)
+    JSON_PARAM: ClassVar[str] = "?"
 
     # -- the dialect -----------------------------------------------------------------------
 
@@ -59,10 +90,9 @@ class SQLStateStore(StateStore):
         """Rows (sqlite3.Row or dict) read by column name."""
 
     @abstractmethod
-    async def _write(
-        self, events: tuple[HistoryEvent, ...], record: ModelRecord | None = None, delete: str | None = None
-    ) -> None:
-        """Delete and/or upsert a record and append events, in one transaction."""
+    async def _write(self, events: tuple[HistoryEvent, ...], writes: Sequence[RowWrite] = ()) -> list[Any] | None:
+        """Run the writes, then append the events, in one transaction. The first row each write
+        returned (None when none), or None and nothing written when a `required` one returned none."""
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -119,6 +149,7 @@ class SQLStateStore(StateStore):
             marker=row["marker"],
             data_marker=self._json_out(row["data_marker"]),
             reasons=list(self._json_out(row["reasons"])),
+            version=row["version"],
         )
 
     def _event(self, row: Any) -> HistoryEvent:
@@ -145,13 +176,61 @@ class SQLStateStore(StateStore):
         rows = await self._fetchall(f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} ORDER BY name")
         return {row["name"]: self._record(row) for row in rows}
 
+    def _record_sql(self, mode: str) -> str:
+        """The statement that writes a record: `upsert` (unconditional), `insert` (only when the
+        name has no record) or `update` (only when the stored version is the one given last)."""
+        t, p = self._table("models"), self.PARAM
+        values = ", ".join(self.JSON_PARAM if f in JSON_FIELDS else p for f in RECORD_FIELDS)
+        if mode == "update":
+            sets = ", ".join(f"{f} = {self.JSON_PARAM if f in JSON_FIELDS else p}" for f in RECORD_FIELDS[1:])
+            return (
+                f"UPDATE {t} SET {sets}, version = version + 1, updated_at = {p}"
+                f" WHERE name = {p} AND version = {p} RETURNING version"
+            )
+        insert = f"INSERT INTO {t} ({MODEL_COLUMNS}, updated_at) VALUES ({values}, 1, {p}) ON CONFLICT (name)"
+        if mode == "insert":
+            return f"{insert} DO NOTHING RETURNING version"
+        sets = ", ".join(f"{f} = excluded.{f}" for f in RECORD_FIELDS[1:])
+        return f"{insert} DO UPDATE SET {sets}, version = {t}.version + 1, updated_at = excluded.updated_at RETURNING version"
+
+    def _record_write(self, record: ModelRecord, expected_version: int | None, conditional: bool) -> RowWrite:
+        row = self._record_row(record)
+        now = self._time_in(utc_now())
+        if not conditional:
+            return RowWrite(self._record_sql("upsert"), (*row, now))
+        if not expected_version:
+            return RowWrite(self._record_sql("insert"), (*row, now), required=True)
+        return RowWrite(self._record_sql("update"), (*row[1:], now, record.name, expected_version), required=True)
+
+    async def _save(
+        self, record: ModelRecord, events: tuple[HistoryEvent, ...], expected: int | None, conditional: bool
+    ) -> bool:
+        # Serialised before the transaction: a value that cannot be stored fails without a write.
+        written = await self._write(events, [self._record_write(record, expected, conditional)])
+        if written is None or written[0] is None:
+            return False
+        record.version = int(written[0]["version"])
+        return True
+
     async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:
-        """Write the record and append the events in one transaction."""
-        await self._write(events, record=record)
+        """Write the record (whatever is stored) and append the events in one transaction."""
+        await self._save(record, events, None, conditional=False)
+
+    async def save_if(self, record: ModelRecord, expected_version: int | None, *events: HistoryEvent) -> bool:
+        """Compare-and-set: write the record and append the events only when the stored version is
+        `expected_version` (None or 0: only when there is no record). False: nothing written."""
+        return await self._save(record, events, expected_version, conditional=True)
 
     async def delete(self, name: str, *events: HistoryEvent) -> None:
         """Remove a model's record (history stays) and append the events, in one transaction."""
-        await self._write(events, delete=name)
+        await self._write(events, [RowWrite(f"DELETE FROM {self._table('models')} WHERE name = {self.PARAM}", (name,))])
+
+    async def delete_if(self, name: str, expected_version: int, *events: HistoryEvent) -> bool:
+        """Compare-and-set: remove the record and append the events only when the stored version
+        is `expected_version`. False: nothing written."""
+        p = self.PARAM
+        sql = f"DELETE FROM {self._table('models')} WHERE name = {p} AND version = {p} RETURNING version"
+        return await self._write(events, [RowWrite(sql, (name, expected_version), required=True)]) is not None
 
     async def append(self, *events: HistoryEvent) -> None:
         """Append events to the history, all or none."""

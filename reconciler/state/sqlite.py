@@ -1,4 +1,4 @@
-"""The SQLite state backend: one local file, WAL, and an OS file lock for the single writer."""
+"""The SQLite state backend: one local file, WAL, and an OS file lock as the leader lease."""
 
 from __future__ import annotations
 
@@ -11,24 +11,23 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from reconciler.domain import HistoryEvent, ModelRecord
-from reconciler.errors import LockHeldError, StateError
-from reconciler.state.sql import MODEL_COLUMNS, SQLStateStore
+from reconciler.domain import HistoryEvent
+from reconciler.errors import StateError
+from reconciler.state.base import Lease
+from reconciler.state.sql import RowWrite, SQLStateStore
 from reconciler.values import as_utc, utc_now
 
 log = logging.getLogger(__name__)
 
 #: How long a statement waits for another connection's write lock before SQLITE_BUSY (ms).
 BUSY_TIMEOUT_MS = 10_000
-#: How often a waiting `lock()` retries the file lock (seconds).
-LOCK_POLL_INTERVAL = 0.1
 
 # Each entry upgrades the schema by one version, applied in order inside one transaction at open.
 # Append only: never edit a released migration, add a new one.
@@ -75,6 +74,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (provider, model, content_hash)
         )""",
     ),
+    # Many writers: every record write bumps the version; compare-and-set writes check it.
+    ("ALTER TABLE models ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -128,7 +129,7 @@ class SQLiteStateStore(SQLStateStore):
         self._conn = conn
         # One connection: coroutines must not interleave statements of each other's transactions.
         self._mutex = asyncio.Lock()
-        self._lock_fds: set[int] = set()
+        self._leases: set[FileLease] = set()
         self._closed = False
 
     # -- opening ---------------------------------------------------------------------------
@@ -237,37 +238,24 @@ class SQLiteStateStore(SQLStateStore):
             except sqlite3.Error as err:
                 raise self._error(err, "reading") from err
 
-    async def _write(
-        self,
-        events: tuple[HistoryEvent, ...],
-        record: ModelRecord | None = None,
-        delete: str | None = None,
-    ) -> None:
+    async def _write(self, events: tuple[HistoryEvent, ...], writes: Sequence[RowWrite] = ()) -> list[Any] | None:
         # Serialise before BEGIN: a value that cannot be stored fails without touching the file.
-        record_row = self._record_row(record) if record is not None else None
         event_rows = [self._event_row(ev) for ev in events]
         ids: list[int] = []
+        returned: list[Any] = []
         async with self._mutex:
             try:
+                # IMMEDIATE takes the write lock first: a compare-and-set reads and writes the
+                # version under it, so no other connection can write between the two.
                 await self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    if delete is not None:
-                        await self._conn.execute("DELETE FROM models WHERE name = ?", (delete,))
-                    if record_row is not None:
-                        await self._conn.execute(
-                            f"INSERT INTO models ({MODEL_COLUMNS}, updated_at)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                            " ON CONFLICT (name) DO UPDATE SET"
-                            " provider = excluded.provider, fingerprint = excluded.fingerprint,"
-                            " training = excluded.training, status = excluded.status,"
-                            " handle = excluded.handle, attempts = excluded.attempts,"
-                            " next_attempt_at = excluded.next_attempt_at,"
-                            " triggered_at = excluded.triggered_at,"
-                            " finished_at = excluded.finished_at, marker = excluded.marker,"
-                            " data_marker = excluded.data_marker, reasons = excluded.reasons,"
-                            " updated_at = excluded.updated_at",
-                            (*record_row, _iso(utc_now())),
-                        )
+                    for w in writes:
+                        async with self._conn.execute(w.sql, w.params) as cur:
+                            rows = list(await cur.fetchall())
+                        if w.required and not rows:
+                            await _rollback(self._conn)
+                            return None
+                        returned.append(rows[0] if rows else None)
                     for row in event_rows:
                         ids.append(await self._insert_event(row))
                     await self._conn.execute("COMMIT")
@@ -280,6 +268,7 @@ class SQLiteStateStore(SQLStateStore):
         for ev, row, new_id in zip(events, event_rows, ids, strict=True):
             ev.id = new_id
             ev.at = self._time_out(row[-1])
+        return returned
 
     async def _insert_event(self, row: tuple[Any, ...]) -> int:
         cur = await self._conn.execute(
@@ -306,71 +295,14 @@ class SQLiteStateStore(SQLStateStore):
             except sqlite3.Error as err:
                 raise self._error(err, "recording an upload") from err
 
-    @contextlib.asynccontextmanager
-    async def lock(self, holder: str, timeout: float) -> AsyncIterator[None]:
-        """Hold the single-writer lock; wait up to `timeout` seconds, then raise LockHeldError.
-
-        An flock on `<db>.lock`: the kernel drops it when the process dies, even by SIGKILL, so
-        no stale lock survives a crash. flock locks belong to an open file, so a second `lock()`
-        in the same process waits and fails like any other process instead of nesting silently.
-        """
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = await self._acquire(lock_path, holder, timeout)
-        self._lock_fds.add(fd)
-        try:
-            yield
-        finally:
-            self._release(fd)
-
-    async def _acquire(self, lock_path: Path, holder: str, timeout: float) -> int:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as err:
-            raise StateError(
-                f"cannot open the state lock file {lock_path}: {err.strerror}; make its folder "
-                "writable or choose another state location with --state / RECONCILER_STATE"
-            ) from err
-        start = time.monotonic()
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as err:
-                    if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                        raise StateError(f"cannot lock {lock_path}: {err.strerror}") from err
-                waited = time.monotonic() - start
-                if waited >= timeout:
-                    raise LockHeldError(self._read_holder(fd), waited)
-                await asyncio.sleep(min(LOCK_POLL_INTERVAL, timeout - waited))
-            # The holder's description is for waiters' error messages only; the flock is the lock.
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{holder}\n".encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    @staticmethod
-    def _read_holder(fd: int) -> str:
-        try:
-            text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-        except OSError:
-            text = ""
-        return text or "another process"
-
-    def _release(self, fd: int) -> None:
-        if fd not in self._lock_fds:
-            return  # already released by close()
-        self._lock_fds.discard(fd)
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # closing the last descriptor drops the flock
+    def lease(self, holder: str) -> FileLease:
+        """The leader lease: an flock on `<db>.lock`, so leadership is per machine."""
+        return FileLease(self, self.path.with_name(self.path.name + ".lock"), holder)
 
     async def close(self) -> None:
-        """Release any lock still held and close the database; safe to call twice."""
-        for fd in list(self._lock_fds):
-            self._release(fd)
+        """Release any lease still held and close the database; safe to call twice."""
+        for lease in list(self._leases):
+            await lease.release()
         if self._closed:
             return
         self._closed = True
@@ -380,3 +312,68 @@ class SQLiteStateStore(SQLStateStore):
     async def ping(self) -> None:
         """Raise StateError when the database cannot be read."""
         await self._fetchall("SELECT 1")
+
+
+class FileLease(Lease):
+    """An flock on `<db>.lock`: the kernel drops it when the process dies, even by SIGKILL, so no
+    stale lease survives a crash. flock locks belong to an open file, so a second lease in the same
+    process conflicts like any other process instead of nesting silently."""
+
+    def __init__(self, store: SQLiteStateStore, path: Path, holder: str) -> None:
+        self.store = store
+        self.path = path
+        self.holder = holder
+        self._fd: int | None = None
+
+    async def acquire(self) -> bool:
+        """Try the flock once, without waiting."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise StateError(
+                f"cannot open the state lock file {self.path}: {err.strerror}; make its folder "
+                "writable or choose another state location with --state / RECONCILER_STATE"
+            ) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise StateError(f"cannot lock {self.path}: {err.strerror}") from err
+        # The holder's description is for waiters' messages only; the flock is the lock.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.holder}\n".encode(), 0)
+        self._fd = fd
+        self.store._leases.add(self)
+        return True
+
+    async def check(self) -> bool:
+        """Held while our descriptor is open and still names the file at the path: a lock file
+        deleted or replaced by hand would let another process lock a new one."""
+        if self._fd is None:
+            return False
+        try:
+            return os.fstat(self._fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            return False
+
+    async def held_by(self) -> str:
+        """The description the holder wrote into the lock file."""
+        try:
+            text = self.path.read_bytes()[:4096].decode("utf-8", "replace").strip()
+        except OSError:
+            text = ""
+        return text or "another process"
+
+    async def release(self) -> None:
+        """Drop the flock (closing the descriptor does)."""
+        fd, self._fd = self._fd, None
+        self.store._leases.discard(self)
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
