@@ -120,8 +120,13 @@ _selectors = click.option(
     "--selector", "-l", "selectors", multiple=True, metavar="K=V", help="only models with this label"
 )
 _sandbox = click.option("--sandbox", is_flag=True, help="use in-process simulators of the providers (no keys needed)")
+# Kept so that existing scripts do not break: many writers share a state without a lock now
+# (compare-and-set on each record), so apply and adopt never wait; the value is checked, then ignored.
 _lock_timeout = click.option(
-    "--lock-timeout", default="60s", show_default=True, help="how long to wait for another apply/daemon's lock"
+    "--lock-timeout",
+    default="60s",
+    show_default=True,
+    help="ignored: apply and adopt never wait for another writer (kept for existing scripts)",
 )
 
 
@@ -282,50 +287,63 @@ def apply(
 
     url = runtime.state_url(state)
     selector = _selector(selectors)
-    lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
+    _duration(lock_timeout, "--lock-timeout")  # accepted, ignored: no lock to wait for
     wait_timeout = _duration(timeout, "--timeout") if timeout else None
 
     async def run() -> int:
         async with runtime.session(paths, url, sandbox) as (manifests, engine):
             models = manifests.select(targets, selector)
-            async with engine.state.lock(runtime.holder("apply"), lock_wait):
-                plans = await engine.plan(models)
-                if output == "text":
-                    click.echo(render_plan(plans))
-                result = await engine.apply(plans)
-                ok = result.ok
-                for name, o in sorted(result.outcomes.items()):
-                    verdict = "training started" if o.started else "held by the provider" if o.held else "not started"
-                    _err(f"{name}: {verdict}" + (f" ({o.detail})" if o.detail and not o.started else ""))
-                for name in result.adopted:
-                    _err(f"{name}: adopted the provider's model as matching the spec")
-                final = {}
-                started = [n for n, o in result.outcomes.items() if o.started]
-                # a training this state started before (a run that crashed or did not wait) is
-                # followed too: `--wait` means "until the trainings reconciler started have ended"
-                started += [
-                    p.name
-                    for p in plans
-                    if p.action is Action.WAIT and p.record is not None and p.record.status is RecordStatus.TRAINING
-                ]
-                if wait and started:
-                    final = await engine.follow(started, timeout=wait_timeout, on_progress=_progress_printer())
-                    for name in started:
-                        rec = final.get(name)
-                        if rec is None or rec.status is not RecordStatus.SUCCEEDED:
-                            ok = False
-                            status = rec.status.value if rec else "unknown"
-                            _err(f"{name}: training did not succeed ({status})")
-                if output == "json":
-                    doc = plan_json(plans)
-                    doc["outcomes"] = {
-                        n: {"started": o.started, "detail": o.detail, "ambiguous": o.ambiguous, "held": o.held}
-                        for n, o in sorted(result.outcomes.items())
+            plans = await engine.plan(models)
+            if output == "text":
+                click.echo(render_plan(plans))
+            result = await engine.apply(plans)
+            ok = result.ok
+            for name, o in sorted(result.outcomes.items()):
+                verdict = (
+                    "training started"
+                    if o.started
+                    else "held by the provider"
+                    if o.held
+                    else "left to another writer"
+                    if o.superseded
+                    else "not started"
+                )
+                _err(f"{name}: {verdict}" + (f" ({o.detail})" if o.detail and not o.started else ""))
+            for name in result.adopted:
+                _err(f"{name}: adopted the provider's model as matching the spec")
+            final = {}
+            started = [n for n, o in result.outcomes.items() if o.started]
+            # a training this state started before (a run that crashed or did not wait) is
+            # followed too: `--wait` means "until the trainings reconciler started have ended"
+            started += [
+                p.name
+                for p in plans
+                if p.action is Action.WAIT and p.record is not None and p.record.status is RecordStatus.TRAINING
+            ]
+            if wait and started:
+                final = await engine.follow(started, timeout=wait_timeout, on_progress=_progress_printer())
+                for name in started:
+                    rec = final.get(name)
+                    if rec is None or rec.status is not RecordStatus.SUCCEEDED:
+                        ok = False
+                        status = rec.status.value if rec else "unknown"
+                        _err(f"{name}: training did not succeed ({status})")
+            if output == "json":
+                doc = plan_json(plans)
+                doc["outcomes"] = {
+                    n: {
+                        "started": o.started,
+                        "detail": o.detail,
+                        "ambiguous": o.ambiguous,
+                        "held": o.held,
+                        "superseded": o.superseded,
                     }
-                    if wait:
-                        doc["final"] = {n: (r.status.value if r else None) for n, r in sorted(final.items())}
-                    _echo_json(doc)
-                return 0 if ok else 1
+                    for n, o in sorted(result.outcomes.items())
+                }
+                if wait:
+                    doc["final"] = {n: (r.status.value if r else None) for n, r in sorted(final.items())}
+                _echo_json(doc)
+            return 0 if ok else 1
 
     sys.exit(_run(run()))
 
@@ -356,7 +374,7 @@ def status(
             plans = await engine.plan(manifests.select(targets, selector))
             entries = [status_entry(p) for p in sorted(plans, key=lambda p: p.name)]
             if output == "json":
-                _echo_json({"format_version": 1, "models": entries})
+                _echo_json({"format_version": 1, "role": "cli", "models": entries})
             else:
                 width = max((len(e["name"]) for e in entries), default=4)
                 click.echo(f"{'NAME':<{width}}  {'PROVIDER':<10} {'OBSERVED':<22} {'LAST TRAINING':<24} NEXT")
@@ -435,20 +453,22 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
     from reconciler.errors import ProviderError
 
     url = runtime.state_url(state)
-    lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
+    _duration(lock_timeout, "--lock-timeout")  # accepted, ignored: adopt writes by compare-and-set
 
     async def run() -> int:
         async with runtime.session(paths, url, sandbox) as (manifests, engine):
             model = manifests.select([name])[0]
-            async with engine.state.lock(runtime.holder("adopt"), lock_wait):
-                obs = (await engine.observe([model], await engine.state.all()))[name]
-                if isinstance(obs, ProviderError):
-                    raise Failure(f"cannot adopt {name}: {obs}")
-                if obs.status is not TrainingStatus.SUCCEEDED:
-                    raise Failure(f"cannot adopt {name}: the provider shows no trained model ({obs.status.value})")
-                await engine.adopt(model, obs, reason="adopted-by-hand")
-                click.echo(f"{name}: adopted; the provider's model is now recorded as matching the spec")
-                return 0
+            record = await engine.state.get(name)  # read before observing: the version adopt sets on
+            obs = (await engine.observe([model], {name: record} if record else {}))[name]
+            if isinstance(obs, ProviderError):
+                raise Failure(f"cannot adopt {name}: {obs}")
+            if obs.status is not TrainingStatus.SUCCEEDED:
+                raise Failure(f"cannot adopt {name}: the provider shows no trained model ({obs.status.value})")
+            expected = record.version if record else None
+            if await engine.adopt(model, obs, reason="adopted-by-hand", expected_version=expected) is None:
+                raise Failure(f"cannot adopt {name}: another writer changed its record meanwhile; look again and retry")
+            click.echo(f"{name}: adopted; the provider's model is now recorded as matching the spec")
+            return 0
 
     sys.exit(_run(run()))
 

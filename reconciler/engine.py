@@ -4,6 +4,11 @@
 provider instance (with its HttpClient), reads for many models concurrently under each provider's
 limits, and writes to the state store in the order that makes the guarantees true:
 intent -> train call -> acknowledgement, so a crash at any point is settled by observing.
+
+Many writers share one state, without a lock: every record write is a compare-and-set on the
+version the plan was made from (`StateStore.save_if`). A writer that loses re-reads that model's
+record, observes it again and re-plans it (it then sees the other's intent: `wait` or `hold`); it
+never calls train on a plan another writer has overtaken.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from reconciler import cas
 from reconciler.domain import (
     DesiredModel,
     HistoryEvent,
@@ -111,6 +117,9 @@ class TriggerOutcome:
     #: the provider refused for now (429: too many trainings running): nothing started, not an
     #: error; the record is restored, so the next plan shows the training again
     held: bool = False
+    #: another writer changed the record first (or this daemon lost its leader lease): nothing
+    #: was sent, not an error; the plan was made again and shows what that writer did
+    superseded: bool = False
 
 
 @dataclass
@@ -122,10 +131,12 @@ class ApplyResult:
     @property
     def ok(self) -> bool:
         errors = any(p.action is Action.ERROR for p in self.plans)
-        return not errors and all(o.started or o.held for o in self.outcomes.values())
+        return not errors and all(o.started or o.held or o.superseded for o in self.outcomes.values())
 
 
 ProgressCallback = Callable[[str, Observation | ProviderError, ModelRecord | None], None]
+#: The leader's fence: proves its lease is still held, awaited before every trigger.
+Fence = Callable[[], Awaitable[bool]]
 
 
 class Engine:
@@ -282,44 +293,60 @@ class Engine:
     async def plan(self, models: Sequence[DesiredModel], *, others: Iterable[ModelPlan] = ()) -> list[ModelPlan]:
         """Observe and decide for every model. Writes nothing anywhere. `others`: the caller's plans of models
         outside `models` (the daemon's); their in-flight trainings count against `max_concurrent_trainings` too."""
+        # records first, then the provider: a record another writer changes after this read makes
+        # our compare-and-set fail, so no decision rests on a record older than the observation
         records = await self.state.all()
         observed = await self.observe(models, records)
         now = self.clock()
-        plans = []
-        for m in models:
-            ptype = provider_type(m.provider_type)
-            plans.append(
-                plan_model(
-                    m,
-                    records.get(m.name),
-                    observed[m.name],
-                    now,
-                    observable_trigger=ptype.observable_trigger,
-                    training_timeout=ptype.training_timeout,
-                    settle_window=self.settle_window,
-                )
-            )
+        plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
         names = {p.name for p in plans}
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
         return plans
+
+    def plan_one(
+        self, m: DesiredModel, record: ModelRecord | None, observed: Observation | ProviderError, now: datetime
+    ) -> ModelPlan:
+        """One model's plan from a record and an observation (no I/O)."""
+        ptype = provider_type(m.provider_type)
+        return plan_model(
+            m,
+            record,
+            observed,
+            now,
+            observable_trigger=ptype.observable_trigger,
+            training_timeout=ptype.training_timeout,
+            settle_window=self.settle_window,
+        )
+
+    async def replan(self, p: ModelPlan, why: str) -> None:
+        """Another writer changed `p`'s record first: decide again, in place (see `cas.replan`)."""
+        await cas.replan(self, p, why)
 
     # ------------------------------------------------------------------ apply
 
     def _event(self, name: str, event: str, reason: str = "", fingerprint: str = "", **detail: Any) -> HistoryEvent:
         return HistoryEvent(name, event, reason, fingerprint, dict(detail), git_commit=self.git_commit)
 
-    async def persist_refresh(self, plans: Sequence[ModelPlan]) -> None:
-        """Store what observing learned (trainings ended, intents settled)."""
+    async def persist_refresh(self, plans: Sequence[ModelPlan]) -> set[str]:
+        """Store what observing learned (trainings ended, intents settled), each by compare-and-set
+        on the version it was planned from; the names that lost to another writer (re-planned)."""
+        lost: set[str] = set()
         for p in plans:
             if p.record_changed and p.record is not None:
                 for ev in p.events:
                     ev.git_commit = self.git_commit
-                await self.state.save(p.record, *p.events)
                 p.record_changed = False
+                if not await self.state.save_if(p.record, p.record.version, *p.events):
+                    lost.add(p.name)
+                    await self.replan(p, "while storing what observing learned")
+        return lost
 
-    async def adopt(self, model: DesiredModel, obs: Observation, reason: str = "unknown-baseline") -> ModelRecord:
-        """Record the provider's current model as matching the spec."""
+    async def adopt(
+        self, model: DesiredModel, obs: Observation, reason: str = "unknown-baseline", *, expected_version: int | None
+    ) -> ModelRecord | None:
+        """Record the provider's current model as matching the spec, by compare-and-set on the
+        record version the caller read (None: no record); None when another writer changed it."""
         now = self.clock()
         record = ModelRecord(
             name=model.name,
@@ -333,20 +360,24 @@ class Engine:
             data_marker=obs.data_marker,
             reasons=[reason],
         )
-        await self.state.save(
-            record,
-            self._event(model.name, "adopted", reason, model.fingerprint, observed=obs.observed_training),
-        )
-        return record
+        ev = self._event(model.name, "adopted", reason, model.fingerprint, observed=obs.observed_training)
+        return record if await self.state.save_if(record, expected_version, ev) else None
 
-    async def apply(self, plans: Sequence[ModelPlan]) -> ApplyResult:
-        """Run the plan: persist refreshes, adopt where asked, trigger train/retry actions."""
+    async def apply(self, plans: Sequence[ModelPlan], *, fence: Fence | None = None) -> ApplyResult:
+        """Run the plan: persist refreshes, adopt where asked, trigger train/retry actions.
+        `fence` (the daemon's leader lease) is awaited before every trigger; False: trigger nothing."""
         result = ApplyResult(list(plans))
-        await self.persist_refresh(plans)
+        lost = await self.persist_refresh(plans)
         for p in plans:
             if p.action is Action.NONE and any(r.code == "will-adopt" for r in p.reasons) and p.observation:
-                p.record = await self.adopt(p.model, p.observation)
-                result.adopted.append(p.name)
+                expected = p.record.version if p.record else None
+                adopted = await self.adopt(p.model, p.observation, expected_version=expected)
+                if adopted is None:
+                    lost.add(p.name)
+                    await self.replan(p, "while adopting")
+                else:
+                    p.record = adopted
+                    result.adopted.append(p.name)
             elif p.action is Action.ERROR:
                 await self.state.append(
                     self._event(
@@ -359,31 +390,39 @@ class Engine:
                 )
         groups: dict[tuple[str, str], list[ModelPlan]] = defaultdict(list)
         for p in plans:
-            if p.triggers:
+            if p.triggers and p.name in lost:  # planned again after a lost race: the next pass
+                result.outcomes[p.name] = TriggerOutcome(p.name, False, cas.LEFT_FOR_NEXT_PASS, superseded=True)
+            elif p.triggers:
                 try:
                     adapter = self.adapter(p.model.provider)
                 except ConfigError as exc:
                     result.outcomes[p.name] = TriggerOutcome(p.name, False, str(exc))
                     continue
                 groups[(p.model.provider, adapter.train_group_key(p.model))].append(p)
-        outcomes = await asyncio.gather(*(self._trigger_group(ps) for ps in groups.values()))
+        outcomes = await asyncio.gather(*(self._trigger_group(ps, fence) for ps in groups.values()))
         for group in outcomes:
             for o in group:
                 result.outcomes[o.name] = o
         return result
 
-    async def _trigger_group(self, plans: list[ModelPlan]) -> list[TriggerOutcome]:
+    async def _trigger_group(self, plans: list[ModelPlan], fence: Fence | None) -> list[TriggerOutcome]:
         adapter = self.adapter(plans[0].model.provider)
-        # one trigger per model at a time within this process; the state lock covers other processes
+        # one trigger per model at a time within this process; compare-and-set covers other writers
         async with self._train_locks[plans[0].model.provider + "/" + plans[0].name]:
-            return await self._trigger(adapter, plans)
+            if fence is not None and not await fence():
+                return [TriggerOutcome(p.name, False, cas.NOT_LEADER, superseded=True) for p in plans]
+            return await self._trigger(adapter, plans, fence)
 
-    async def _trigger(self, adapter: ProviderAdapter, plans: list[ModelPlan]) -> list[TriggerOutcome]:
+    async def _trigger(
+        self, adapter: ProviderAdapter, all_plans: list[ModelPlan], fence: Fence | None
+    ) -> list[TriggerOutcome]:
         now = self.clock()
         previous: dict[str, ModelRecord | None] = {}
         intents: dict[str, ModelRecord] = {}
+        outcomes: list[TriggerOutcome] = []
+        plans: list[ModelPlan] = []
         _crashpoint("before-intent")
-        for p in plans:
+        for p in all_plans:
             m, obs = p.model, p.observation
             assert obs is not None
             previous[m.name] = p.record
@@ -401,9 +440,9 @@ class Engine:
                 data_marker=obs.data_marker,
                 reasons=[r.code for r in p.reasons],
             )
-            intents[m.name] = intent
-            await self.state.save(
+            won = await self.state.save_if(
                 intent,
+                p.record.version if p.record else None,
                 self._event(
                     m.name,
                     "intent",
@@ -414,6 +453,16 @@ class Engine:
                     changes=[dataclasses.asdict(c) for c in p.changes],
                 ),
             )
+            if won:
+                intents[m.name] = intent
+                plans.append(p)
+            else:  # another writer's intent (or outcome) came first: never train on this plan
+                await self.replan(p, "its intent lost the compare-and-set")
+                outcomes.append(
+                    TriggerOutcome(p.name, False, f"{cas.LEFT_TO_OTHER}: now {p.action.value}", superseded=True)
+                )
+        if not plans:
+            return outcomes
         _crashpoint("after-intent")
         models = [p.model for p in plans]
         provider = adapter.config.name
@@ -424,7 +473,14 @@ class Engine:
         except Exception as exc:  # the train call was never made: nothing can have started
             perr = exc if isinstance(exc, ProviderError) else unexpected_error(provider, "preparing", exc)
             scrub(adapter, perr)
-            return [await self._train_failed(p, intents[p.name], previous[p.name], perr, sent=False) for p in plans]
+            return outcomes + [
+                await self._train_failed(p, intents[p.name], previous[p.name], perr, sent=False) for p in plans
+            ]
+        if fence is not None and not await fence():  # the lease was lost while preparing
+            gone = RequestNotSentError(cas.NOT_LEADER, provider=provider)
+            return outcomes + [
+                await self._train_failed(p, intents[p.name], previous[p.name], gone, sent=False) for p in plans
+            ]
         try:
             results: dict[str, TrainResult] = await adapter.train(models)
         except Exception as exc:  # never leave an intent without a history line
@@ -435,23 +491,20 @@ class Engine:
                 log.debug("train call for %s failed", ", ".join(m.name for m in models), exc_info=True)
                 terr = TemporaryProviderError(f"unexpected error: {type(exc).__name__}: {exc}", provider=provider)
             scrub(adapter, terr)
-            return [await self._train_failed(p, intents[p.name], previous[p.name], terr) for p in plans]
+            return outcomes + [await self._train_failed(p, intents[p.name], previous[p.name], terr) for p in plans]
         _crashpoint("after-train-call")
-        outcomes = []
         for p in plans:
             res = results.get(p.name, TrainResult())
             res = TrainResult(
                 handle=adapter.http.redact(res.handle) if res.handle else res.handle,
                 message=adapter.http.redact(res.message),
             )
-            rec = dataclasses.replace(intents[p.name], status=RecordStatus.TRAINING, handle=res.handle)
-            await self.state.save(
-                rec,
-                self._event(
-                    p.name, "triggered", ",".join(rec.reasons), rec.fingerprint, handle=res.handle, message=res.message
-                ),
+            intent = intents[p.name]
+            rec = dataclasses.replace(intent, status=RecordStatus.TRAINING, handle=res.handle)
+            ev = self._event(
+                p.name, "triggered", ",".join(rec.reasons), rec.fingerprint, handle=res.handle, message=res.message
             )
-            p.record = rec
+            p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
             outcomes.append(TriggerOutcome(p.name, True, res.message or "training started"))
         return outcomes
 
@@ -472,19 +525,15 @@ class Engine:
                 attempts=intent.attempts + 1,
                 next_attempt_at=self.clock() + retry_delay(intent.attempts + 1, p.model.policy.retry_backoff),
             )
-            await self.state.save(
-                rec, self._event(p.name, "refused", type(exc).__name__, rec.fingerprint, message=str(exc))
-            )
-            p.record = rec
+            ev = self._event(p.name, "refused", type(exc).__name__, rec.fingerprint, message=str(exc))
+            p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
             return TriggerOutcome(p.name, False, str(exc), exc)
         if not_executed:
             # nothing started at the provider: forget the intent, plan again next time
             ev = self._event(p.name, "not-started", type(exc).__name__, intent.fingerprint, message=str(exc))
-            if previous is not None:
-                await self.state.save(previous, ev)
-            else:
-                await self.state.delete(p.name, ev)
-            p.record = previous
+            # only over our own intent: a newer record (another writer's) is never overwritten
+            restored = dataclasses.replace(previous) if previous is not None else None
+            p.record = await cas.write_after_call(self.state, p.name, intent.version, restored, ev)
             return TriggerOutcome(p.name, False, str(exc), exc, held=exc.status == 429)
         # the request may have reached the provider: keep the intent; observing settles it
         await self.state.append(

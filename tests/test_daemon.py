@@ -280,10 +280,19 @@ def test_daemon_reconciles_edits_serves_endpoints_and_stops_on_sigterm(
     for headers in forged:
         assert d.http.post("/hooks/lucid", content=body, headers=headers).status_code == 401
 
-    # a second daemon on the same state waits --lock-timeout, then exits 1 naming the holder
+    # a second daemon on the same state stands by (issue 10: it no longer exits after
+    # --lock-timeout): alive, not ready, role standby, naming the leader; it polls nothing
+    requests_before = len(ws.sandbox.requests("roboflow"))
     second = start(daemons, ws, "--lock-timeout", "1s", name="second")
-    assert second.proc.wait(timeout=15) == 1
-    assert f"pid {d.pid}" in second.stderr() and "locked by" in second.stderr()
+    wait_for(lambda: f"pid {d.pid}" in second.stderr(), 15, "the standby to name the leader")
+    assert second.proc.poll() is None and second.get("/healthz").status_code == 200
+    not_ready = second.get("/readyz")
+    assert not_ready.status_code == 503 and not_ready.json()["role"] == "standby"
+    assert second.status()["role"] == "standby" and d.status()["role"] == "leader"
+    assert re.search(r"^reconciler_leader 0\.0$", second.get("/metrics").text, re.M)
+    assert re.search(r"^reconciler_leader 1\.0$", d.get("/metrics").text, re.M)
+    assert len(ws.sandbox.requests("roboflow")) == requests_before
+    assert second.terminate()[0] == 0
 
     code, took = d.terminate()
     assert code == 0 and took < 10, d.stderr()

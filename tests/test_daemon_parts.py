@@ -177,7 +177,7 @@ class BlockingEngine:
         self.others = sorted(p.name for p in others)
         return [ModelPlan(m, Action.TRAIN, [Reason("spec-changed")]) for m in models]
 
-    async def apply(self, plans: Sequence[ModelPlan]) -> ApplyResult:
+    async def apply(self, plans: Sequence[ModelPlan], *, fence: Any = None) -> ApplyResult:
         self.applying.set()
         await self.release.wait()
         if self.fail:

@@ -56,6 +56,11 @@ class DaemonView(Protocol):
     def manifests(self) -> ManifestSet: ...
 
     @property
+    def role(self) -> str:
+        """`leader` or `standby`."""
+        ...
+
+    @property
     def problems(self) -> list[Problem]: ...
 
     @property
@@ -111,7 +116,8 @@ class Endpoints:
         return _json({"status": "ok" if not dead else "failing", "problems": dead}, 200 if not dead else 503)
 
     async def readyz(self, request: Request) -> Response:
-        """Ready: lock held, manifests loaded, state reachable, not stopping."""
+        """Ready: the leader (its lease held), manifests loaded, state reachable, not stopping.
+        A standby is alive but not ready, so a readiness probe sends webhooks to the leader only."""
         d = self.daemon
         problems = d.task_problems()
         if d.stopping.is_set():
@@ -128,7 +134,7 @@ class Endpoints:
         else:
             problems.append("state not open yet")
         d.metrics.ready.set(0 if problems else 1)
-        body = {"ready": not problems, "problems": problems, "models": len(d.manifests.models)}
+        body = {"ready": not problems, "role": d.role, "problems": problems, "models": len(d.manifests.models)}
         return _json(body, 503 if problems else 200)
 
     async def metrics(self, request: Request) -> Response:
@@ -140,6 +146,7 @@ class Endpoints:
         d = self.daemon
         doc = {
             "format_version": 1,
+            "role": d.role,
             "models": [status_entry(p) for p in d.current_plans()],
             "manifest_errors": [str(p) for p in d.problems],
             "pending": sorted(d.pending),

@@ -1,4 +1,10 @@
-"""The daemon's life: serve, take the lock, load, reconcile until SIGTERM, shut down in order.
+"""The daemon's life: serve, load, lead or stand by, reconcile until SIGTERM, shut down in order.
+
+Daemons sharing one state elect a leader with the state's lease (`StateStore.lease`): the
+leader alone triggers and polls, and proves its lease (the fence) before every trigger; the others
+stand by (`/readyz` 503, `/status` role `standby`), try the lease every LEASE_RETRY_SECONDS and
+take over when the leader dies or loses its database session. A leader whose lease check fails
+stops triggering at once, says so in its log and stands by.
 
 `Daemon` wires the parts together: a `ManifestTracker` (what is declared), a `WorkQueue` and a
 `Schedule` (what to reconcile when), a `PlanBook` (what was decided), `Metrics` and the HTTP
@@ -30,7 +36,7 @@ from reconciler.daemon.plans import PlanBook
 from reconciler.daemon.queue import Schedule, WorkQueue, batch_trigger
 from reconciler.daemon.systemd import sd_notify, watchdog, watchdog_interval
 from reconciler.daemon.tracker import RESCAN_SECONDS, ManifestTracker, watch
-from reconciler.errors import Problem, ReconcilerError
+from reconciler.errors import Problem, ReconcilerError, StateError
 from reconciler.logs import Redactor
 from reconciler.plan import Action, ModelPlan
 
@@ -38,12 +44,15 @@ if TYPE_CHECKING:
     from reconciler.engine import Engine
     from reconciler.sandbox.server import Sandbox
     from reconciler.spec import ManifestSet
-    from reconciler.state.base import StateStore
+    from reconciler.state.base import Lease, StateStore
 
 log = logging.getLogger("reconciler.daemon")
 
 #: SIGTERM to exit: in-flight work gets this long, the HTTP server the rest of the 10 s budget.
 WORK_GRACE_SECONDS = 6.0
+#: A standby tries the lease, and the leader checks it, this often: a dead leader's lease is
+#: taken within this (plus the server noticing the dead session), well inside the 15 s promise.
+LEASE_RETRY_SECONDS = 2.0
 
 
 def _url_passwords(url: str) -> list[str]:
@@ -78,11 +87,13 @@ class Daemon:
             plans=self.current_plans,
             queue_depth=lambda: len(self.queue),
             manifest_errors=lambda: len(self.tracker.problems),
+            leader=lambda: 1 if self.locked else 0,
         )
         self.last_errors: dict[str, str] = {}  # model name -> the error last written to history
         self.stopping = asyncio.Event()
         self.loaded = False
-        self.locked = False
+        self.locked = False  # holds the leader lease: the one daemon that triggers and polls
+        self.lease: Lease | None = None
         self.state: StateStore | None = None
         self.sandbox: Sandbox | None = None
         self.engine: Engine | None = None
@@ -94,6 +105,11 @@ class Daemon:
     @property
     def manifests(self) -> ManifestSet:
         return self.tracker.manifests
+
+    @property
+    def role(self) -> str:
+        """`leader` while holding the lease, else `standby` (design.md, "Many writers")."""
+        return "leader" if self.locked else "standby"
 
     @property
     def problems(self) -> list[Problem]:
@@ -123,7 +139,7 @@ class Daemon:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
-        """Serve, take the lock, load, reconcile until asked to stop; the exit code."""
+        """Serve, load, lead or stand by, reconcile until asked to stop; the exit code."""
         from reconciler.state import open_state
 
         opts = self.opts
@@ -137,7 +153,7 @@ class Daemon:
                     from reconciler.sandbox.server import SANDBOX_API_KEYS
 
                     self.redactor.add_values(SANDBOX_API_KEYS.values())
-                # HTTP first: /healthz answers while we wait for the lock, /readyz says why not ready
+                # HTTP first: /healthz answers from the start, /readyz says why not ready
                 try:
                     http = HttpServer(self, opts.host, opts.port)
                 except OSError as exc:
@@ -148,37 +164,72 @@ class Daemon:
                 self.state = await open_state(opts.state_url)
                 stack.push_async_callback(self.state.close)
                 self.redactor.add_values(_url_passwords(opts.state_url))
-                if not await self._take_lock(stack, runtime.holder("daemon")):
-                    return 0  # asked to stop while waiting
-                self.locked = True
-            except ReconcilerError as exc:  # LockHeldError names the holder
+                self.lease = self.state.lease(runtime.holder("daemon"))
+                stack.push_async_callback(self._step_down_on_exit)
+            except ReconcilerError as exc:
                 log.error("error: %s", exc)
                 return 1
             stack.enter_context(self.metrics.observing_requests())
             return await self._serve_until_stopped()
         return 0  # unreachable: the stack's body returns (mypy cannot see that)
 
-    async def _take_lock(self, stack: contextlib.AsyncExitStack, holder: str) -> bool:
-        assert self.state is not None
-        waiting = asyncio.create_task(stack.enter_async_context(self.state.lock(holder, self.opts.lock_timeout)))
-        stop = asyncio.create_task(self.stopping.wait())
-        await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if waiting.done():
-            waiting.result()  # LockHeldError propagates
-            log.info("holding the state lock on %s as %s", self.state.url, holder)
+    async def _step_down_on_exit(self) -> None:
+        self.locked = False
+        if self.lease is not None:
+            await self.lease.release()
+
+    # ------------------------------------------------------------ leadership
+
+    async def _leadership(self) -> None:
+        """Take the lease when free (standby), prove it when held (leader), every LEASE_RETRY_SECONDS."""
+        assert self.lease is not None and self.state is not None
+        announced = False
+        while not self.stopping.is_set():
+            if self.locked:
+                await self.fence()
+            else:
+                try:
+                    got = await self.lease.acquire()
+                except StateError as exc:  # the database is away: stay standby, try again
+                    log.warning("cannot try the leader lease: %s", exc)
+                    got = False
+                if got and not self.stopping.is_set():
+                    self._lead()
+                elif not got and not announced:
+                    log.info("standing by: the leader is %s", await self.lease.held_by())
+                    announced = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), LEASE_RETRY_SECONDS)
+
+    def _lead(self) -> None:
+        assert self.lease is not None and self.state is not None
+        self.locked = True
+        log.info("leader: holding the lease on %s as %s", self.state.url, self.lease.holder)
+        sd_notify(f"STATUS=leader, reconciling {len(self.manifests.models)} models", self.env)
+        self.enqueue(self.manifests.models, "startup")
+
+    async def fence(self) -> bool:
+        """Prove the lease is still held (before every trigger); on failure stand by at once."""
+        if not self.locked or self.lease is None:
+            return False
+        if await self.lease.check():
             return True
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ReconcilerError):
-            await waiting
+        if self.locked:
+            self.locked = False
+            log.error(
+                "lost the leader lease on %s (its database session ended or the check failed): "
+                "stopped triggering; standing by and trying to take it again",
+                self.state.url if self.state else "the state",
+            )
+            sd_notify("STATUS=standby (lost the leader lease)", self.env)
         return False
 
     async def _serve_until_stopped(self) -> int:
         self._load("startup")
-        self.enqueue(self.manifests.models, "startup")
         self.metrics.last_resync.set(time.time())
         self.loaded = True
         tasks = {
+            "leadership": self._leadership(),
             "worker": self._worker(),
             "scheduler": self._scheduler(),
             "watcher": watch(self.opts.paths, self.stopping, self._files_changed),
@@ -190,14 +241,14 @@ class Daemon:
             dog = asyncio.create_task(watchdog(interval, self._tasks_alive, self.env), name="watchdog")
         models = len(self.manifests.models)
         log.info(
-            "daemon ready: %d models from %s, listening on %s:%d",
+            "daemon started: %d models from %s, listening on %s:%d",
             models,
             ", ".join(self.opts.paths),
             self.opts.host,
             self.opts.port,
             extra={"models": models},
         )
-        sd_notify(f"READY=1\nSTATUS=reconciling {models} models", self.env)
+        sd_notify(f"READY=1\nSTATUS={models} models; {self.role}", self.env)
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait({stop, *self._essential}, return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -249,8 +300,8 @@ class Daemon:
     async def _worker(self) -> None:
         while not self.stopping.is_set():
             batch = await self.queue.take()
-            if not batch:
-                continue
+            if not batch or not self.locked:
+                continue  # a standby triggers and polls nothing
             await self._refresh_engine()
             await self._reconcile(batch)
 
@@ -283,7 +334,7 @@ class Daemon:
                 await engine.persist_refresh(plans)
                 result = None
             else:
-                result = await engine.apply([p for p in plans if self._worth_applying(p)])
+                result = await engine.apply([p for p in plans if self._worth_applying(p)], fence=self.fence)
         except Exception as exc:  # the state or a bug: keep the daemon alive, try these again later
             self.plans.abandon()
             self._retry_later(names, exc)
@@ -331,7 +382,11 @@ class Daemon:
                 level = logging.WARNING if p.action is Action.ERROR else logging.INFO
                 log.log(level, "%s: %s (%s)", p.name, p.action.value, detail, extra={**fields, "reasons": codes})
             o = outcomes.get(p.name)
-            if o is not None:
+            if o is not None and o.superseded:  # nothing sent: another writer, or the lease lost
+                log.info("%s: %s", p.name, o.detail, extra={**fields, "outcome": "superseded"})
+                if p.triggers and self.locked:
+                    self.enqueue([p.name], "retry")
+            elif o is not None:
                 outcome = "started" if o.started else "unconfirmed" if o.ambiguous else "not-started"
                 self.metrics.trainings.labels(provider, outcome).inc()
                 if o.started:

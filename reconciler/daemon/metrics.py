@@ -55,13 +55,14 @@ class ModelsCollector:
 
 
 class Metrics:
-    """The daemon's metrics. `plans`, `queue_depth` and `manifest_errors` are read at scrape time."""
+    """The daemon's metrics. `plans`, `queue_depth`, `manifest_errors` and `leader` are read at scrape time."""
 
     def __init__(
         self,
         plans: Callable[[], Iterable[ModelPlan]] = list,
         queue_depth: Callable[[], float] = lambda: 0,
         manifest_errors: Callable[[], float] = lambda: 0,
+        leader: Callable[[], float] = lambda: 0,
     ) -> None:
         # `_created` series double the output and no dashboard uses them
         disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -118,6 +119,10 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("reconciler_ready", "1 when /readyz would answer 200.", registry=r)
+        self.leader = Gauge(
+            "reconciler_leader", "1 while this daemon holds the leader lease (it alone triggers and polls).", registry=r
+        )
+        self.leader.set_function(leader)
 
     def on_request(self, provider: str, method: str, outcome: str, seconds: float) -> None:
         """`REQUEST_OBSERVERS` hook: called after every provider HTTP exchange."""
