@@ -53,6 +53,9 @@ WORK_GRACE_SECONDS = 6.0
 #: A standby tries the lease, and the leader checks it, this often: a dead leader's lease is
 #: taken within this (plus the server noticing the dead session), well inside the 15 s promise.
 LEASE_RETRY_SECONDS = 2.0
+#: A leader that lost its lease waits this long before trying it again, so that a standby (which
+#: tries every LEASE_RETRY_SECONDS) takes over rather than the daemon whose session just failed.
+STEP_DOWN_PAUSE_SECONDS = 2.5 * LEASE_RETRY_SECONDS
 
 
 def _url_passwords(url: str) -> list[str]:
@@ -94,6 +97,7 @@ class Daemon:
         self.loaded = False
         self.locked = False  # holds the leader lease: the one daemon that triggers and polls
         self.lease: Lease | None = None
+        self._stepped_down_at = -STEP_DOWN_PAUSE_SECONDS  # monotonic time the lease was last lost
         self.state: StateStore | None = None
         self.sandbox: Sandbox | None = None
         self.engine: Engine | None = None
@@ -187,6 +191,8 @@ class Daemon:
         while not self.stopping.is_set():
             if self.locked:
                 await self.fence()
+            elif time.monotonic() - self._stepped_down_at < STEP_DOWN_PAUSE_SECONDS:
+                pass  # just lost it: give a standby the first try
             else:
                 try:
                     got = await self.lease.acquire()
@@ -216,6 +222,7 @@ class Daemon:
             return True
         if self.locked:
             self.locked = False
+            self._stepped_down_at = time.monotonic()
             log.error(
                 "lost the leader lease on %s (its database session ended or the check failed): "
                 "stopped triggering; standing by and trying to take it again",
