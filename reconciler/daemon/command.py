@@ -28,7 +28,10 @@ def _duration(text: str, name: str) -> timedelta:
 @click.option("--state", "state", envvar="RECONCILER_STATE", help="sqlite:///path.db or postgresql://...")
 @click.option("--sandbox", is_flag=True, help="use in-process simulators of the providers (no keys needed)")
 @click.option(
-    "--lock-timeout", default="60s", show_default=True, help="how long to wait for another apply/daemon's lock"
+    "--lock-timeout",
+    default="60s",
+    show_default=True,
+    help="ignored: a standby waits for the leader lease as long as it runs (kept for existing scripts)",
 )
 @click.option("--resync", default="10m", show_default=True, help="full resync interval")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="host:port for health, metrics, webhooks")

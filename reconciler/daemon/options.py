@@ -17,4 +17,4 @@ class DaemonOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     log_format: str = "text"  # "text" | "json"
-    lock_timeout: float = 60.0
+    lock_timeout: float = 60.0  # accepted, ignored: a standby waits for the lease as long as it runs
