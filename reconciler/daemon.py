@@ -60,7 +60,6 @@ from reconciler.errors import Problem, ReconcilerError, TemporaryProviderError
 from reconciler.logs import Redactor, setup_logging
 from reconciler.plan import Action, ModelPlan, count_in_flight, limit_concurrency
 from reconciler.providers.catalog import provider_type
-from reconciler.providers.http import REQUEST_OBSERVERS
 from reconciler.spec import FileResult, ManifestSet, assemble, find_manifest_files, parse_file
 
 if TYPE_CHECKING:
@@ -236,7 +235,7 @@ class Metrics:
         self.ready = Gauge("reconciler_ready", "1 when /readyz would answer 200.", registry=r)
 
     def on_request(self, provider: str, method: str, outcome: str, seconds: float) -> None:
-        """`REQUEST_OBSERVERS` hook: called after every provider HTTP exchange."""
+        """Request observer (the engine's seams): called after every provider HTTP exchange."""
         self.requests.labels(provider, method, outcome).inc()
         self.request_seconds.labels(provider).observe(seconds)
         if not (outcome.isdigit() and 200 <= int(outcome) < 300):
@@ -398,8 +397,6 @@ class Daemon:
             except ReconcilerError as exc:  # LockHeldError names the holder
                 log.error("error: %s", exc)
                 return 1
-            REQUEST_OBSERVERS.append(self.metrics.on_request)
-            stack.callback(REQUEST_OBSERVERS.remove, self.metrics.on_request)
             return await self._serve_until_stopped()
         return 0  # unreachable: the stack's body returns (mypy cannot see that)
 
@@ -545,7 +542,11 @@ class Daemon:
             return
         assert self.state is not None
         old = self.engine
-        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths)
+        from reconciler.seams import Seams
+
+        # the metrics observe every provider request through the engine's HTTP clients
+        seams = Seams(request_observers=(self.metrics.on_request,))
+        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams)
         self._engine_stale = False
         if old is not None:
             await old.aclose()
