@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import seamed_cli
 
 from reconciler.sandbox.server import Sandbox
 
@@ -114,16 +114,25 @@ class Workspace:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("RECONCILER_")}
         env.update(self.sandbox.env())
         env["RECONCILER_STATE"] = self.state_url
-        env["RECONCILER_BACKOFF_SCALE"] = "0.01"
         env["RECONCILER_POLL_INTERVAL"] = "0.2s"
         env.pop("CI", None)
         env.update(extra)
         return env
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
-        """Run `reconciler ARGS` as a real process in the workspace folder."""
+    def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+        backoff: bool = False,
+        crash_at: str | None = None,
+    ) -> CliResult:
+        """Run `reconciler ARGS` as a real process in the workspace folder (tests/seamed_cli.py).
+
+        Retries do not wait unless `backoff`; `crash_at` kills it at that step of a trigger.
+        """
         proc = subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", *args],
+            seamed_cli.command(*args, crash_at=crash_at, backoff=backoff),
             cwd=self.root,
             env=env or self.env(),
             capture_output=True,

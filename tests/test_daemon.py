@@ -1,6 +1,6 @@
 """`reconciler daemon` as a real process against the sandbox, plus its parts in-process.
 
-The process tests start `python -m reconciler.cli daemon specs --listen 127.0.0.1:<port>` in the
+The process tests start `reconciler daemon specs --listen 127.0.0.1:<port>` (tests/seamed_cli.py) in the
 workspace (so it talks to the test's simulators), edit manifests and watch the simulator's
 request log. A Provider manifest sets Roboflow's poll interval to 1 s so trainings (1 s in the
 sandbox) are followed quickly.
@@ -19,7 +19,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import seamed_cli
 from conftest import Workspace
 
 from reconciler.daemon import DaemonOptions
@@ -113,7 +113,7 @@ class DaemonProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.out = ws.root / f"{name}.out"
         self.err = ws.root / f"{name}.err"
-        cmd = [sys.executable, "-m", "reconciler.cli", "daemon", "specs"]
+        cmd = seamed_cli.command("daemon", "specs")  # retries without backoff waits
         cmd += ["--listen", f"127.0.0.1:{self.port}", "--resync", "1h", *args]
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(cmd, cwd=ws.root, env=ws.env(**(env or {})), stdout=out, stderr=err)

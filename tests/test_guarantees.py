@@ -25,6 +25,8 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
+import seamed_cli
+import stamina
 from conftest import ROOT, Workspace
 
 from reconciler.engine import Engine
@@ -112,15 +114,16 @@ async def engine_for(sb: Sandbox, specs: Path, state_url: str) -> AsyncIterator[
 
 
 @pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECONCILER_BACKOFF_SCALE", "0.01")
+def fast_backoff() -> Iterator[None]:
+    """Retries without backoff waits (stamina's test mode), each client's attempts kept."""
+    with stamina.set_testing(True, attempts=sys.maxsize, cap=True):
+        yield
 
 
 # ====================================================================== retries
 
 
-def test_backoff_is_exponential_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECONCILER_BACKOFF_SCALE", "1")
+async def test_backoff_is_exponential_capped_and_jittered() -> None:
     policy = RetryPolicy(base=1.0, cap=8.0, jitter=0.5, max_retry_after=60.0)
     for n, expected in enumerate((1.0, 2.0, 4.0)):
         samples = [policy.delay(n, None) for _ in range(200)]
@@ -134,15 +137,25 @@ def test_backoff_is_exponential_capped_and_jittered(monkeypatch: pytest.MonkeyPa
     assert policy.delay(0, 3.0) == 3.0
     assert policy.delay(5, 0.0) == 0.0
     assert policy.delay(0, 3600.0) == 60.0
-    monkeypatch.setenv("RECONCILER_BACKOFF_SCALE", "0.01")
-    assert policy.delay(100, None) <= 0.08
+    # tests retry without waiting (RECONCILER_BACKOFF_SCALE=0.01 before): what the client sleeps
+    # in stamina's test mode, the same bound
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    with stamina.set_testing(True, attempts=sys.maxsize, cap=True):
+        http = client(Scripted(503, 503, 503, 200), sleep=record, retry=policy)
+        assert (await http.request("GET", "/x")).status == 200
+        await http.aclose()
+    assert len(slept) == 3 and max(slept) <= 0.08, slept
 
 
 def test_retry_after_one_second_is_honoured(workspace: Workspace) -> None:
     ws = workspace
     copy_quickstart(ws.specs, ("roboflow",))
     ws.sandbox.inject(Fault(provider="roboflow", method="GET", status=429, retry_after=1, times=1))
-    res = ws.run("plan", env=ws.env(RECONCILER_BACKOFF_SCALE="1"))
+    res = ws.run("plan", backoff=True)  # real waits
     assert res.code == 2, res.output
     first, second = ws.sandbox.requests("roboflow")[:2]
     assert (first.status, second.status) == (429, 200)
@@ -614,7 +627,7 @@ def _daemon_status(ws: Workspace, env: dict[str, str], tmp_path: Path) -> str:
     port = closed_port()
     err = (tmp_path / "daemon.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "-vv", "daemon", "specs", "--listen", f"127.0.0.1:{port}"],
+        seamed_cli.command("-vv", "daemon", "specs", "--listen", f"127.0.0.1:{port}"),
         cwd=ws.root,
         env=env,
         stdout=err,

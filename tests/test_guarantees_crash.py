@@ -3,9 +3,9 @@
 Every test runs the real CLI as a subprocess against the sandbox, with the quickstart manifests of
 all five providers (`specs/`), and kills `reconciler apply` at one step of a training trigger:
 
-- `RECONCILER_TEST_CRASHPOINT` (reconciler.engine._crashpoint) makes the process SIGKILL itself
-  before the intent is written, after it, or after the provider answered the train call but
-  before the acknowledgement is written;
+- `ws.run(..., crash_at=STEP)` runs the CLI through tests/seamed_cli.py, whose `Seams.on_step`
+  hook makes the process SIGKILL itself before the intent is written, after it, or after the
+  provider answered the train call but before the acknowledgement is written;
 - a sandbox `Fault` holds the train request for a while, either before the simulator handles it
   ("in flight": the provider acts on it only later) or after (`after_handling`: "the provider did
   it, the answer was lost"), and the test kills the process during that delay.
@@ -22,13 +22,13 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import seamed_cli
 from conftest import ROOT, CliResult, Workspace
 
 from reconciler.providers.catalog import known_types
@@ -99,7 +99,7 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
 
 def start_apply(ws: Workspace, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "apply", *args],
+        seamed_cli.command("apply", *args),
         cwd=ws.root,
         env=environ,
         stdout=subprocess.PIPE,
@@ -194,7 +194,7 @@ def integrity(ws: Workspace) -> str:
 def test_kill_before_the_intent_is_written_trains_once_after_restart(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws)
-    crashed = ws.run("apply", env=env(ws, RECONCILER_TEST_CRASHPOINT="before-intent"))
+    crashed = ws.run("apply", env=env(ws), crash_at="before-intent")
     assert crashed.code == -signal.SIGKILL, crashed.output
     assert all(train_calls(ws, t) == [] for t in PROVIDERS)
     assert all(story(ws, m) == [] for m in MODELS)  # nothing was written: nothing to settle
@@ -211,7 +211,7 @@ def test_kill_after_the_intent_holds_then_trains_once(workspace: Workspace) -> N
     quickstart(ws)
     # a settle window (2x the HTTP timeout) long enough that "at once" holds on a loaded machine
     timeout = 4 * HTTP_TIMEOUT
-    crashed = ws.run("apply", env=env(ws, timeout, RECONCILER_TEST_CRASHPOINT="after-intent"))
+    crashed = ws.run("apply", env=env(ws, timeout), crash_at="after-intent")
     assert crashed.code == -signal.SIGKILL, crashed.output
     assert all(train_calls(ws, t) == [] for t in PROVIDERS)
     with_intent = [m for m in MODELS if story(ws, m) == ["intent"]]
@@ -238,7 +238,7 @@ def test_kill_after_the_intent_holds_then_trains_once(workspace: Workspace) -> N
 def test_kill_after_the_provider_answered_settles_by_observing(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws)
-    crashed = ws.run("apply", env=env(ws, RECONCILER_TEST_CRASHPOINT="after-train-call"))
+    crashed = ws.run("apply", env=env(ws), crash_at="after-train-call")
     assert crashed.code == -signal.SIGKILL, crashed.output
     called = [t for t in PROVIDERS if train_calls(ws, t)]
     assert called, "the process died before any train call"
@@ -372,7 +372,7 @@ def test_apply_never_triggers_while_a_daemon_holds_the_state(workspace: Workspac
     with socket_port() as port:
         log = (tmp_path / "daemon.err").open("w")
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "daemon", "specs", "--listen", f"127.0.0.1:{port}"],
+            seamed_cli.command("daemon", "specs", "--listen", f"127.0.0.1:{port}"),
             cwd=ws.root,
             env=env(ws, 5),
             stdout=subprocess.DEVNULL,
