@@ -4,6 +4,7 @@ manifest writers, the quickstart manifests, a daemon process. Fixtures are in co
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -44,6 +45,8 @@ PROVIDERS = tuple(t for t in QUICKSTART if t in known_types())
 MODELS = tuple(m for t in PROVIDERS for m in QUICKSTART[t])
 #: PhotoGPT's documented train call is a GET; the others POST
 TRAIN_METHOD = {"photogpt": "GET"}
+#: whether the tree has the daemon (a module today, a package after the restructuring)
+HAS_DAEMON = importlib.util.find_spec("reconciler.daemon") is not None
 #: the environment variable that makes the engine SIGKILL itself at a step (crash tests only)
 CRASHPOINT_ENV = "RECONCILER_TEST_CRASHPOINT"
 
@@ -280,6 +283,10 @@ def _as_a_process(env: dict[str, str], cwd: Path) -> Iterator[tuple[io.StringIO,
     saved_streams = (sys.stdout, sys.stderr)
     saved_root = (list(root.handlers), root.level)
     saved_levels = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    # the test's simulators serve from this process too; in a real run they are another process,
+    # whose log lines never reach the CLI's stderr (no test here runs `--sandbox` in-process)
+    sandbox_log = logging.getLogger("reconciler.sandbox")
+    saved_disabled = sandbox_log.disabled
     out, err = io.StringIO(), io.StringIO()
     with _run_lock:
         os.environ.clear()
@@ -288,6 +295,7 @@ def _as_a_process(env: dict[str, str], cwd: Path) -> Iterator[tuple[io.StringIO,
         sys.stdout, sys.stderr = out, err
         # a fresh process builds its redactor from its own environment
         reconciler.cli._redactor.cache_clear()
+        sandbox_log.disabled = True
         try:
             yield out, err
         finally:
@@ -299,6 +307,7 @@ def _as_a_process(env: dict[str, str], cwd: Path) -> Iterator[tuple[io.StringIO,
             root.setLevel(saved_root[1])
             for name, level in saved_levels.items():
                 logging.getLogger(name).setLevel(level)
+            sandbox_log.disabled = saved_disabled
             reconciler.cli._redactor.cache_clear()
 
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    HAS_DAEMON,
     MODELS,
     PROVIDERS,
     QUICKSTART,
-    ROOT,
     CliResult,
     DaemonProcess,
     Gate,
@@ -349,7 +349,7 @@ def test_two_applies_never_both_trigger(workspace: Workspace) -> None:
     assert gate.count("roboflow") == 1
 
 
-@pytest.mark.skipif(not (ROOT / "reconciler" / "daemon.py").exists(), reason="reconciler/daemon.py not in this tree")
+@pytest.mark.skipif(not HAS_DAEMON, reason="reconciler.daemon not in this tree")
 def test_apply_never_triggers_while_a_daemon_holds_the_state(
     workspace: Workspace, daemons: list[DaemonProcess]
 ) -> None:
