@@ -104,13 +104,14 @@ def sim(source: Sandbox | HasSandbox, provider: str, cls: type[S]) -> S:
 
 
 def train_calls(
-    source: Sandbox | HasSandbox, provider: str = "roboflow", *, path: str = r"/train$"
+    source: Sandbox | HasSandbox, provider: str = "roboflow", *, path: str = r"/train$", any_method: bool = False
 ) -> list[LoggedRequest]:
     """The train calls a simulator handled (a request is logged once it was handled), oldest first.
 
-    `path` is a regex searched in the path after the provider's base path.
+    `path` is a regex searched in the path after the provider's base path; the method is the
+    documented one (PhotoGPT's GET, else POST) unless `any_method`.
     """
-    method = TRAIN_METHOD.get(provider, "POST")
+    method = None if any_method else TRAIN_METHOD.get(provider, "POST")
     return _sandbox_of(source).requests(provider, method=method, path=path)
 
 
@@ -119,9 +120,12 @@ def train_paths(source: Sandbox | HasSandbox, provider: str = "roboflow") -> lis
 
 
 @contextlib.contextmanager
-def clocked_sandbox(directory: Path, provider: str, clock: Callable[[], float]) -> Iterator[Sandbox]:
-    """One simulator on a clock moved by hand: trainings take 100 s of that clock."""
-    with Sandbox(directory, providers=[provider], training_seconds=100, clock=clock) as sb:
+def one_simulator(
+    directory: Path, provider: str, *, training_seconds: float = 100, clock: Callable[[], float] = time.time
+) -> Iterator[Sandbox]:
+    """A sandbox serving only `provider` (others cannot interfere); on a clock moved by hand, its
+    100 s trainings end when the test says so."""
+    with Sandbox(directory, providers=[provider], training_seconds=training_seconds, clock=clock) as sb:
         yield sb
 
 

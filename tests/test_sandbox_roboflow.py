@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from conftest import Clock
+from helpers import Clock, one_simulator, sim
 
 from reconciler.sandbox import Fault, Sandbox
 from reconciler.sandbox.roboflow import UNAUTHORIZED_BODY, VALID_MODEL_TYPES, RoboflowSimulator
@@ -22,7 +22,7 @@ def client(sb: Sandbox) -> httpx.Client:
 
 
 def rf(sb: Sandbox) -> RoboflowSimulator:
-    return cast(RoboflowSimulator, sb.sim("roboflow"))
+    return sim(sb, "roboflow", RoboflowSimulator)
 
 
 def version(api: httpx.Client, path: str = "/acme/hardhats/3") -> dict[str, Any]:
@@ -34,7 +34,7 @@ def version(api: httpx.Client, path: str = "/acme/hardhats/3") -> dict[str, Any]
 @pytest.fixture
 def sandbox(tmp_path: Path, clock: Clock) -> Iterator[Sandbox]:
     """A roboflow sandbox on a fake clock: 100 s trainings, advanced by hand."""
-    with Sandbox(tmp_path / "sandbox", providers=["roboflow"], training_seconds=100, clock=clock) as sb:
+    with one_simulator(tmp_path / "sandbox", "roboflow", clock=clock) as sb:
         yield sb
 
 
