@@ -16,6 +16,8 @@ from reconciler.sandbox.server import Sandbox
 
 __all__ = ["PG_URL", "ROOT", "CliResult", "Clock", "Workspace", "with_search_path"]
 
+#: how long the `sandbox` fixture's trainings take: long enough to be seen running, short to wait for
+TRAINING_SECONDS = 0.4
 PG_URL = os.environ.get("RECONCILER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -52,9 +54,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    """All five simulators on a free port; trainings take 1 s."""
-    sb = Sandbox(tmp_path / "world", training_seconds=1.0).start()
+def sandbox(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """All five simulators on a free port; trainings take 0.4 s, or the test module's
+    `SANDBOX_TRAINING_SECONDS` (a test that needs one in flight longer sets its simulator's
+    `training_seconds`)."""
+    seconds = float(getattr(request.module, "SANDBOX_TRAINING_SECONDS", TRAINING_SECONDS))
+    sb = Sandbox(tmp_path / "world", training_seconds=seconds).start()
     try:
         yield sb
     finally:

@@ -366,7 +366,7 @@ class Workspace:
         env.update(self.sandbox.env())
         env["RECONCILER_STATE"] = self.state_url
         env["RECONCILER_BACKOFF_SCALE"] = "0.01"
-        env["RECONCILER_POLL_INTERVAL"] = "0.2s"
+        env["RECONCILER_POLL_INTERVAL"] = "0.1s"
         env.pop("CI", None)
         env.pop("PYTEST_CURRENT_TEST", None)
         env.update(extra)

@@ -50,6 +50,10 @@ spec:
 """
 
 SECRET = "hook-secret-0123456789"
+#: the process tests' timing is tuned to these: with a faster poll, a last read of a model already
+#: in sync can fall after `clear_requests()` (and the models gauge can lag /status)
+SANDBOX_TRAINING_SECONDS = 1.0
+POLL_INTERVAL = "0.2s"
 
 
 def train_calls(ws: Workspace, project: str) -> list[LoggedRequest]:
@@ -59,7 +63,8 @@ def train_calls(ws: Workspace, project: str) -> list[LoggedRequest]:
 def start(
     daemons: list[DaemonProcess], ws: Workspace, *args: str, env: dict[str, str] | None = None, name: str = "daemon"
 ) -> DaemonProcess:
-    d = DaemonProcess(ws, ("--resync", "1h", *args), env=ws.env(**(env or {})), name=name)
+    environ = ws.env(RECONCILER_POLL_INTERVAL=POLL_INTERVAL, **(env or {}))
+    d = DaemonProcess(ws, ("--resync", "1h", *args), env=environ, name=name)
     daemons.append(d)
     return d
 

@@ -152,8 +152,9 @@ def test_kill_before_the_intent_is_written_trains_once_after_restart(workspace: 
 def test_kill_after_the_intent_holds_then_trains_once(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws)
-    # a settle window (2x the HTTP timeout) long enough that "at once" holds on a loaded machine
-    timeout = 4 * HTTP_TIMEOUT
+    # a settle window (2x the HTTP timeout) long enough that "at once" holds on a loaded machine:
+    # the runs below are in-process, with no interpreter start-up between the kill and them
+    timeout = 3 * HTTP_TIMEOUT
     crashed = ws.run_process("apply", env=env(ws, timeout, RECONCILER_TEST_CRASHPOINT="after-intent"))
     assert crashed.code == -signal.SIGKILL, crashed.output
     assert all(train_calls(ws, t) == [] for t in PROVIDERS)
