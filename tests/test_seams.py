@@ -21,6 +21,7 @@ from reconciler.plan import Action
 from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient
 from reconciler.providers.photogpt.adapter import PhotoGPTAdapter
+from reconciler.providers.photogpt.schema import PhotoGPTModel, PhotoGPTTraining
 from reconciler.providers.policy import Auth
 from reconciler.providers.predicthq.adapter import PredictHQAdapter
 from reconciler.seams import Seams
@@ -110,8 +111,13 @@ async def test_retry_after_and_the_retry_budget_are_waited_through_the_injected_
 
     # 503 every time: 4 attempts (PredictHQ: 1 try + 3 retries at 1, 2, 4 s +/- 0.5), then the error
     calls: list[httpx.Request] = []
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(503)
+
     sleep = Recorder()
-    http = client(lambda r: calls.append(r) or httpx.Response(503), sleep, retry=PredictHQAdapter.retry)
+    http = client(unavailable, sleep, retry=PredictHQAdapter.retry)
     with pytest.raises(TemporaryProviderError, match="HTTP 503"):
         await http.request("GET", "/v1/models/x")
     await http.aclose()
@@ -138,13 +144,13 @@ async def test_a_train_call_that_times_out_after_sending_is_sent_exactly_once() 
     assert len(sent) == 1 and sleep.slept == []
 
 
-def _photogpt_model(tmp_path: Path) -> DesiredModel:
+def _photogpt_model(tmp_path: Path) -> DesiredModel[PhotoGPTModel, PhotoGPTTraining]:
     specs = tmp_path / "specs"
     (specs / "faces").mkdir(parents=True)
     for src in sorted((ROOT / "specs" / "photogpt-images").glob("*.png")):
         shutil.copy(src, specs / "faces" / src.name)
     (specs / "m.yaml").write_text(PHOTOGPT)
-    return load_manifests([specs]).models["ada"]
+    return load_manifests([specs]).models["ada"].typed(PhotoGPTModel, PhotoGPTTraining)
 
 
 async def test_photogpt_training_timeout_uses_the_injected_clock(tmp_path: Path) -> None:
