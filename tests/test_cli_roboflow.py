@@ -7,7 +7,8 @@ from pathlib import Path
 
 from conftest import Workspace
 
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault
+from reconciler.sandbox.faults import Fault
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
 
 MODEL = """\
 apiVersion: reconciler/v1

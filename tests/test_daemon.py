@@ -33,7 +33,7 @@ from conftest import Workspace
 
 from reconciler.daemon import Daemon, DaemonOptions, build_app, hook_authorized, sd_notify, watchdog_interval
 from reconciler.logs import MASK, Redactor, setup_logging
-from reconciler.sandbox.server import Fault, LoggedRequest
+from reconciler.sandbox.faults import Fault, LoggedRequest
 
 T = TypeVar("T")
 

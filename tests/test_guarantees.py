@@ -40,7 +40,8 @@ from reconciler.plan import Action
 from reconciler.providers import known_types
 from reconciler.providers.base import Auth, RetryPolicy, path_segment
 from reconciler.providers.http import HttpClient, secret_forms
-from reconciler.sandbox.server import Fault, Sandbox
+from reconciler.sandbox.faults import Fault
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 from reconciler.state import open_state
 

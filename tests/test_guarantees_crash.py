@@ -32,7 +32,7 @@ import pytest
 from conftest import ROOT, CliResult, Workspace
 
 from reconciler.providers import known_types
-from reconciler.sandbox.server import Fault, LoggedRequest
+from reconciler.sandbox.faults import Fault, LoggedRequest
 
 T = TypeVar("T")
 

@@ -13,8 +13,10 @@ import pytest
 from conftest import Workspace
 
 from reconciler.providers.lucid import LucidTraining
+from reconciler.sandbox.faults import Fault, LoggedRequest
 from reconciler.sandbox.lucid import UNAUTHORIZED_BODY, LucidSimulator
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["lucid"]

@@ -26,8 +26,11 @@ from reconciler.errors import NotFoundError
 from reconciler.providers.base import ProviderContext, TrainingStatus
 from reconciler.providers.http import HttpClient
 from reconciler.providers.photogpt import MAX_IMAGE_BYTES, PhotoGPTAdapter, scan_images
+from reconciler.sandbox.faults import LoggedRequest
 from reconciler.sandbox.photogpt import SEED_MODEL_ID, PhotoGPTSimulator
-from reconciler.sandbox.server import SANDBOX_API_KEYS, LoggedRequest, Sandbox, SimRequest
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
+from reconciler.sandbox.wire import SimRequest
 from reconciler.spec import DesiredModel, load_manifests
 from reconciler.state.base import ModelRecord, RecordStatus
 

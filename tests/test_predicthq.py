@@ -17,6 +17,7 @@ from reconciler.plan import Action, plan_model
 from reconciler.providers.base import ProviderContext, TrainingStatus
 from reconciler.providers.http import HttpClient, error_message
 from reconciler.providers.predicthq import PredictHQAdapter
+from reconciler.sandbox.faults import Fault, LoggedRequest
 from reconciler.sandbox.predicthq import (
     INVALID_DATA,
     NO_DEMAND_MESSAGE,
@@ -26,7 +27,8 @@ from reconciler.sandbox.predicthq import (
     UNAUTHORIZED_BODY,
     PredictHQSimulator,
 )
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import DesiredModel, load_manifests
 from reconciler.state.base import ModelRecord, RecordStatus
 

@@ -16,6 +16,7 @@ from conftest import Clock, Workspace
 from reconciler.errors import ManifestError
 from reconciler.providers.base import TrainingStatus
 from reconciler.providers.rebase import RebaseAdapter, RebaseTraining, format_date, train_body
+from reconciler.sandbox.faults import Fault, LoggedRequest
 from reconciler.sandbox.rebase import (
     INVALID_KEY_BODY,
     LOAD_SITE,
@@ -24,7 +25,8 @@ from reconciler.sandbox.rebase import (
     WIND_SITE,
     RebaseSimulator,
 )
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["rebase"]

@@ -28,14 +28,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from reconciler.sandbox.server import (
-    FormPart,
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    route,
-)
+from reconciler.sandbox.simulator import Simulator
+from reconciler.sandbox.wire import FormPart, SimHTTPError, SimRequest, SimResponse, route
 
 log = logging.getLogger("reconciler.sandbox.lucid")
 

@@ -24,14 +24,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from reconciler.sandbox.server import (
-    FormPart,
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    route,
-)
+from reconciler.sandbox.simulator import Simulator
+from reconciler.sandbox.wire import FormPart, SimHTTPError, SimRequest, SimResponse, route
 
 #: The model the quickstart manifest (specs/photogpt.yaml) trains; the docs' example modelID [D].
 SEED_MODEL_ID = "018f5f29-7c2b-7b4e-9a8c-4f8b4c2d1e0f"

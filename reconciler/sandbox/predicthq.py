@@ -32,14 +32,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
-from reconciler.sandbox.server import (
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    TrainingState,
-    route,
-)
+from reconciler.sandbox.simulator import Simulator, TrainingState
+from reconciler.sandbox.wire import SimHTTPError, SimRequest, SimResponse, route
 
 ALGOS: tuple[str, ...] = ("phq-xgboost",)
 FORECAST_WINDOWS: tuple[str, ...] = ("1d", "7d", "14d", "28d", "30d", "60d", "90d")

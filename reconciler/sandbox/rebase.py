@@ -26,13 +26,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from reconciler.sandbox.server import (
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    route,
-)
+from reconciler.sandbox.simulator import Simulator
+from reconciler.sandbox.wire import SimHTTPError, SimRequest, SimResponse, route
 
 V2 = "/platform/v2"
 _SITE = V2 + r"/sites/(?P<site_id>[^/]+)"

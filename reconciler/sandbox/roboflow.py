@@ -21,14 +21,8 @@ import hashlib
 import math
 from typing import Any, ClassVar
 
-from reconciler.sandbox.server import (
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    TrainingState,
-    route,
-)
+from reconciler.sandbox.simulator import Simulator, TrainingState
+from reconciler.sandbox.wire import SimHTTPError, SimRequest, SimResponse, route
 
 _SIZES = ("n", "s", "m", "l", "x")
 _YOLO_FAMILIES = ("yolov5", "yolov7", "yolov8", "yolov9", "yolov10", "yolov11", "yolov12", "yolo26")
