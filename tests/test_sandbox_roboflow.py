@@ -12,7 +12,8 @@ import pytest
 from conftest import Clock
 
 from reconciler.sandbox import Fault, Sandbox
-from reconciler.sandbox.roboflow import UNAUTHORIZED_BODY, VALID_MODEL_TYPES, RoboflowSimulator
+from reconciler.sandbox.roboflow import RoboflowSimulator
+from reconciler.sandbox.roboflow.validation import UNAUTHORIZED_BODY, VALID_MODEL_TYPES
 
 KEY = "sandbox-roboflow-key"
 
