@@ -17,14 +17,9 @@ from reconciler.errors import ManifestError
 from reconciler.providers.base import TrainingStatus
 from reconciler.providers.rebase import RebaseAdapter, RebaseTraining, format_date, train_body
 from reconciler.sandbox.faults import Fault, LoggedRequest
-from reconciler.sandbox.rebase import (
-    INVALID_KEY_BODY,
-    LOAD_SITE,
-    MISSING_KEY_BODY,
-    SOLAR_SITE,
-    WIND_SITE,
-    RebaseSimulator,
-)
+from reconciler.sandbox.rebase import RebaseSimulator
+from reconciler.sandbox.rebase.simulator import LOAD_SITE, SOLAR_SITE, WIND_SITE
+from reconciler.sandbox.rebase.validation import INVALID_KEY_BODY, MISSING_KEY_BODY
 from reconciler.sandbox.registry import SANDBOX_API_KEYS
 from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
