@@ -14,7 +14,8 @@ from conftest import Workspace
 
 from reconciler.providers.lucid import LucidTraining
 from reconciler.sandbox.faults import Fault, LoggedRequest
-from reconciler.sandbox.lucid import UNAUTHORIZED_BODY, LucidSimulator
+from reconciler.sandbox.lucid import LucidSimulator
+from reconciler.sandbox.lucid.validation import UNAUTHORIZED_BODY
 from reconciler.sandbox.registry import SANDBOX_API_KEYS
 from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests

@@ -27,7 +27,8 @@ from reconciler.providers.base import ProviderContext, TrainingStatus
 from reconciler.providers.http import HttpClient
 from reconciler.providers.photogpt import MAX_IMAGE_BYTES, PhotoGPTAdapter, scan_images
 from reconciler.sandbox.faults import LoggedRequest
-from reconciler.sandbox.photogpt import SEED_MODEL_ID, PhotoGPTSimulator
+from reconciler.sandbox.photogpt import PhotoGPTSimulator
+from reconciler.sandbox.photogpt.simulator import SEED_MODEL_ID
 from reconciler.sandbox.registry import SANDBOX_API_KEYS
 from reconciler.sandbox.server import Sandbox
 from reconciler.sandbox.wire import SimRequest

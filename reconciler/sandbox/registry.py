@@ -29,11 +29,11 @@ KEY_ENV: dict[str, str] = {
 
 #: Built-in simulators, imported lazily so a module that does not exist yet is simply skipped.
 SIMULATOR_PATHS: dict[str, str] = {
-    "roboflow": "reconciler.sandbox.roboflow:RoboflowSimulator",
-    "predicthq": "reconciler.sandbox.predicthq:PredictHQSimulator",
-    "rebase": "reconciler.sandbox.rebase:RebaseSimulator",
-    "lucid": "reconciler.sandbox.lucid:LucidSimulator",
-    "photogpt": "reconciler.sandbox.photogpt:PhotoGPTSimulator",
+    "roboflow": "reconciler.sandbox.roboflow.simulator:RoboflowSimulator",
+    "predicthq": "reconciler.sandbox.predicthq.simulator:PredictHQSimulator",
+    "rebase": "reconciler.sandbox.rebase.simulator:RebaseSimulator",
+    "lucid": "reconciler.sandbox.lucid.simulator:LucidSimulator",
+    "photogpt": "reconciler.sandbox.photogpt.simulator:PhotoGPTSimulator",
 }
 
 

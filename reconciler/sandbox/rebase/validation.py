@@ -35,6 +35,7 @@ def detail_error(status: int, message: str) -> SimHTTPError:
 
 
 def is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
