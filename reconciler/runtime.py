@@ -138,7 +138,7 @@ def build_engine(
     its clock, backoff sleep, HTTP transport, request observers and trigger-step hook.
     """
     from reconciler.engine import Engine
-    from reconciler.sandbox.server import SANDBOX_API_KEYS
+    from reconciler.sandbox.registry import SANDBOX_API_KEYS
     from reconciler.spec import git_commit
 
     endpoints = {}

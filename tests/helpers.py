@@ -29,7 +29,9 @@ import seamed_cli
 import stamina
 
 from reconciler.providers.catalog import known_types
-from reconciler.sandbox.server import LoggedRequest, Sandbox, Simulator
+from reconciler.sandbox.faults import LoggedRequest
+from reconciler.sandbox.server import Sandbox
+from reconciler.sandbox.simulator import Simulator
 from reconciler.seams import Seams
 
 ROOT = Path(__file__).resolve().parent.parent

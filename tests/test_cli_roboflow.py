@@ -10,7 +10,8 @@ from pathlib import Path
 
 from helpers import Workspace, roboflow_model, train_paths
 
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault
+from reconciler.sandbox.faults import Fault
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
 
 MODEL = roboflow_model(labels="{team: vision}", epochs="EPOCHS")
 OTHER = roboflow_model(

@@ -32,7 +32,7 @@ from reconciler.daemon.app import build_app, hook_authorized
 from reconciler.daemon.lifecycle import Daemon
 from reconciler.daemon.systemd import sd_notify, watchdog_interval
 from reconciler.logs import MASK, Redactor, setup_logging
-from reconciler.sandbox.server import Fault, LoggedRequest
+from reconciler.sandbox.faults import Fault, LoggedRequest
 
 PROVIDER = """\
 apiVersion: reconciler/v1

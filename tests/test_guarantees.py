@@ -49,7 +49,8 @@ from reconciler.plan import Action
 from reconciler.providers.base import path_segment
 from reconciler.providers.http import HttpClient, secret_forms
 from reconciler.providers.policy import Auth, RetryPolicy
-from reconciler.sandbox.server import Fault, Sandbox
+from reconciler.sandbox.faults import Fault
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 from reconciler.state import open_state
 

@@ -41,7 +41,7 @@ from helpers import (
     wait_until,
 )
 
-from reconciler.sandbox.server import LoggedRequest
+from reconciler.sandbox.faults import LoggedRequest
 
 #: A short HTTP timeout makes the settle window of an unacknowledged intent (2x the timeout) short.
 HTTP_TIMEOUT = 1.0

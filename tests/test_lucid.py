@@ -14,8 +14,11 @@ import pytest
 from helpers import Workspace, codes, one_simulator, train_calls, wait_until
 
 from reconciler.providers.lucid.schema import LucidTraining
-from reconciler.sandbox.lucid import UNAUTHORIZED_BODY, LucidSimulator
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.lucid.simulator import LucidSimulator
+from reconciler.sandbox.lucid.validation import UNAUTHORIZED_BODY
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["lucid"]

@@ -29,8 +29,11 @@ from reconciler.providers.http import HttpClient
 from reconciler.providers.photogpt.adapter import PhotoGPTAdapter
 from reconciler.providers.photogpt.images import MAX_IMAGE_BYTES, scan_images
 from reconciler.providers.photogpt.schema import PhotoGPTModel, PhotoGPTTraining
-from reconciler.sandbox.photogpt import SEED_MODEL_ID, PhotoGPTSimulator
-from reconciler.sandbox.server import SANDBOX_API_KEYS, LoggedRequest, Sandbox, SimRequest
+from reconciler.sandbox.faults import LoggedRequest
+from reconciler.sandbox.photogpt.simulator import SEED_MODEL_ID, PhotoGPTSimulator
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
+from reconciler.sandbox.wire import SimRequest
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["photogpt"]

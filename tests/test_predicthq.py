@@ -19,16 +19,12 @@ from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient, error_message
 from reconciler.providers.predicthq.adapter import PredictHQAdapter
 from reconciler.providers.predicthq.schema import PredictHQModel, PredictHQTraining
-from reconciler.sandbox.predicthq import (
-    INVALID_DATA,
-    NO_DEMAND_MESSAGE,
-    SEED_DEMAND_DAYS,
-    SEED_LOCATION_ID,
-    SEED_MODEL_ID,
-    UNAUTHORIZED_BODY,
-    PredictHQSimulator,
-)
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.predicthq.simulator import PredictHQSimulator
+from reconciler.sandbox.predicthq.state import SEED_DEMAND_DAYS, SEED_LOCATION_ID, SEED_MODEL_ID
+from reconciler.sandbox.predicthq.validation import INVALID_DATA, NO_DEMAND_MESSAGE, UNAUTHORIZED_BODY
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["predicthq"]

@@ -17,15 +17,11 @@ from reconciler.domain import TrainingStatus
 from reconciler.errors import ManifestError
 from reconciler.providers.rebase.adapter import RebaseAdapter, format_date, train_body
 from reconciler.providers.rebase.schema import RebaseTraining
-from reconciler.sandbox.rebase import (
-    INVALID_KEY_BODY,
-    LOAD_SITE,
-    MISSING_KEY_BODY,
-    SOLAR_SITE,
-    WIND_SITE,
-    RebaseSimulator,
-)
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.rebase.simulator import LOAD_SITE, SOLAR_SITE, WIND_SITE, RebaseSimulator
+from reconciler.sandbox.rebase.validation import INVALID_KEY_BODY, MISSING_KEY_BODY
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["rebase"]

@@ -12,7 +12,8 @@ import pytest
 from helpers import Clock, one_simulator, sim
 
 from reconciler.sandbox import Fault, Sandbox
-from reconciler.sandbox.roboflow import UNAUTHORIZED_BODY, VALID_MODEL_TYPES, RoboflowSimulator
+from reconciler.sandbox.roboflow.simulator import RoboflowSimulator
+from reconciler.sandbox.roboflow.validation import UNAUTHORIZED_BODY, VALID_MODEL_TYPES
 
 KEY = "sandbox-roboflow-key"
 

@@ -135,7 +135,7 @@ class Daemon:
             try:
                 self.sandbox = stack.enter_context(runtime.sandbox_for(opts.sandbox, opts.state_url))
                 if self.sandbox is not None:
-                    from reconciler.sandbox.server import SANDBOX_API_KEYS
+                    from reconciler.sandbox.registry import SANDBOX_API_KEYS
 
                     self.redactor.add_values(SANDBOX_API_KEYS.values())
                 # HTTP first: /healthz answers while we wait for the lock, /readyz says why not ready
