@@ -55,13 +55,14 @@ from starlette.routing import Route
 
 from reconciler import runtime
 from reconciler.domain import ProviderConfig, RecordStatus
-from reconciler.engine import status_entry, utcnow
+from reconciler.engine import utcnow
 from reconciler.errors import Problem, ReconcilerError, TemporaryProviderError
 from reconciler.logs import Redactor, setup_logging
 from reconciler.plan import Action, ModelPlan, count_in_flight, limit_concurrency
 from reconciler.providers import adapter_class
 from reconciler.providers.base import ProviderAdapter
 from reconciler.providers.http import REQUEST_OBSERVERS
+from reconciler.report.views import status_entry
 from reconciler.spec import FileResult, ManifestSet, assemble, find_manifest_files, parse_file
 
 if TYPE_CHECKING:
