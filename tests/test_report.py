@@ -6,10 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
 import pytest
+from test_plan import _model
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, Observation, RecordStatus, TrainingStatus
 from reconciler.engine import ApplyResult, TriggerOutcome
@@ -28,20 +28,9 @@ from reconciler.report.commands import (
 from reconciler.report.exits import apply_exit_code, plan_exit_code, status_exit_code
 from reconciler.report.failures import Failure, report_failure
 from reconciler.report.views import status_entry
-from reconciler.spec import load_manifests
 from reconciler.values import Change
 
 AT = datetime(2026, 3, 1, 9, 30, 5, tzinfo=UTC)
-
-MANIFEST = """\
-apiVersion: reconciler/v1
-kind: TrainedModel
-metadata: {name: %s}
-spec:
-  provider: roboflow
-  model: {workspace: acme, project: %s}
-  training: {version: 3, model_type: rfdetr-nano}
-"""
 
 
 class Captured(Console):
@@ -61,10 +50,7 @@ class Captured(Console):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DesiredModel]:
     tmp = tmp_path_factory.mktemp("report")
-    names = ["a", "bb", "hardhat-detector", "z-long-model-name"]
-    for n in names:
-        (tmp / f"{n}.yaml").write_text(MANIFEST % (n, n))
-    return load_manifests([Path(tmp)]).models
+    return {n: _model(tmp, n) for n in ("a", "bb", "hardhat-detector", "z-long-model-name")}
 
 
 def plan_of(m: DesiredModel, action: Action, *reasons: Reason, **kw: object) -> ModelPlan:
