@@ -1,17 +1,15 @@
-"""`reconciler` command line: a thin shell over spec, plan and engine.
+"""`reconciler` command line: click commands that parse flags, gather data and hand it to a report.
 
-Exit codes (design.md): validate 0/1; plan 0 nothing to do, 2 would train, 1 error; apply 0/1;
-a usage error is 1, never 2 (so `plan`'s 2 always means "would train").
-Heavy modules (pydantic models, httpx, the engine) are imported inside commands, so `--help` is fast.
+Data comes from `reconciler.runtime` (manifests, state, engine); everything printed and every
+exit code is decided in `reconciler.report` (see its docstring). Heavy modules (pydantic models,
+httpx, the engine, the renderers) are imported inside commands, so `--help` is fast.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,21 +17,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from reconciler import runtime
+from reconciler.report import FORMATS
 
 if TYPE_CHECKING:
-    from reconciler.plan import ModelPlan
     from reconciler.seams import Seams
-    from reconciler.state.base import StateStore
 
 T = TypeVar("T")
-
-
-def _err(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-class Failure(Exception):
-    """Stop the command with this message on stderr and exit code 1."""
 
 
 def _seams() -> Seams | None:
@@ -57,72 +46,11 @@ def _selector(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-# ---------------------------------------------------------------- rendering
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    return json.dumps(v, sort_keys=True)
-
-
-def render_plan(plans: Sequence[ModelPlan]) -> str:
-    """One line per model, grouped by action; changed fields as `epochs: 100 -> 150`."""
-    from reconciler.plan import ACTION_ORDER, Action, summarize
-
-    lines = []
-    for action in ACTION_ORDER:
-        group = [p for p in plans if p.action is action]
-        if not group:
-            continue
-        lines.append(f"{action.value} ({len(group)}):")
-        width = max(len(p.name) for p in group)
-        for p in sorted(group, key=lambda p: p.name):
-            codes = ", ".join(dict.fromkeys(r.code for r in p.reasons)) or "in sync"
-            extra = ""
-            if p.changes:
-                extra = "  " + "; ".join(
-                    f"{c.path.removeprefix('training.')}: {_fmt_value(c.before)} -> {_fmt_value(c.after)}"
-                    for c in p.changes
-                )
-            elif p.reasons and p.action is not Action.NONE:
-                details = [r.detail for r in p.reasons if r.detail]
-                if details:
-                    extra = "  " + details[0]
-            lines.append(f"  {p.name:<{width}}  {p.model.provider:<10} {codes}{extra}")
-    summary = summarize(plans)
-    total = ", ".join(f"{summary[a.value]} {a.value}" for a in ACTION_ORDER if a.value in summary)
-    lines.append(f"Plan: {total or 'no models'}.")
-    return "\n".join(lines)
-
-
-def plan_json(plans: Sequence[ModelPlan]) -> dict[str, Any]:
-    from reconciler.plan import summarize
-
-    return {
-        "format_version": 1,
-        "models": [p.to_json() for p in sorted(plans, key=lambda p: p.name)],
-        "summary": summarize(plans),
-    }
-
-
-def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
-
-
-def _warn_fresh_state(state: StateStore) -> None:
-    if state.created and os.environ.get("CI"):
-        _err(
-            f"warning: the state {state.url} was just created: on an ephemeral CI runner a local SQLite file "
-            "forgets every training; use a shared state (--state postgresql://... or RECONCILER_STATE)"
-        )
-
-
 # ---------------------------------------------------------------- shared options
 
 _paths = click.argument("paths", nargs=-1, type=click.Path())
 _state = click.option("--state", "state", envvar="RECONCILER_STATE", help="sqlite:///path.db or postgresql://...")
-_output = click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+_output = click.option("--output", "-o", type=click.Choice(FORMATS), default="text", show_default=True)
 _targets = click.option("--target", "targets", multiple=True, metavar="NAME", help="only these models (repeatable)")
 _selectors = click.option(
     "--selector", "-l", "selectors", multiple=True, metavar="K=V", help="only models with this label"
@@ -190,11 +118,10 @@ def cli(verbose: int) -> None:
 @_output
 def validate(paths: tuple[str, ...], output: str) -> None:
     """Check manifests offline: exit 0 valid, 1 invalid (each problem as file:line:col)."""
-    manifests = runtime.load(paths)
-    if output == "json":
-        _echo_json({"valid": True, "models": sorted(manifests.models), "providers": sorted(manifests.providers)})
-    else:
-        click.echo(f"{len(manifests.models)} models, {len(manifests.providers)} providers: valid")
+    from reconciler.report.commands import ValidateReport
+
+    manifests = runtime.load(paths)  # bad manifests raise ManifestError: main() reports them
+    sys.exit(ValidateReport(output).valid(manifests.models, manifests.providers))
 
 
 @cli.command()
@@ -213,54 +140,23 @@ def plan(
     sandbox: bool,
 ) -> None:
     """Show what apply would do: exit 0 nothing to do, 2 would train, 1 error."""
-    from reconciler.errors import ManifestError, ReconcilerError
-    from reconciler.plan import exit_code
+    from reconciler.errors import ReconcilerError
+    from reconciler.report.commands import PlanReport
 
     url = runtime.state_url(state)
     selector = _selector(selectors)
+    report = PlanReport(output)
 
     async def run() -> int:
         try:
             async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
                 plans = await engine.plan(manifests.select(targets, selector))
-                _warn_fresh_state(engine.state)
+                report.state_opened(engine.state.url, engine.state.created)
         except ReconcilerError as exc:
-            if output != "json":
-                raise
-            # plan --output json prints its JSON whatever the exit code
-            problems = [str(p) for p in exc.problems] if isinstance(exc, ManifestError) else [str(exc)]
-            _echo_json({"format_version": 1, "models": [], "summary": {}, "errors": problems})
-            for line in problems:
-                _err(line)
-            return 1
-        if output == "json":
-            _echo_json(plan_json(plans))
-        else:
-            click.echo(render_plan(plans))
-        return exit_code(plans)
+            return report.failed(exc)
+        return report.planned(plans)
 
     sys.exit(_run(run()))
-
-
-def _progress_printer() -> Callable[[str, Any, Any], None]:
-    from reconciler.errors import ProviderError
-
-    last: dict[str, str] = {}
-
-    def show(name: str, obs: Any, rec: Any) -> None:
-        if isinstance(obs, ProviderError):
-            line = f"error: {obs}"
-        elif rec is not None and rec.status.value in ("succeeded", "failed"):
-            line = rec.status.value + (f": {obs.message}" if rec.status.value == "failed" and obs.message else "")
-        else:
-            line = obs.provider_state or obs.status.value
-            if obs.progress is not None:
-                line += f" {obs.progress:.0%}"
-        if last.get(name) != line:
-            last[name] = line
-            _err(f"{name}: {line}")
-
-    return show
 
 
 @cli.command()
@@ -287,27 +183,22 @@ def apply(
     """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded)."""
     from reconciler.domain import RecordStatus
     from reconciler.plan import Action
+    from reconciler.report.commands import ApplyReport
 
     url = runtime.state_url(state)
     selector = _selector(selectors)
     lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
     wait_timeout = _duration(timeout, "--timeout") if timeout else None
+    report = ApplyReport(output, wait=wait)
 
     async def run() -> int:
         async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
             models = manifests.select(targets, selector)
             async with engine.state.lock(runtime.holder("apply"), lock_wait):
                 plans = await engine.plan(models)
-                if output == "text":
-                    click.echo(render_plan(plans))
+                report.planned(plans)
                 result = await engine.apply(plans)
-                ok = result.ok
-                for name, o in sorted(result.outcomes.items()):
-                    verdict = "training started" if o.started else "held by the provider" if o.held else "not started"
-                    _err(f"{name}: {verdict}" + (f" ({o.detail})" if o.detail and not o.started else ""))
-                for name in result.adopted:
-                    _err(f"{name}: adopted the provider's model as matching the spec")
-                final = {}
+                report.applied(result)
                 started = [n for n, o in result.outcomes.items() if o.started]
                 # a training this state started before (a run that crashed or did not wait) is
                 # followed too: `--wait` means "until the trainings reconciler started have ended"
@@ -317,23 +208,9 @@ def apply(
                     if p.action is Action.WAIT and p.record is not None and p.record.status is RecordStatus.TRAINING
                 ]
                 if wait and started:
-                    final = await engine.follow(started, timeout=wait_timeout, on_progress=_progress_printer())
-                    for name in started:
-                        rec = final.get(name)
-                        if rec is None or rec.status is not RecordStatus.SUCCEEDED:
-                            ok = False
-                            status = rec.status.value if rec else "unknown"
-                            _err(f"{name}: training did not succeed ({status})")
-                if output == "json":
-                    doc = plan_json(plans)
-                    doc["outcomes"] = {
-                        n: {"started": o.started, "detail": o.detail, "ambiguous": o.ambiguous, "held": o.held}
-                        for n, o in sorted(result.outcomes.items())
-                    }
-                    if wait:
-                        doc["final"] = {n: (r.status.value if r else None) for n, r in sorted(final.items())}
-                    _echo_json(doc)
-                return 0 if ok else 1
+                    final = await engine.follow(started, timeout=wait_timeout, on_progress=report.progress)
+                    report.followed(started, final)
+                return report.finish()
 
     sys.exit(_run(run()))
 
@@ -354,7 +231,7 @@ def status(
     sandbox: bool,
 ) -> None:
     """Every model's provider state, last training and next action."""
-    from reconciler.engine import status_entry
+    from reconciler.report.commands import StatusReport
 
     url = runtime.state_url(state)
     selector = _selector(selectors)
@@ -362,25 +239,7 @@ def status(
     async def run() -> int:
         async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
             plans = await engine.plan(manifests.select(targets, selector))
-            entries = [status_entry(p) for p in sorted(plans, key=lambda p: p.name)]
-            if output == "json":
-                _echo_json({"format_version": 1, "models": entries})
-            else:
-                width = max((len(e["name"]) for e in entries), default=4)
-                click.echo(f"{'NAME':<{width}}  {'PROVIDER':<10} {'OBSERVED':<22} {'LAST TRAINING':<24} NEXT")
-                for e in entries:
-                    obs = e["observed"]
-                    seen = obs.get("error", "")[:22] or (obs.get("state") or obs.get("status", ""))
-                    if "progress" in obs:
-                        seen += f" {obs['progress']:.0%}"
-                    last = e["last_training"]
-                    lt = (
-                        "-"
-                        if not last
-                        else f"{last['status']} {(last['finished_at'] or last['triggered_at'] or '')[:16]}"
-                    )
-                    click.echo(f"{e['name']:<{width}}  {e['provider']:<10} {seen:<22} {lt:<24} {e['action']}")
-            return 1 if any(p.error for p in plans) else 0
+            return StatusReport(output).shown(plans)
 
     sys.exit(_run(run()))
 
@@ -391,6 +250,7 @@ def status(
 @_state
 def history(name: str, output: str, state: str | None) -> None:
     """That model's recorded events, oldest first."""
+    from reconciler.report.commands import HistoryReport
     from reconciler.state import open_state
 
     async def run() -> int:
@@ -399,34 +259,7 @@ def history(name: str, output: str, state: str | None) -> None:
             events = await st.history(name)
         finally:
             await st.close()
-        if output == "json":
-            _echo_json(
-                {
-                    "format_version": 1,
-                    "model": name,
-                    "events": [
-                        {
-                            "at": e.at.isoformat() if e.at else None,
-                            "event": e.event,
-                            "reason": e.reason,
-                            "fingerprint": e.fingerprint,
-                            "git_commit": e.git_commit,
-                            "detail": e.detail,
-                        }
-                        for e in events
-                    ],
-                }
-            )
-            return 0
-        if not events:
-            _err(f"no history for {name!r} in this state")
-            return 1
-        for e in events:
-            at = e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "?"
-            msg = e.detail.get("message") or e.detail.get("detail") or ""
-            commit = f" @{e.git_commit[:8]}" if e.git_commit else ""
-            click.echo(f"{at}  {e.event:<12} {e.reason:<20} {e.fingerprint[7:19]}{commit}  {msg}".rstrip())
-        return 0
+        return HistoryReport(output).shown(name, events)
 
     sys.exit(_run(run()))
 
@@ -441,6 +274,8 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
     """Record the provider's current model of NAME as matching its spec (unknown-baseline)."""
     from reconciler.domain import TrainingStatus
     from reconciler.errors import ProviderError
+    from reconciler.report.commands import AdoptReport
+    from reconciler.report.failures import Failure
 
     url = runtime.state_url(state)
     lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
@@ -455,8 +290,7 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
                 if obs.status is not TrainingStatus.SUCCEEDED:
                     raise Failure(f"cannot adopt {name}: the provider shows no trained model ({obs.status.value})")
                 await engine.adopt(model, obs, reason="adopted-by-hand")
-                click.echo(f"{name}: adopted; the provider's model is now recorded as matching the spec")
-                return 0
+                return AdoptReport().adopted(name)
 
     sys.exit(_run(run()))
 
@@ -498,40 +332,25 @@ def sandbox(port: int, directory: str, training_seconds: float, latency: float) 
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of manifests (for yaml-language-server and editors)."""
+    from reconciler.report.json import dumps
     from reconciler.spec import json_schema
 
-    _echo_json(json_schema())
+    click.echo(dumps(json_schema()))
 
 
 def main(argv: Sequence[str] | None = None, *, seams: Seams | None = None) -> None:
-    """Entry point: maps every failure onto exit code 1 with a message naming what to fix.
+    """Entry point: every failure is reported with a message naming what to fix (see report.failures).
 
     `seams` (tests, wrapper scripts) replace the engine's clock, backoff sleep, HTTP transport,
     request observers and trigger-step hook for the commands that build one.
     """
-    from reconciler.errors import ManifestError, ReconcilerError
+    from reconciler.report.failures import STOPS, report_failure
 
     try:
         # click hands `obj` to every command's context: how `_seams()` finds it
         cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, obj=seams)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        _err("aborted")
-        sys.exit(1)
-    except click.ClickException as exc:  # usage errors: 1, never 2 (2 means "plan would train")
-        exc.show()
-        sys.exit(1)
-    except ManifestError as exc:
-        for p in exc.problems:
-            _err(str(p))
-        _err(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} found")
-        sys.exit(1)
-    except (ReconcilerError, Failure) as exc:
-        _err(f"error: {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except STOPS as exc:
+        sys.exit(report_failure(exc))
 
 
 if __name__ == "__main__":

@@ -81,11 +81,6 @@ class ApplyResult:
     outcomes: dict[str, TriggerOutcome] = field(default_factory=dict)
     adopted: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        errors = any(p.action is Action.ERROR for p in self.plans)
-        return not errors and all(o.started or o.held for o in self.outcomes.values())
-
 
 ProgressCallback = Callable[[str, Observation | ProviderError, ModelRecord | None], None]
 
@@ -540,44 +535,6 @@ def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
     return dataclasses.replace(obs, **texts)
 
 
-def observation_summary(obs: Observation | ProviderError | None) -> dict[str, Any]:
-    """JSON-able view of an observation for `status`."""
-    if obs is None:
-        return {}
-    if isinstance(obs, ProviderError):
-        return {"error": str(obs)}
-    out: dict[str, Any] = {"status": obs.status.value, "state": obs.provider_state}
-    if obs.progress is not None:
-        out["progress"] = round(obs.progress, 3)
-    if obs.trained_at:
-        out["trained_at"] = obs.trained_at.isoformat()
-    if obs.message:
-        out["message"] = obs.message
-    return out
-
-
-def record_summary(rec: ModelRecord | None) -> dict[str, Any] | None:
-    if rec is None:
-        return None
-    return {
-        "status": rec.status.value,
-        "fingerprint": rec.fingerprint,
-        "triggered_at": rec.triggered_at.isoformat() if rec.triggered_at else None,
-        "finished_at": rec.finished_at.isoformat() if rec.finished_at else None,
-        "attempts": rec.attempts,
-        "next_attempt_at": rec.next_attempt_at.isoformat() if rec.next_attempt_at else None,
-        "handle": rec.handle,
-    }
-
-
-def status_entry(p: ModelPlan) -> dict[str, Any]:
-    entry = p.to_json()
-    obs: Observation | ProviderError | None = p.error or p.observation
-    entry["observed"] = observation_summary(obs)
-    entry["last_training"] = record_summary(p.record)
-    return entry
-
-
 __all__ = [
     "ApplyResult",
     "Engine",
@@ -586,5 +543,4 @@ __all__ = [
     "TriggerOutcome",
     "base_url_env",
     "redacted",
-    "status_entry",
 ]

@@ -12,7 +12,6 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, Observation, RecordStatus, TrainingStatus
 from reconciler.errors import (
@@ -61,9 +60,6 @@ OTHER_REASONS = (
     "provider-error",  # error: anything else the provider refused
 )
 
-#: Order of groups in text output, and precedence of exit codes.
-ACTION_ORDER = (Action.ERROR, Action.TRAIN, Action.RETRY, Action.WAIT, Action.HOLD, Action.NONE)
-
 
 @dataclass(frozen=True)
 class Reason:
@@ -92,15 +88,6 @@ class ModelPlan:
     @property
     def triggers(self) -> bool:
         return self.action in (Action.TRAIN, Action.RETRY)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.model.name,
-            "provider": self.model.provider,
-            "action": self.action.value,
-            "reasons": [{"code": r.code, "detail": r.detail} for r in self.reasons],
-            "changes": [{"path": c.path, "before": c.before, "after": c.after} for c in self.changes],
-        }
 
 
 def retry_delay(attempts: int, base: timedelta) -> timedelta:
@@ -394,20 +381,3 @@ def count_in_flight(plans: Iterable[ModelPlan]) -> dict[str, int]:
         if running:
             counts[p.model.provider] = counts.get(p.model.provider, 0) + 1
     return counts
-
-
-def summarize(plans: Iterable[ModelPlan]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for p in plans:
-        out[p.action.value] = out.get(p.action.value, 0) + 1
-    return out
-
-
-def exit_code(plans: Iterable[ModelPlan]) -> int:
-    """Terraform's -detailed-exitcode: 1 any error, 2 something would train, 0 nothing to do."""
-    actions = {p.action for p in plans}
-    if Action.ERROR in actions:
-        return 1
-    if actions & {Action.TRAIN, Action.RETRY}:
-        return 2
-    return 0

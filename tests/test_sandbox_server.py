@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -530,3 +531,19 @@ def test_stop_is_quick_with_idle_keep_alive_connections(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2
     conn.close()
     sb.stop()  # idempotent
+
+
+def test_a_client_that_resets_its_connection_prints_no_traceback(
+    sandbox: Sandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # a killed `apply` resets its connections; socketserver would print a traceback to stderr,
+    # which an in-process CLI (and a terminal running `reconciler sandbox`) shares
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"GET /roboflow/acme HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+    # the server is still serving, and said nothing on stderr
+    with httpx.Client() as client:
+        assert client.get(sandbox.url + "/_sandbox/requests").status_code == 200
+    assert "Traceback" not in capfd.readouterr().err

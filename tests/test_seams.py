@@ -24,6 +24,7 @@ from reconciler.providers.photogpt.adapter import PhotoGPTAdapter
 from reconciler.providers.photogpt.schema import PhotoGPTModel, PhotoGPTTraining
 from reconciler.providers.policy import Auth
 from reconciler.providers.predicthq.adapter import PredictHQAdapter
+from reconciler.report.views import plan_entry
 from reconciler.seams import Seams
 from reconciler.spec import default_provider, load_manifests
 from reconciler.state import open_state
@@ -94,7 +95,7 @@ async def test_an_engine_given_a_transport_plans_without_any_network(tmp_path: P
     finally:
         await engine.aclose()
         await state.close()
-    assert plan.action is Action.ERROR and plan.reasons[0].code == "not-found", plan.to_json()
+    assert plan.action is Action.ERROR and plan.reasons[0].code == "not-found", plan_entry(plan)
     assert seen and all(r.url.host == "api.roboflow.com" for r in seen)
     assert observed == [("roboflow", "GET", "404")] * len(seen)
 
@@ -200,7 +201,7 @@ async def test_the_engine_calls_the_step_hook_at_each_crash_point(tmp_path: Path
     engine = Engine(load_manifests([tmp_path / "specs"]), state, env={"ROBOFLOW_API_KEY": "k"}, seams=seams)
     try:
         plans = await engine.plan(list(engine.manifests.models.values()))
-        assert [p.action for p in plans] == [Action.TRAIN], [p.to_json() for p in plans]
+        assert [p.action for p in plans] == [Action.TRAIN], [plan_entry(p) for p in plans]
         await engine.apply(plans)
     finally:
         await engine.aclose()

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from reconciler.daemon.metrics import Metrics
-from reconciler.engine import status_entry
+from reconciler.report.views import status_entry
 
 if TYPE_CHECKING:
     from reconciler.errors import Problem

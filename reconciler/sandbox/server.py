@@ -16,6 +16,7 @@ import contextlib
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -45,6 +46,15 @@ class _Server(ThreadingHTTPServer):
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that goes away mid-request (killed, timed out) is normal for a simulator: one
+        # debug line, not socketserver's traceback on stderr (which a CLI in the same process shares)
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("client %s went away: %s", client_address, exc)
+            return
+        log.exception("sandbox request from %s failed", client_address)
 
 
 class _Dropped(Exception):

@@ -1,0 +1,153 @@
+"""The text format (`--output text`, the default), and the stderr lines every format shares.
+
+Lines said along the way (apply outcomes, `--wait` progress, problems, warnings) go to stderr as
+text whatever `--output` is, so that stdout holds one document a script can read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+from reconciler.errors import ProviderError
+from reconciler.plan import Action, ModelPlan
+from reconciler.report.base import ApplyRun, Renderer
+from reconciler.report.views import ACTION_ORDER, by_name, summarize
+
+if TYPE_CHECKING:
+    from reconciler.domain import HistoryEvent, ModelRecord, Observation
+    from reconciler.engine import TriggerOutcome
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, sort_keys=True)
+
+
+def _plan_line(p: ModelPlan, width: int) -> str:
+    codes = ", ".join(dict.fromkeys(r.code for r in p.reasons)) or "in sync"
+    extra = ""
+    if p.changes:
+        extra = "  " + "; ".join(
+            f"{c.path.removeprefix('training.')}: {_fmt_value(c.before)} -> {_fmt_value(c.after)}" for c in p.changes
+        )
+    elif p.reasons and p.action is not Action.NONE:
+        details = [r.detail for r in p.reasons if r.detail]
+        if details:
+            extra = "  " + details[0]
+    return f"  {p.name:<{width}}  {p.model.provider:<10} {codes}{extra}"
+
+
+def render_plan(plans: Sequence[ModelPlan]) -> str:
+    """One line per model, grouped by action; changed fields as `epochs: 100 -> 150`."""
+    lines = []
+    for action in ACTION_ORDER:
+        group = [p for p in plans if p.action is action]
+        if not group:
+            continue
+        lines.append(f"{action.value} ({len(group)}):")
+        width = max(len(p.name) for p in group)
+        lines.extend(_plan_line(p, width) for p in by_name(group))
+    summary = summarize(plans)
+    total = ", ".join(f"{summary[a.value]} {a.value}" for a in ACTION_ORDER if a.value in summary)
+    lines.append(f"Plan: {total or 'no models'}.")
+    return "\n".join(lines)
+
+
+def render_status(entries: Sequence[dict[str, Any]]) -> str:
+    """The status table: NAME, PROVIDER, OBSERVED, LAST TRAINING, NEXT."""
+    width = max((len(e["name"]) for e in entries), default=4)
+    lines = [f"{'NAME':<{width}}  {'PROVIDER':<10} {'OBSERVED':<22} {'LAST TRAINING':<24} NEXT"]
+    for e in entries:
+        obs = e["observed"]
+        seen = obs.get("error", "")[:22] or (obs.get("state") or obs.get("status", ""))
+        if "progress" in obs:
+            seen += f" {obs['progress']:.0%}"
+        last = e["last_training"]
+        lt = "-" if not last else f"{last['status']} {(last['finished_at'] or last['triggered_at'] or '')[:16]}"
+        lines.append(f"{e['name']:<{width}}  {e['provider']:<10} {seen:<22} {lt:<24} {e['action']}")
+    return "\n".join(lines)
+
+
+def history_line(e: HistoryEvent) -> str:
+    """`2024-05-01 12:00:00  triggered    spec-changed         3f2a...  message`."""
+    at = e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "?"
+    msg = e.detail.get("message") or e.detail.get("detail") or ""
+    commit = f" @{e.git_commit[:8]}" if e.git_commit else ""
+    return f"{at}  {e.event:<12} {e.reason:<20} {e.fingerprint[7:19]}{commit}  {msg}".rstrip()
+
+
+class TextRenderer(Renderer):
+    """For people at a terminal."""
+
+    def validate(self, models: Collection[str], providers: Collection[str]) -> str:
+        return f"{len(models)} models, {len(providers)} providers: valid"
+
+    def plan(self, plans: Sequence[ModelPlan]) -> str:
+        return render_plan(plans)
+
+    def plan_failed(self, problems: Sequence[str]) -> str | None:
+        return None  # main() says it on stderr, as for every other command
+
+    def apply_planned(self, plans: Sequence[ModelPlan]) -> str | None:
+        return render_plan(plans)
+
+    def applied(self, run: ApplyRun) -> str | None:
+        return None  # the outcomes were said on stderr as they came
+
+    def status(self, entries: Sequence[dict[str, Any]]) -> str:
+        return render_status(entries)
+
+    def history(self, name: str, events: Sequence[HistoryEvent]) -> str | None:
+        return "\n".join(history_line(e) for e in events) if events else None
+
+
+# ---------------------------------------------------------------- stderr lines, in every format
+
+
+def outcome_line(name: str, o: TriggerOutcome) -> str:
+    """What one train/retry trigger did."""
+    verdict = "training started" if o.started else "held by the provider" if o.held else "not started"
+    return f"{name}: {verdict}" + (f" ({o.detail})" if o.detail and not o.started else "")
+
+
+def adopted_line(name: str) -> str:
+    """`apply` adopted a model (policy.on_unknown_baseline: adopt)."""
+    return f"{name}: adopted the provider's model as matching the spec"
+
+
+def adopted_by_hand_line(name: str) -> str:
+    """`reconciler adopt NAME` succeeded (stdout)."""
+    return f"{name}: adopted; the provider's model is now recorded as matching the spec"
+
+
+def not_succeeded_line(name: str, record: ModelRecord | None) -> str:
+    """A training `apply --wait` followed that did not succeed."""
+    return f"{name}: training did not succeed ({record.status.value if record else 'unknown'})"
+
+
+def progress_line(obs: Observation | ProviderError, record: ModelRecord | None) -> str:
+    """Where one followed training is: an error, its end, or the provider's state and progress."""
+    if isinstance(obs, ProviderError):
+        return f"error: {obs}"
+    if record is not None and record.status.value in ("succeeded", "failed"):
+        return record.status.value + (f": {obs.message}" if record.status.value == "failed" and obs.message else "")
+    line = obs.provider_state or obs.status.value
+    if obs.progress is not None:
+        line += f" {obs.progress:.0%}"
+    return line
+
+
+def fresh_state_warning(url: str) -> str:
+    """A state created by this run, on CI: an ephemeral runner forgets every training."""
+    return (
+        f"warning: the state {url} was just created: on an ephemeral CI runner a local SQLite file "
+        "forgets every training; use a shared state (--state postgresql://... or RECONCILER_STATE)"
+    )
+
+
+def no_history_line(name: str) -> str:
+    """`history NAME` in text for a model with no event."""
+    return f"no history for {name!r} in this state"
