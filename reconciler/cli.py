@@ -183,6 +183,8 @@ def cli(verbose: int) -> None:
 def validate(paths: tuple[str, ...], output: str) -> None:
     """Check manifests offline: exit 0 valid, 1 invalid (each problem as file:line:col)."""
     manifests = runtime.load(paths)
+    for line in manifests.notices:
+        _err(line)
     if output == "json":
         _echo_json({"valid": True, "models": sorted(manifests.models), "providers": sorted(manifests.providers)})
     else:
@@ -214,6 +216,8 @@ def plan(
     async def run() -> int:
         try:
             async with runtime.session(paths, url, sandbox) as (manifests, engine):
+                for line in manifests.notices:
+                    _err(line)
                 plans = await engine.plan(manifests.select(targets, selector))
                 _warn_fresh_state(engine.state)
         except ReconcilerError as exc:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from conftest import Workspace
 
+from reconciler import runtime
 from reconciler.providers.lucid.schema import LucidTraining
 from reconciler.sandbox.lucid import UNAUTHORIZED_BODY, LucidSimulator
 from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
@@ -286,7 +287,9 @@ def test_invalid_training_fields_are_rejected_offline(workspace: Workspace) -> N
 
 def test_quickstart_spec_and_example_validate() -> None:
     root = Path(__file__).resolve().parent.parent
-    found = load_manifests([root / "specs/lucid.yaml", root / "examples/lucid/recommender.yaml"])
+    # Lucid has no public host: the operator names theirs, which allows the example's base_url
+    trust = runtime.trust({"RECONCILER_LUCID_BASE_URL": "https://lucid.example.com"})
+    found = load_manifests([root / "specs/lucid.yaml", root / "examples/lucid/recommender.yaml"], trust=trust)
     assert {m.provider_type for m in found.models.values()} == {"lucid"} and len(found.models) == 3
     assert found.providers["lucid-prod"].base_url == "https://lucid.example.com"
 

@@ -16,7 +16,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -27,11 +27,13 @@ from reconciler.errors import (
     BadResponseError,
     InvalidRequestError,
     NotFoundError,
+    OriginNotAllowedError,
     PermanentProviderError,
     ProviderError,
     RequestNotSentError,
     TemporaryProviderError,
 )
+from reconciler.providers.origins import origin_or_none, origin_refusal
 from reconciler.providers.policy import Auth, RetryPolicy
 
 #: Called after every HTTP exchange as (provider, method, status or error class name, seconds).
@@ -140,9 +142,12 @@ class HttpClient:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        allowed_origins: Iterable[str] | None = None,
     ) -> None:
+        """`allowed_origins`: where the key may be sent (default: the base URL's origin only)."""
         self.provider = provider
         self.base_url = base_url.rstrip("/")
+        self.allowed_origins = frozenset(allowed_origins or filter(None, [origin_or_none(base_url)]))
         self._key = api_key
         self._key_forms = secret_forms(api_key)
         self._auth = auth
@@ -231,6 +236,9 @@ class HttpClient:
         if self._auth.query_param:
             query[self._auth.query_param] = self._key
         url = self.base_url + path
+        # the trust boundary, whatever the caller: a URL outside the allowed origins is never sent
+        if (refusal := origin_refusal(url, self.allowed_origins)) is not None:
+            raise OriginNotAllowedError(f"{method} {path}: {refusal}; nothing was sent", provider=self.provider)
         attempt = 0
         while True:
             await self._throttle()
