@@ -102,9 +102,11 @@ class _Walk:
         stack: list[tuple[Path, int]] = [(base, 0)]
         while stack:
             folder, i = stack.pop()
-            if (folder, i) in self.seen:
+            # by real path: a symlink loop inside the repository lists each folder once per step
+            key = (folder.resolve(), i)
+            if key in self.seen:
                 continue
-            self.seen.add((folder, i))
+            self.seen.add(key)
             if i == len(segments):
                 continue
             seg, last = segments[i], i == len(segments) - 1
