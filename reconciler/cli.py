@@ -22,6 +22,7 @@ from reconciler import runtime
 
 if TYPE_CHECKING:
     from reconciler.plan import ModelPlan
+    from reconciler.seams import Seams
     from reconciler.state.base import StateStore
 
 T = TypeVar("T")
@@ -33,6 +34,13 @@ def _err(msg: str) -> None:
 
 class Failure(Exception):
     """Stop the command with this message on stderr and exit code 1."""
+
+
+def _seams() -> Seams | None:
+    """The seams `main(argv, seams=...)` was given (a test or a wrapper script), else None."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj  # type: ignore[no-any-return]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -215,7 +223,7 @@ def plan(
 
     async def run() -> int:
         try:
-            async with runtime.session(paths, url, sandbox) as (manifests, engine):
+            async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
                 for line in manifests.notices:
                     _err(line)
                 plans = await engine.plan(manifests.select(targets, selector))
@@ -290,7 +298,7 @@ def apply(
     wait_timeout = _duration(timeout, "--timeout") if timeout else None
 
     async def run() -> int:
-        async with runtime.session(paths, url, sandbox) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
             models = manifests.select(targets, selector)
             async with engine.state.lock(runtime.holder("apply"), lock_wait):
                 plans = await engine.plan(models)
@@ -356,7 +364,7 @@ def status(
     selector = _selector(selectors)
 
     async def run() -> int:
-        async with runtime.session(paths, url, sandbox) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
             plans = await engine.plan(manifests.select(targets, selector))
             entries = [status_entry(p) for p in sorted(plans, key=lambda p: p.name)]
             if output == "json":
@@ -442,7 +450,7 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
     lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
 
     async def run() -> int:
-        async with runtime.session(paths, url, sandbox) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
             model = manifests.select([name])[0]
             async with engine.state.lock(runtime.holder("adopt"), lock_wait):
                 obs = (await engine.observe([model], await engine.state.all()))[name]
@@ -499,12 +507,17 @@ def schema() -> None:
     _echo_json(json_schema())
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: maps every failure onto exit code 1 with a message naming what to fix."""
+def main(argv: Sequence[str] | None = None, *, seams: Seams | None = None) -> None:
+    """Entry point: maps every failure onto exit code 1 with a message naming what to fix.
+
+    `seams` (tests, wrapper scripts) replace the engine's clock, backoff sleep, HTTP transport,
+    request observers and trigger-step hook for the commands that build one.
+    """
     from reconciler.errors import ManifestError, ReconcilerError
 
     try:
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        # click hands `obj` to every command's context: how `_seams()` finds it
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, obj=seams)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

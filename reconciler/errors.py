@@ -21,6 +21,7 @@ first kind and reports the second, so a caller only ever needs `except Temporary
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 
@@ -68,7 +69,11 @@ class LockHeldError(StateError):
 
 
 class ProviderError(ReconcilerError):
-    """A provider call failed."""
+    """A provider call failed. Treated as immutable: `with_model` returns a copy.
+
+    Its message is redacted where it is built (the HTTP layer masks the key in everything it
+    quotes), so nothing downstream rewrites it.
+    """
 
     def __init__(
         self,
@@ -90,10 +95,16 @@ class ProviderError(ReconcilerError):
         where = " ".join(p for p in (self.provider, f"model {self.model}" if self.model else "") if p)
         return f"{where}: {self.message}" if where else self.message
 
-    def for_model(self, model: str) -> ProviderError:
-        """The same error, naming the model it concerns."""
-        self.model = self.model or model
-        return self
+    def with_model(self, model: str) -> ProviderError:
+        """A copy naming the model it concerns (of the same class); self when it names one already.
+
+        A copy, because one error may be shared by several models (a failed list request).
+        """
+        if self.model:
+            return self
+        named = copy.copy(self)
+        named.model = model
+        return named
 
 
 class TemporaryProviderError(ProviderError):

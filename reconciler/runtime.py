@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from reconciler.logs import Redactor
     from reconciler.providers.origins import TrustPolicy
     from reconciler.sandbox.server import Sandbox
+    from reconciler.seams import Seams
     from reconciler.spec import ManifestSet
     from reconciler.state.base import StateStore
 
@@ -28,6 +29,8 @@ DEFAULT_PATHS = ("specs",)
 STATE_ENV = "RECONCILER_STATE"
 POLL_INTERVAL_ENV = "RECONCILER_POLL_INTERVAL"
 SANDBOX_TRAINING_SECONDS_ENV = "RECONCILER_SANDBOX_TRAINING_SECONDS"
+#: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
+HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
 
 
 def state_url(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -118,8 +121,37 @@ def poll_override(sandbox: Sandbox | None, env: Mapping[str, str] | None = None)
         raise ConfigError(f"{POLL_INTERVAL_ENV}: {exc}") from None
 
 
-def build_engine(manifests: ManifestSet, state: StateStore, sandbox: Sandbox | None, paths: Sequence[str]) -> Engine:
-    """The engine for these manifests and this state, pointed at the sandbox when it runs."""
+def http_timeout(env: Mapping[str, str] | None = None) -> float:
+    """The HTTP timeout in seconds: `RECONCILER_HTTP_TIMEOUT` (a duration such as 10s) or 30."""
+    from reconciler.engine import DEFAULT_HTTP_TIMEOUT
+    from reconciler.errors import ConfigError
+    from reconciler.values import parse_duration
+
+    env = os.environ if env is None else env
+    text = env.get(HTTP_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_HTTP_TIMEOUT
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise ConfigError(f"{HTTP_TIMEOUT_ENV}: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{HTTP_TIMEOUT_ENV} must be more than 0, got {text!r}")
+    return seconds
+
+
+def build_engine(
+    manifests: ManifestSet,
+    state: StateStore,
+    sandbox: Sandbox | None,
+    paths: Sequence[str],
+    seams: Seams | None = None,
+) -> Engine:
+    """The engine for these manifests and this state, pointed at the sandbox when it runs.
+
+    It reads provider keys and base URLs from the process environment; `seams` (tests) replace
+    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook.
+    """
     from reconciler.engine import Engine
     from reconciler.sandbox.server import SANDBOX_API_KEYS
     from reconciler.spec import git_commit
@@ -133,10 +165,13 @@ def build_engine(manifests: ManifestSet, state: StateStore, sandbox: Sandbox | N
     return Engine(
         manifests,
         state,
+        env=os.environ,
         git_commit=git_commit(paths_or_default(paths)),
         endpoints=endpoints,
         poll_interval=poll_override(sandbox),
         trust=policy,
+        http_timeout=http_timeout(),
+        seams=seams,
     )
 
 
@@ -146,7 +181,9 @@ def holder(command: str) -> str:
 
 
 @asynccontextmanager
-async def session(paths: Sequence[str], url: str, sandbox: bool) -> AsyncIterator[tuple[ManifestSet, Engine]]:
+async def session(
+    paths: Sequence[str], url: str, sandbox: bool, seams: Seams | None = None
+) -> AsyncIterator[tuple[ManifestSet, Engine]]:
     """Manifests, an open state and an engine (with the sandbox when asked); always closed."""
     from reconciler.state import open_state
 
@@ -154,7 +191,7 @@ async def session(paths: Sequence[str], url: str, sandbox: bool) -> AsyncIterato
     with sandbox_for(sandbox, url) as sb:
         state = await open_state(url)
         try:
-            engine = build_engine(manifests, state, sb, paths)
+            engine = build_engine(manifests, state, sb, paths, seams)
             try:
                 yield manifests, engine
             finally:

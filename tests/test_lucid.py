@@ -6,11 +6,12 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+import helpers
 import httpx
 import pytest
-from conftest import Workspace
+from helpers import Workspace, codes, one_simulator, train_calls, wait_until
 
 from reconciler import runtime
 from reconciler.providers.lucid.schema import LucidTraining
@@ -50,13 +51,12 @@ def manifest(name: str = "shop-recs", model_id: str = "shop-recs", tags: str = "
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     """Only the Lucid simulator (trainings take 0.6 s), so other providers cannot interfere."""
-    with Sandbox(tmp_path / "world", providers=["lucid"], training_seconds=0.6) as sb:
+    with one_simulator(tmp_path / "world", "lucid", training_seconds=0.6) as sb:
         yield sb
 
 
 def sim(ws: Workspace | Sandbox) -> LucidSimulator:
-    sb = ws.sandbox if isinstance(ws, Workspace) else ws
-    return cast(LucidSimulator, sb.sim("lucid"))
+    return helpers.sim(ws, "lucid", LucidSimulator)
 
 
 def setup(ws: Workspace, *models: str) -> None:
@@ -71,12 +71,8 @@ def plan_entry(ws: Workspace, name: str = "shop-recs") -> tuple[int, dict[str, A
     return result.code, entries[name]
 
 
-def codes(entry: dict[str, Any]) -> list[str]:
-    return [r["code"] for r in entry["reasons"]]
-
-
 def trains(ws: Workspace) -> list[LoggedRequest]:
-    return ws.sandbox.requests("lucid", method="POST", path=r"^/v1/recommender/train$")
+    return train_calls(ws, "lucid", path=r"^/v1/recommender/train$")
 
 
 # -- CLI against the sandbox ------------------------------------------------------------------
@@ -265,9 +261,7 @@ def test_callback_url_is_sent_and_called_on_completion(workspace: Workspace) -> 
     hook = ws.sandbox.url + "/lucid/hooks/lucid"  # logged by the sandbox like any request
     assert ws.run("apply", "--wait", env=ws.env(RECONCILER_LUCID_CALLBACK_URL=hook)).code == 0
     assert trains(ws)[0].json()["callback_url"] == hook
-    deadline = time.monotonic() + 3
-    while not ws.sandbox.requests("lucid", path="^/hooks/lucid$") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: ws.sandbox.requests("lucid", path="^/hooks/lucid$"), 10, "the completion callback")
     (call,) = ws.sandbox.requests("lucid", path="^/hooks/lucid$")
     assert call.method == "POST" and call.json()["status"] == "completed"
     assert call.json()["model_id"] == "shop-recs" and call.json()["progress"] == 100
@@ -366,8 +360,11 @@ def test_sim_training_state_machine_and_status(sandbox: Sandbox) -> None:
 
         sim(sandbox).fail_next_trainings(1, "bad data")
         c.post("/train", json={"model_id": "m1"})
-        time.sleep(0.7)
-        failed = c.get("/status", params={"model_id": "m1"}).json()
+        failed = wait_until(
+            lambda: (got := c.get("/status", params={"model_id": "m1"}).json())["status"] != "running" and got,
+            10,
+            "the failing training to end",
+        )
         assert failed["status"] == "error" and failed["message"] == "bad data"
         # no data_tags: every batch
         assert failed["data_batch_ids"] == sim(sandbox).batch_ids()

@@ -63,7 +63,7 @@ def record(m: DesiredModel, status: RecordStatus = RecordStatus.SUCCEEDED, **kw:
     return ModelRecord(**base)  # type: ignore[arg-type]
 
 
-def obs(status: TrainingStatus = TrainingStatus.SUCCEEDED, marker: str = "t1", **kw: object) -> Observation:
+def obs(status: TrainingStatus = TrainingStatus.SUCCEEDED, marker: str | None = "t1", **kw: object) -> Observation:
     return Observation(status=status, marker=marker, **kw)  # type: ignore[arg-type]
 
 

@@ -101,7 +101,7 @@ def test_duplicate_names_across_files(tmp_path: Path) -> None:
 def test_yaml_pitfalls_are_not_silently_coerced(tmp_path: Path) -> None:
     # `on`/`yes` stay strings (YAML 1.2), so a project called "on" is fine ...
     write(tmp_path, "a.yaml", GOOD.replace("project: hardhats", "project: on"))
-    assert load_manifests([tmp_path]).models["hardhat-detector"].model.project == "on"
+    assert load_manifests([tmp_path]).models["hardhat-detector"].model.model_dump()["project"] == "on"
     # ... and `1.10` where a string is expected is an error with a hint, not "1.1"
     write(tmp_path, "a.yaml", GOOD.replace("project: hardhats", "project: 1.10"))
     (msg,) = problems(tmp_path)

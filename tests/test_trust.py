@@ -444,7 +444,7 @@ def test_images_elsewhere_in_the_git_repository_are_allowed(tmp_path: Path) -> N
     (specs / "m.yaml").write_text(PHOTOGPT.replace("GLOB", "../../data/faces/*.png"))
     (m,) = load_manifests([specs]).models.values()
     assert m.root == tmp_path.resolve()
-    assert len(scan_images(m.training.input_images, m.manifest_dir, m.root)[0]) == 12
+    assert len(scan_images("../../data/faces/*.png", m.manifest_dir, m.root)[0]) == 12
     (tmp_path / "data" / "link").symlink_to(tmp_path / "data" / "faces")  # a symlink inside stays inside
     assert len(match_images("../../data/link/*.png", specs, tmp_path)) == 12
 
@@ -461,7 +461,7 @@ def test_a_filesystem_walking_glob_fails_fast(tmp_path: Path, glob: str) -> None
 def test_a_filesystem_walking_glob_fails_fast_in_validate(workspace: Workspace) -> None:
     ws = workspace
     ws.write("m.yaml", PHOTOGPT.replace("GLOB", "../../../**/*.png"))
-    res = ws.run("validate", timeout=30)
+    res = ws.run("validate")
     assert res.code == 1 and "specs/m.yaml:8:" in res.stderr and "outside the repository" in res.stderr
 
 

@@ -33,6 +33,7 @@ from reconciler.daemon.tracker import RESCAN_SECONDS, ManifestTracker, watch
 from reconciler.errors import Problem, ReconcilerError
 from reconciler.logs import Redactor
 from reconciler.plan import Action, ModelPlan
+from reconciler.seams import Seams
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine
@@ -154,7 +155,6 @@ class Daemon:
             except ReconcilerError as exc:  # LockHeldError names the holder
                 log.error("error: %s", exc)
                 return 1
-            stack.enter_context(self.metrics.observing_requests())
             return await self._serve_until_stopped()
         return 0  # unreachable: the stack's body returns (mypy cannot see that)
 
@@ -259,7 +259,9 @@ class Daemon:
             return
         assert self.state is not None
         old = self.engine
-        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths)
+        # the metrics observe every provider request through the engine's HTTP clients
+        seams = Seams(request_observers=(self.metrics.on_request,))
+        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams)
         self._engine_stale = False
         if old is not None:
             await old.aclose()
