@@ -121,7 +121,9 @@ def validate(paths: tuple[str, ...], output: str) -> None:
     from reconciler.report.commands import ValidateReport
 
     manifests = runtime.load(paths)  # bad manifests raise ManifestError: main() reports them
-    sys.exit(ValidateReport(output).valid(manifests.models, manifests.providers))
+    report = ValidateReport(output)
+    report.notices(manifests.notices)
+    sys.exit(report.valid(manifests.models, manifests.providers))
 
 
 @cli.command()
@@ -150,6 +152,7 @@ def plan(
     async def run() -> int:
         try:
             async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
+                report.notices(manifests.notices)
                 plans = await engine.plan(manifests.select(targets, selector))
                 report.state_opened(engine.state.url, engine.state.created)
         except ReconcilerError as exc:

@@ -83,6 +83,8 @@ class DesiredModel(Generic[M, T]):
     source: Source
     manifest_dir: Path
     file: str
+    #: the repository root its local files (PhotoGPT's images) must resolve inside
+    root: Path | None = None
 
     @property
     def snapshot(self) -> dict[str, Any]:

@@ -44,8 +44,8 @@ from reconciler.plan import (
     plan_model,
 )
 from reconciler.providers.base import ProviderAdapter, ProviderContext
-from reconciler.providers.catalog import adapter_class, provider_type
-from reconciler.providers.origins import check_base_url
+from reconciler.providers.catalog import adapter_class, base_urls, provider_type
+from reconciler.providers.origins import TrustPolicy, base_url_env, check_base_url
 from reconciler.seams import Seams
 from reconciler.spec import ManifestSet
 from reconciler.state.base import StateStore
@@ -54,10 +54,6 @@ log = logging.getLogger("reconciler.engine")
 
 #: Seconds an HTTP request to a provider may take (connect + answer) unless told otherwise.
 DEFAULT_HTTP_TIMEOUT = 30.0
-
-
-def base_url_env(type_name: str) -> str:
-    return f"RECONCILER_{type_name.upper()}_BASE_URL"
 
 
 @dataclass
@@ -97,13 +93,15 @@ class Engine:
         git_commit: str | None = None,
         poll_interval: timedelta | None = None,
         endpoints: Mapping[str, tuple[str, str]] | None = None,
+        trust: TrustPolicy | None = None,
         http_timeout: float = DEFAULT_HTTP_TIMEOUT,
         seams: Seams | None = None,
     ) -> None:
         """`env` holds the provider key variables and `RECONCILER_<TYPE>_BASE_URL` (runtime passes
         the process environment; nothing else is read from it). `endpoints` maps a provider type
         to (base URL, key) that replace the configured ones: how `--sandbox` points every provider
-        instance of a type at its simulator. `seams` replaces the clock, backoff sleep, HTTP
+        instance of a type at its simulator. `trust` (default: from `env`) is where keys may go,
+        the endpoints' origins included. `seams` replaces the clock, backoff sleep, HTTP
         transport, request observers and trigger-step hook (tests)."""
         self.manifests = manifests
         self.state = state
@@ -113,6 +111,8 @@ class Engine:
         self.git_commit = git_commit
         self.poll_interval_override = poll_interval
         self.endpoints = dict(endpoints or {})
+        endpoint_urls = {t: url for t, (url, _) in self.endpoints.items()}
+        self.trust = (trust or TrustPolicy.from_env(self.env, base_urls())).allowing(endpoint_urls)
         self.http_timeout = http_timeout
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
@@ -159,7 +159,7 @@ class Engine:
                 f"{self._where(cfg)}: {cfg.type} has no public host; set base_url on a Provider manifest "
                 f"or {base_url_env(cfg.type)}=https://your-{cfg.type}-host"
             )
-        problem = check_base_url(base_url, cfg.allow_insecure_http)
+        problem = check_base_url(base_url, cfg.allow_insecure_http) or self.trust.base_url_problem(cfg.type, base_url)
         if problem:
             raise ConfigError(f"{self._where(cfg)}: {problem}")
         if not key:
@@ -176,6 +176,7 @@ class Engine:
             max_concurrent=ptype.max_concurrent_requests,
             timeout=self.http_timeout,
             retry=cls.retry,
+            allowed_origins=self.trust.origins_for(cfg.type),
             transport=self.seams.transport,
             sleep=self.seams.sleep,
             observers=self.seams.request_observers,

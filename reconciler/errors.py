@@ -9,6 +9,7 @@
         ├── TemporaryProviderError   retry later: 429, 5xx, timeouts, connection errors, 409 "busy"
         │   └── RequestNotSentError  the request provably never left (connection refused): safe to resend a train call
         └── PermanentProviderError   give up: reported, never retried
+            ├── OriginNotAllowedError a URL outside the provider's allowed origins: refused, never sent
             ├── AuthError            401/403: the key is missing, wrong or lacks a scope
             ├── NotFoundError        404: the model/project/site does not exist at the provider
             ├── InvalidRequestError  400/422: the provider rejected what we sent
@@ -116,6 +117,10 @@ class RequestNotSentError(TemporaryProviderError):
 
 class PermanentProviderError(ProviderError):
     """Retrying will not help; a person has to act."""
+
+
+class OriginNotAllowedError(PermanentProviderError):
+    """A request to an origin the operator did not allow for this provider; it was never sent."""
 
 
 class AuthError(PermanentProviderError):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
+    from reconciler.providers.origins import TrustPolicy
     from reconciler.sandbox.server import Sandbox
     from reconciler.seams import Seams
     from reconciler.spec import ManifestSet
@@ -61,12 +62,26 @@ def redactor() -> Redactor:
     return Redactor()
 
 
+def trust(env: Mapping[str, str] | None = None) -> TrustPolicy:
+    """The operator's trust policy: allowed origins per provider type (built-in base URL,
+    `RECONCILER_<TYPE>_BASE_URL`, `RECONCILER_ALLOWED_ORIGINS`) and `RECONCILER_ALLOWED_KEY_ENVS`."""
+    from reconciler.errors import ConfigError
+    from reconciler.providers.catalog import base_urls
+    from reconciler.providers.origins import TrustPolicy
+
+    try:
+        return TrustPolicy.from_env(os.environ if env is None else env, base_urls())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load(paths: Sequence[str]) -> ManifestSet:
-    """The manifests under `paths` (default `specs/`); ManifestError lists every problem."""
+    """The manifests under `paths` (default `specs/`), checked against the operator's trust
+    policy; ManifestError lists every problem."""
     from reconciler.logs import provider_key_envs
     from reconciler.spec import load_manifests
 
-    manifests = load_manifests(paths_or_default(paths))
+    manifests = load_manifests(paths_or_default(paths), trust=trust())
     # a Provider may name any variable for its key: mask its value in log lines too
     redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
     return manifests
@@ -141,9 +156,12 @@ def build_engine(
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
     from reconciler.spec import git_commit
 
+    policy = trust()
     endpoints = {}
     if sandbox is not None:
         endpoints = {t: (sandbox.base_url(t), SANDBOX_API_KEYS[t]) for t in SANDBOX_API_KEYS}
+        # the operator asked for the simulators: their origins are allowed
+        policy = policy.allowing({t: url for t, (url, _) in endpoints.items()})
     return Engine(
         manifests,
         state,
@@ -151,6 +169,7 @@ def build_engine(
         git_commit=git_commit(paths_or_default(paths)),
         endpoints=endpoints,
         poll_interval=poll_override(sandbox),
+        trust=policy,
         http_timeout=http_timeout(),
         seams=seams,
     )

@@ -277,6 +277,10 @@ def test_kill_at_random_moments_loses_nothing_and_trains_once(workspace: Workspa
     """
     ws = workspace
     quickstart(ws)
+    for t in ws.sandbox.served:
+        # trainings outlast the kill moments, so each `apply --wait` is still following them when
+        # it is killed (with 0.5 s ones the later runs found everything in sync and exited first)
+        ws.sandbox.sim(t).training_seconds = 3.0
     kills = 0
     for delay in (0.0, 0.1, 0.2, 0.35, 0.5, 0.7):
         seen = len(ws.sandbox.requests())

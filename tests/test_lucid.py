@@ -13,6 +13,7 @@ import httpx
 import pytest
 from helpers import Workspace, codes, one_simulator, train_calls, wait_until
 
+from reconciler import runtime
 from reconciler.providers.lucid.schema import LucidTraining
 from reconciler.sandbox.faults import Fault, LoggedRequest
 from reconciler.sandbox.lucid.simulator import LucidSimulator
@@ -283,7 +284,9 @@ def test_invalid_training_fields_are_rejected_offline(workspace: Workspace) -> N
 
 def test_quickstart_spec_and_example_validate() -> None:
     root = Path(__file__).resolve().parent.parent
-    found = load_manifests([root / "specs/lucid.yaml", root / "examples/lucid/recommender.yaml"])
+    # Lucid has no public host: the operator names theirs, which allows the example's base_url
+    trust = runtime.trust({"RECONCILER_LUCID_BASE_URL": "https://lucid.example.com"})
+    found = load_manifests([root / "specs/lucid.yaml", root / "examples/lucid/recommender.yaml"], trust=trust)
     assert {m.provider_type for m in found.models.values()} == {"lucid"} and len(found.models) == 3
     assert found.providers["lucid-prod"].base_url == "https://lucid.example.com"
 

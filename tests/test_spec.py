@@ -12,6 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler import runtime
 from reconciler.errors import ManifestError
 from reconciler.spec import load_manifests
 from reconciler.values import diff_snapshots, fingerprint, parse_duration
@@ -131,7 +132,8 @@ spec:
   poll_interval: 2m
 """,
     )
-    ms = load_manifests([tmp_path])
+    # a key variable outside <TYPE>[_<NAME>]_API_KEY works once the operator allows it
+    ms = load_manifests([tmp_path], trust=runtime.trust({"RECONCILER_ALLOWED_KEY_ENVS": "RF_PROD_KEY"}))
     p = ms.providers["roboflow-prod"]
     assert (p.type, p.api_key_env, p.max_concurrent_trainings, p.poll_interval) == (
         "roboflow",

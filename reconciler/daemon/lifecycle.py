@@ -71,7 +71,7 @@ class Daemon:
         self.env = env if env is not None else os.environ
         self.redactor = redactor or Redactor(self.env)
         self.webhook_secret = self.env.get(WEBHOOK_SECRET_ENV) or None
-        self.tracker = ManifestTracker(opts.paths, self.redactor)
+        self.tracker = ManifestTracker(opts.paths, self.redactor, runtime.trust(self.env))
         self.queue = WorkQueue()
         self.schedule = Schedule()
         self.plans = PlanBook()

@@ -17,7 +17,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -29,11 +29,13 @@ from reconciler.errors import (
     BadResponseError,
     InvalidRequestError,
     NotFoundError,
+    OriginNotAllowedError,
     PermanentProviderError,
     ProviderError,
     RequestNotSentError,
     TemporaryProviderError,
 )
+from reconciler.providers.origins import origin_or_none, origin_refusal
 from reconciler.providers.policy import Auth, RetryPolicy
 from reconciler.seams import RequestObserver, Sleep
 
@@ -146,10 +148,13 @@ class HttpClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
         observers: Sequence[RequestObserver] = (),
+        allowed_origins: Iterable[str] | None = None,
     ) -> None:
-        """`sleep` waits out retry backoff; `observers` are called after every HTTP exchange."""
+        """`sleep` waits out retry backoff; `observers` are called after every HTTP exchange;
+        `allowed_origins` is where the key may be sent (default: the base URL's origin only)."""
         self.provider = provider
         self.base_url = base_url.rstrip("/")
+        self.allowed_origins = frozenset(allowed_origins or filter(None, [origin_or_none(base_url)]))
         self._key = api_key
         self._key_forms = secret_forms(api_key)
         self._auth = auth
@@ -239,6 +244,9 @@ class HttpClient:
         query = dict(params or {})
         if self._auth.query_param:
             query[self._auth.query_param] = self._key
+        # the trust boundary, whatever the caller: a URL outside the allowed origins is never sent
+        if (refusal := origin_refusal(self.base_url + path, self.allowed_origins)) is not None:
+            raise OriginNotAllowedError(f"{method} {path}: {refusal}; nothing was sent", provider=self.provider)
         send = {
             "url": self.base_url + path,
             "params": query or None,

@@ -42,6 +42,11 @@ class Report:
         if text is not None:
             self.console.out(text)
 
+    def notices(self, lines: Sequence[str]) -> None:
+        """What the manifests do that the operator should know (a Provider replacing a type's defaults)."""
+        for line in lines:
+            self.console.err(line)
+
     def state_opened(self, url: str, created: bool, env: Mapping[str, str] | None = None) -> None:
         """Warn on CI when this run created the state: an ephemeral runner forgets it."""
         env = os.environ if env is None else env

@@ -85,7 +85,8 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
 
     @staticmethod
     def _local(m: DesiredModel[PhotoGPTModel, PhotoGPTTraining]) -> list[LocalImage]:
-        images, _ = scan_images(m.training.input_images, m.manifest_dir)
+        # the same confined walk as `validate`: nothing outside the repository is ever uploaded
+        images, _ = scan_images(m.training.input_images, m.manifest_dir, m.root)
         return images
 
     # ------------------------------------------------------------------ reading
