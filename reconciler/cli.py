@@ -89,7 +89,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="reconciler")
+@click.version_option(package_name=runtime.DISTRIBUTION)
 @click.option("-v", "--verbose", count=True, help="more log lines on stderr")
 def cli(verbose: int) -> None:
     """Keep hosted model trainings in the state your YAML manifests declare."""

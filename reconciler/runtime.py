@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from reconciler.spec import ManifestSet
     from reconciler.state.base import StateStore
 
+#: The distribution name on the package index (the command and import package are `reconciler`).
+DISTRIBUTION = "reconciler-gitops"
 DEFAULT_PATHS = ("specs",)
 STATE_ENV = "RECONCILER_STATE"
 POLL_INTERVAL_ENV = "RECONCILER_POLL_INTERVAL"

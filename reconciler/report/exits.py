@@ -1,7 +1,7 @@
 """Every exit code `reconciler` returns, decided here (design.md):
 
     validate     0 valid, 1 invalid (each problem on stderr, then "N problems found")
-    plan         0 nothing to do, 2 something would train, 1 any error (Terraform's -detailed-exitcode)
+    plan         0 nothing to do, 2 something would train (also a wait with a spec change queued), 1 any error (Terraform's -detailed-exitcode)
     apply        0 every triggered training started (with --wait: succeeded) and no error, else 1
     status       1 when any model could not be observed, else 0
     history      1 when the text output has no event to show
@@ -13,7 +13,7 @@ the plan's vocabulary (pydantic underneath) only inside the functions that need 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,14 +27,18 @@ WOULD_TRAIN = 2
 INTERRUPTED = 130
 
 
-def plan_exit_code(plans: Iterable[ModelPlan]) -> int:
+def plan_exit_code(plans: Sequence[ModelPlan]) -> int:
     """Terraform's -detailed-exitcode: 1 any error, 2 something would train, 0 nothing to do."""
     from reconciler.plan import Action
+    from reconciler.report.views import queued
 
     actions = {p.action for p in plans}
     if Action.ERROR in actions:
         return FAILED
     if actions & {Action.TRAIN, Action.RETRY}:
+        return WOULD_TRAIN
+    # a spec change queued behind a running training trains too, once that training ends
+    if any(queued(p) for p in plans):
         return WOULD_TRAIN
     return OK
 

@@ -6,37 +6,30 @@ text whatever `--output` is, so that stdout holds one document a script can read
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
 from reconciler.plan import Action, ModelPlan
 from reconciler.report.base import ApplyRun, Renderer
-from reconciler.report.views import ACTION_ORDER, by_name, summarize
+from reconciler.report.views import ACTION_ORDER, QUEUED_NOTE, by_name, change_text, queued, summarize
 
 if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
     from reconciler.engine import TriggerOutcome
 
 
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    return json.dumps(v, sort_keys=True)
-
-
 def _plan_line(p: ModelPlan, width: int) -> str:
     codes = ", ".join(dict.fromkeys(r.code for r in p.reasons)) or "in sync"
     extra = ""
     if p.changes:
-        extra = "  " + "; ".join(
-            f"{c.path.removeprefix('training.')}: {_fmt_value(c.before)} -> {_fmt_value(c.after)}" for c in p.changes
-        )
+        extra = "  " + "; ".join(change_text(c.path, c.before, c.after) for c in p.changes)
     elif p.reasons and p.action is not Action.NONE:
         details = [r.detail for r in p.reasons if r.detail]
         if details:
             extra = "  " + details[0]
+    if queued(p):
+        extra += f" ({QUEUED_NOTE})"
     return f"  {p.name:<{width}}  {p.model.provider:<10} {codes}{extra}"
 
 

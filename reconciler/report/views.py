@@ -6,6 +6,7 @@ and `/status` cannot drift apart. Key order matters: `--output json` keeps it (d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,32 @@ ACTION_ORDER = (Action.ERROR, Action.TRAIN, Action.RETRY, Action.WAIT, Action.HO
 def by_name(plans: Iterable[ModelPlan]) -> list[ModelPlan]:
     """Plans in the order every document lists models."""
     return sorted(plans, key=lambda p: p.name)
+
+
+#: What text, JSON and Markdown say of a `wait` with a `spec-changed` reason.
+QUEUED_NOTE = "trains once the current training ends"
+
+
+def queued(p: ModelPlan) -> bool:
+    """A model that waits for its training with a spec change queued: it trains once that ends."""
+    return p.action is Action.WAIT and any(r.code == "spec-changed" for r in p.reasons)
+
+
+def warned(p: ModelPlan) -> bool:
+    """A model that drifted under `policy.drift: warn`: reported, never trained."""
+    return p.action is Action.HOLD and any(r.code == "warn-only" for r in p.reasons)
+
+
+def change_text(path: str, before: Any, after: Any) -> str:
+    """One changed field as `epochs: 100 -> 150` (the `training.` prefix left out)."""
+    return f"{path.removeprefix('training.')}: {value_text(before)} -> {value_text(after)}"
+
+
+def value_text(v: Any) -> str:
+    """A field's value as plans show it: strings as they are, anything else as JSON."""
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, sort_keys=True, default=str)
 
 
 def plan_entry(p: ModelPlan) -> dict[str, Any]:
