@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from reconciler import runtime
-from reconciler.report import FORMATS
+from reconciler.report import formats
 
 if TYPE_CHECKING:
     from reconciler.seams import Seams
@@ -50,7 +50,14 @@ def _selector(values: Sequence[str]) -> dict[str, str]:
 
 _paths = click.argument("paths", nargs=-1, type=click.Path())
 _state = click.option("--state", "state", envvar="RECONCILER_STATE", help="sqlite:///path.db or postgresql://...")
-_output = click.option("--output", "-o", type=click.Choice(FORMATS), default="text", show_default=True)
+_output = click.option("--output", "-o", type=click.Choice(formats("")), default="text", show_default=True)
+_plan_output = click.option("--output", "-o", type=click.Choice(formats("plan")), default="text", show_default=True)
+_annotations = click.option(
+    "--annotations",
+    type=click.Choice(["github", "none"]),
+    default=None,
+    help="problems and errors as GitHub workflow commands (default: github when GITHUB_ACTIONS=true)",
+)
 _targets = click.option("--target", "targets", multiple=True, metavar="NAME", help="only these models (repeatable)")
 _selectors = click.option(
     "--selector", "-l", "selectors", multiple=True, metavar="K=V", help="only models with this label"
@@ -116,12 +123,18 @@ def cli(verbose: int) -> None:
 @cli.command()
 @_paths
 @_output
-def validate(paths: tuple[str, ...], output: str) -> None:
+@_annotations
+def validate(paths: tuple[str, ...], output: str, annotations: str | None) -> None:
     """Check manifests offline: exit 0 valid, 1 invalid (each problem as file:line:col)."""
+    from reconciler.errors import ManifestError
     from reconciler.report.commands import ValidateReport
 
-    manifests = runtime.load(paths)  # bad manifests raise ManifestError: main() reports them
-    report = ValidateReport(output)
+    report = ValidateReport(output, github=runtime.github(annotations))
+    try:
+        manifests = runtime.load(paths)
+    except ManifestError as exc:
+        report.invalid(exc)
+        raise  # main() reports the problems
     report.notices(manifests.notices)
     sys.exit(report.valid(manifests.models, manifests.providers))
 
@@ -130,9 +143,10 @@ def validate(paths: tuple[str, ...], output: str) -> None:
 @_paths
 @_targets
 @_selectors
-@_output
+@_plan_output
 @_state
 @_sandbox
+@_annotations
 def plan(
     paths: tuple[str, ...],
     targets: tuple[str, ...],
@@ -140,6 +154,7 @@ def plan(
     output: str,
     state: str | None,
     sandbox: bool,
+    annotations: str | None,
 ) -> None:
     """Show what apply would do: exit 0 nothing to do, 2 would train, 1 error."""
     from reconciler.errors import ReconcilerError
@@ -147,7 +162,7 @@ def plan(
 
     url = runtime.state_url(state)
     selector = _selector(selectors)
-    report = PlanReport(output)
+    report = PlanReport(output, github=runtime.github(annotations))
 
     async def run() -> int:
         try:
@@ -172,6 +187,7 @@ def plan(
 @_lock_timeout
 @click.option("--wait", is_flag=True, help="follow the started trainings until they end")
 @click.option("--timeout", "timeout", default=None, help="with --wait: give up after this long (e.g. 2h)")
+@_annotations
 def apply(
     paths: tuple[str, ...],
     targets: tuple[str, ...],
@@ -182,9 +198,11 @@ def apply(
     lock_timeout: str,
     wait: bool,
     timeout: str | None,
+    annotations: str | None,
 ) -> None:
     """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded)."""
     from reconciler.domain import RecordStatus
+    from reconciler.errors import ReconcilerError
     from reconciler.plan import Action
     from reconciler.report.commands import ApplyReport
 
@@ -192,9 +210,16 @@ def apply(
     selector = _selector(selectors)
     lock_wait = _duration(lock_timeout, "--lock-timeout").total_seconds()
     wait_timeout = _duration(timeout, "--timeout") if timeout else None
-    report = ApplyReport(output, wait=wait)
+    report = ApplyReport(output, wait=wait, github=runtime.github(annotations))
 
     async def run() -> int:
+        try:
+            return await applied()
+        except ReconcilerError as exc:
+            report.invalid(exc)
+            raise  # main() reports it
+
+    async def applied() -> int:
         async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
             models = manifests.select(targets, selector)
             async with engine.state.lock(runtime.holder("apply"), lock_wait):

@@ -318,7 +318,9 @@ def plan_model(
         ]
         if rec.fingerprint != model.fingerprint:
             p.changes = diff_snapshots(rec.training, model.snapshot)
-            p.reasons.append(Reason("spec-changed", "the spec changed during the training: it trains once the current training ends"))
+            p.reasons.append(
+                Reason("spec-changed", "the spec changed during the training: it trains once the current training ends")
+            )
         return p
 
     reasons, changes = _drift(model, rec, obs, now)

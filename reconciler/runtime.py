@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
     from reconciler.providers.origins import TrustPolicy
+    from reconciler.report.github import GitHub
     from reconciler.sandbox.server import Sandbox
     from reconciler.seams import Seams
     from reconciler.spec import ManifestSet
@@ -50,6 +51,22 @@ def state_dir(url: str) -> Path:
 
         return sqlite_path(url).parent
     return Path(".reconciler")
+
+
+def github(flag: str | None, env: Mapping[str, str] | None = None) -> GitHub:
+    """GitHub Actions output: annotations with `--annotations github` (or under `GITHUB_ACTIONS=true`
+    unless `--annotations none`), the step summary file when `GITHUB_STEP_SUMMARY` is set."""
+    from reconciler.report.github import GitHub
+
+    env = os.environ if env is None else env
+    on = flag == "github" or (flag is None and env.get("GITHUB_ACTIONS") == "true")
+    workspace = env.get("GITHUB_WORKSPACE")
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    return GitHub(
+        annotations=on,
+        workspace=Path(workspace) if workspace else None,
+        step_summary=Path(summary) if summary else None,
+    )
 
 
 def paths_or_default(paths: Sequence[str]) -> list[str]:

@@ -7,6 +7,8 @@
     json      the JSON format (design.md's shapes)
     commands  one report per command: told what happened, it writes and decides the exit code
     failures  how a command that stops early is reported (`main()`): problems, usage errors
+    markdown  `plan --output markdown` and the step summary (a PR comment's body)
+    github    GitHub Actions annotations (`::error`, `::warning`) and the step summary file
 
 A new output format is one `Renderer` subclass, named in `FORMATS` and in `renderer()` below.
 This module and `failures` stay import-light: the CLI loads them for `--help`.
@@ -19,8 +21,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from reconciler.report.base import Renderer
 
-#: The `--output` formats.
-FORMATS = ("text", "json")
+#: The `--output` formats; `markdown` applies to `plan` only (`formats()`).
+FORMATS = ("text", "json", "markdown")
+PLAN_ONLY = ("markdown",)
+
+
+def formats(command: str) -> tuple[str, ...]:
+    """The `--output` choices of a command."""
+    return FORMATS if command == "plan" else tuple(f for f in FORMATS if f not in PLAN_ONLY)
 
 
 def renderer(output: str) -> Renderer:
@@ -29,6 +37,10 @@ def renderer(output: str) -> Renderer:
         from reconciler.report.json import JsonRenderer
 
         return JsonRenderer()
+    if output == "markdown":
+        from reconciler.report.markdown import MarkdownRenderer
+
+        return MarkdownRenderer()
     if output == "text":
         from reconciler.report.text import TextRenderer
 

@@ -40,6 +40,16 @@ class ApplyRun:
     final: Mapping[str, ModelRecord | None] | None = None
 
 
+@dataclass(frozen=True)
+class PlanExtras:
+    """Optional parts of the plan view, filled in by the commands that know them; empty: not shown."""
+
+    #: records whose model is in no manifest, as plan JSON's `orphans` entries (name, provider, last_training)
+    orphans: Sequence[Mapping[str, Any]] = ()
+    #: the blast radius when apply would refuse: `{"would_start": 25, "limit": 20}`
+    max_trainings: Mapping[str, int] | None = None
+
+
 class Renderer(ABC):
     """One output format (`--output NAME`): one method per document a command prints on stdout.
 
@@ -47,6 +57,9 @@ class Renderer(ABC):
     format (Markdown, GitHub annotations) is one subclass, registered in `reconciler.report`.
     A method returning None prints nothing on stdout.
     """
+
+    #: the optional parts of the plan view (orphans, blast radius) for the formats that show them
+    extras: PlanExtras = PlanExtras()
 
     @abstractmethod
     def validate(self, models: Collection[str], providers: Collection[str]) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from reconciler.report import exits, renderer
 from reconciler.report.base import ApplyRun, Console
 from reconciler.report.failures import problem_lines
+from reconciler.report.github import GitHub, annotation_lines, append_summary, plan_annotations, problem_annotations
 from reconciler.report.text import (
     adopted_by_hand_line,
     adopted_line,
@@ -29,14 +30,36 @@ if TYPE_CHECKING:
     from reconciler.engine import ApplyResult
     from reconciler.errors import ProviderError, ReconcilerError
     from reconciler.plan import ModelPlan
+    from reconciler.report.github import Annotation
 
 
 class Report:
     """What every command's report has: the renderer of `--output` and where to write."""
 
-    def __init__(self, output: str = "text", console: Console | None = None) -> None:
+    def __init__(self, output: str = "text", console: Console | None = None, github: GitHub | None = None) -> None:
         self.renderer = renderer(output)
         self.console = console or Console()
+        self.github = github or GitHub()
+
+    def annotate(self, annotations: Sequence[Annotation]) -> None:
+        """Under GitHub Actions (or `--annotations github`): errors and warnings as workflow commands."""
+        if self.github.annotations:
+            for line in annotation_lines(annotations, self.github.workspace):
+                self.console.err(line)
+
+    def invalid(self, exc: ReconcilerError) -> None:
+        """Bad manifests or a failed run: annotate its problems (`main()` still reports them)."""
+        from reconciler.errors import ManifestError
+
+        if isinstance(exc, ManifestError):
+            self.annotate(problem_annotations(exc.problems))
+        else:
+            self.annotate([Annotation("error", str(exc))])
+
+    def summarize(self, markdown: str) -> None:
+        """Append to $GITHUB_STEP_SUMMARY when it is set."""
+        if self.github.step_summary is not None:
+            append_summary(self.github.step_summary, markdown)
 
     def _out(self, text: str | None) -> None:
         if text is not None:
@@ -68,13 +91,23 @@ class PlanReport(Report):
 
     def planned(self, plans: Sequence[ModelPlan]) -> int:
         """Show the plan; its exit code."""
+        from reconciler.report.markdown import render_markdown
+
         self._out(self.renderer.plan(plans))
+        self.annotate(plan_annotations(plans))
+        if self.github.step_summary is not None:
+            self.summarize(render_markdown(plans, self.renderer.extras))
         return exits.plan_exit_code(plans)
 
     def failed(self, exc: ReconcilerError) -> int:
         """No plan could be made. A format with an error document prints it (and the problems on
         stderr) and exits 1; otherwise the error is re-raised for `main()` to report."""
+        from reconciler.report.markdown import render_failed_markdown
+
         problems = problem_lines(exc)
+        self.invalid(exc)
+        if self.github.step_summary is not None:
+            self.summarize(render_failed_markdown(problems))
         doc = self.renderer.plan_failed(problems)
         if doc is None:
             raise exc
@@ -87,8 +120,10 @@ class PlanReport(Report):
 class ApplyReport(Report):
     """`apply`: the plan first, each trigger's outcome as it comes, `--wait` progress, the result."""
 
-    def __init__(self, output: str = "text", console: Console | None = None, *, wait: bool = False) -> None:
-        super().__init__(output, console)
+    def __init__(
+        self, output: str = "text", console: Console | None = None, *, wait: bool = False, github: GitHub | None = None
+    ) -> None:
+        super().__init__(output, console, github)
         self.wait = wait
         self.plans: list[ModelPlan] = []
         self.result: ApplyResult | None = None
@@ -104,6 +139,7 @@ class ApplyReport(Report):
     def applied(self, result: ApplyResult) -> None:
         """The triggers are done: say what each did, and which models were adopted."""
         self.result = result
+        self.annotate(plan_annotations(self.plans))
         for name, o in sorted(result.outcomes.items()):
             self.console.err(outcome_line(name, o))
         for name in result.adopted:
@@ -127,7 +163,11 @@ class ApplyReport(Report):
 
     def finish(self) -> int:
         """Print the result document (formats that have one); the exit code."""
+        from reconciler.report.markdown import render_apply_markdown
+
         outcomes = self.result.outcomes if self.result is not None else {}
+        if self.github.step_summary is not None:
+            self.summarize(render_apply_markdown(self.plans, outcomes, self.renderer.extras))
         self._out(self.renderer.applied(ApplyRun(self.plans, outcomes, self.final if self.wait else None)))
         return exits.apply_exit_code(self.plans, outcomes.values(), self.followed_records)
 
