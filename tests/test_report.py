@@ -411,7 +411,7 @@ def test_failures_map_to_stderr_and_exit_codes() -> None:
 
 
 def test_every_format_has_a_renderer() -> None:
-    assert FORMATS == ("text", "json")
+    assert FORMATS == ("text", "json", "markdown")  # markdown: issue 11 (plan only)
     for fmt in FORMATS:
         assert isinstance(renderer(fmt), Renderer)
     with pytest.raises(ValueError, match="unknown output format"):

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 from reconciler.report import exits, renderer
 from reconciler.report.base import ApplyRun, Console
 from reconciler.report.failures import problem_lines
-from reconciler.report.github import GitHub, annotation_lines, append_summary, plan_annotations, problem_annotations
+from reconciler.report.github import (
+    Annotation,
+    GitHub,
+    annotation_lines,
+    append_summary,
+    plan_annotations,
+    problem_annotations,
+)
 from reconciler.report.text import (
     adopted_by_hand_line,
     adopted_line,
@@ -30,7 +37,6 @@ if TYPE_CHECKING:
     from reconciler.engine import ApplyResult
     from reconciler.errors import ProviderError, ReconcilerError
     from reconciler.plan import ModelPlan
-    from reconciler.report.github import Annotation
 
 
 class Report:
