@@ -358,12 +358,14 @@ def sandbox(port: int, directory: str, training_seconds: float, latency: float) 
 
 
 @cli.command()
-def schema() -> None:
-    """Print the JSON Schema of manifests (for yaml-language-server and editors)."""
+@_paths
+def schema(paths: tuple[str, ...]) -> None:
+    """Print the JSON Schema of manifests (for yaml-language-server and editors); Provider manifests
+    under PATHS give their names their type's model/training fields."""
     from reconciler.report.json import dumps
     from reconciler.spec import json_schema
 
-    click.echo(dumps(json_schema()))
+    click.echo(dumps(json_schema(paths)))
 
 
 def main(argv: Sequence[str] | None = None, *, seams: Seams | None = None) -> None:
