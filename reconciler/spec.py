@@ -544,7 +544,7 @@ def json_schema(paths: Iterable[str | Path] = ()) -> dict[str, Any]:
         defs["Metadata"]["properties"]["name"]["pattern"] = NAME_RE.pattern
     if "ProviderSpecBody" in defs:
         defs["ProviderSpecBody"]["properties"]["type"]["enum"] = list(known_types())
-    return _agree(
+    schema: dict[str, Any] = _agree(
         {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": "https://reconciler.dev/schema/v1.json",
@@ -554,6 +554,7 @@ def json_schema(paths: Iterable[str | Path] = ()) -> dict[str, Any]:
             "$defs": defs,
         }
     )
+    return schema
 
 
 def git_commit(paths: Sequence[str]) -> str | None:
