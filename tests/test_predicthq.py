@@ -127,9 +127,8 @@ def test_readiness_state_machine_and_its_guards(api: httpx.Client, sim_sandbox: 
     assert api.post(f"{MODELS}/{mid}/train").status_code == 204
     model = model_of(api, mid)
     assert model["readiness"]["status"] == "preparing"
-    # the training captured the demand range it trains on
-    assert model["metrics"]["training_data"]["date_range"] == {"start": "2023-10-12", "end": "2023-11-10"}
-    assert model["metrics"]["training_data"]["missing_pct"] == 0
+    # [D] metrics.training_data is null until trained (issue 13); the range shows once ready, below
+    assert model["metrics"]["training_data"] is None
     again = api.post(f"{MODELS}/{mid}/train")
     assert again.status_code == 400
     assert again.json() == {
@@ -157,6 +156,9 @@ def test_readiness_state_machine_and_its_guards(api: httpx.Client, sim_sandbox: 
     assert model["readiness"] == {"status": "ready"} and model["name"] == "renamed"
     assert datetime.fromisoformat(model["train_dt"]) == datetime.fromtimestamp(1_700_000_100, tz=UTC)
     assert set(model["metrics"]["accuracy"]) == {"mape", "mae", "rmse", "wape"}
+    # the training captured the demand range it trained on
+    assert model["metrics"]["training_data"]["date_range"] == {"start": "2023-10-12", "end": "2023-11-10"}
+    assert model["metrics"]["training_data"]["missing_pct"] == 0
     forecast = api.get(f"{MODELS}/{mid}/forecast", params={"limit": 7})
     assert [r["date"] for r in forecast.json()["results"]][:2] == ["2023-11-11", "2023-11-12"]
 

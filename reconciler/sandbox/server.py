@@ -1,7 +1,9 @@
 """The sandbox: local fakes of the provider HTTP APIs, served over real HTTP on 127.0.0.1.
 
 One `Sandbox` serves every registered `Simulator` under its own prefix
-(`http://127.0.0.1:PORT/<type><base_path>/...`), keeps a log of the requests it received,
+(`http://127.0.0.1:PORT/<type><base_path>/...`, `base_url(type)`) and also at the root of a port of
+its own (`root_url(type)`): vendor clients such as `predicthq` join their paths onto the host and
+drop any prefix. It keeps a log of the requests it received,
 injects faults (`Fault`), and persists each provider's world as `<directory>/<type>.json` so that
 separate processes (`reconciler sandbox`, `apply --sandbox`, `plan --sandbox`) see the same models.
 
@@ -41,8 +43,9 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False  # idle keep-alive connections must not block stop()
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox, provider: str | None = None) -> None:
         self.sandbox = sandbox
+        self.provider = provider  # a simulator's own port: every path is that simulator's
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
@@ -152,6 +155,8 @@ class Sandbox:
     simulators: extra simulator classes by type, beside the registry (tests, plugins).
     clock: the simulators' clock (epoch seconds), for tests that skip time.
     max_logged: the request log keeps the most recent this many requests (long-running use).
+    root_ports: serve each simulator also at the root of a port of its own (`root_url`); a dict
+    picks the ports by type (0 or missing: a free one), False serves the prefixes only.
     """
 
     def __init__(
@@ -167,6 +172,7 @@ class Sandbox:
         clock: Callable[[], float] = time.time,
         simulators: dict[str, type[Simulator]] | None = None,
         max_logged: int = 100_000,
+        root_ports: bool | dict[str, int] = True,
     ) -> None:
         self.directory = Path(directory) if directory is not None else None
         self.port = port
@@ -186,6 +192,10 @@ class Sandbox:
         self._log: deque[LoggedRequest] = deque(maxlen=max_logged)
         self._lifecycle = threading.Lock()
         self._faults: list[Fault] = []
+        self.root_ports: dict[str, int] | None = (
+            dict(root_ports) if isinstance(root_ports, dict) else ({} if root_ports else None)
+        )
+        self._root_servers: list[tuple[_Server, threading.Thread]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -240,6 +250,19 @@ class Sandbox:
             daemon=True,
         )
         self._thread.start()
+        if self.root_ports is not None:
+            for type_name in self._sims:
+                own = _Server((self.host, self.root_ports.get(type_name, 0)), self, provider=type_name)
+                # kept, so that a restarted sandbox answers on the same ports (like `port`)
+                self.root_ports[type_name] = own.server_address[1]
+                thread = threading.Thread(
+                    target=own.serve_forever,
+                    kwargs={"poll_interval": 0.05},
+                    name=f"reconciler-sandbox-{type_name}-{own.server_address[1]}",
+                    daemon=True,
+                )
+                thread.start()
+                self._root_servers.append((own, thread))
         log.info("sandbox serving %s on %s", ", ".join(self._sims), self.url)
 
     def stop(self) -> None:
@@ -252,15 +275,19 @@ class Sandbox:
         if server is None:
             return
         self._stopping.set()  # wakes requests sleeping in a delay
-        server.shutdown()
-        with server.connections_lock:
-            conns = list(server.connections)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        servers = [(server, self._thread), *self._root_servers]
+        for each, _ in servers:
+            each.shutdown()
+        for each, thread in servers:
+            with each.connections_lock:
+                conns = list(each.connections)
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            each.server_close()
+            if thread is not None:
+                thread.join(timeout=5)
+        self._root_servers = []
         for sim in self._sims.values():
             if sim.store is not None:
                 sim.store.close()
@@ -292,6 +319,16 @@ class Sandbox:
     def base_url(self, type: str) -> str:
         """The base URL a client of `type` uses: f"{url}/{type}{base_path}"."""
         return f"{self.url}/{type}{self.sim(type).base_path}"
+
+    def root_url(self, type: str) -> str:
+        """The simulator of `type` at the root of its own port: f"http://HOST:PORT{base_path}".
+
+        For clients that join absolute paths onto the host (`predicthq`'s `urljoin`).
+        """
+        ports = self.root_ports or {}
+        if type not in ports or self._server is None:
+            raise KeyError(f"sandbox serves no root port for {type!r} (root_ports={self.root_ports!r})")
+        return f"http://{self.host}:{ports[type]}{self.sim(type).base_path}"
 
     def env(self) -> dict[str, str]:
         """`RECONCILER_<TYPE>_BASE_URL` and the key variable of every served provider."""
@@ -365,12 +402,16 @@ class Sandbox:
     def _serve(self, handler: _RequestHandler, body: bytes) -> SimResponse:
         method = handler.command.upper()
         split = urlsplit(handler.path)
-        segments = split.path.lstrip("/").split("/", 1)
-        first = unquote(segments[0])
-        rest = "/" + segments[1] if len(segments) > 1 else "/"
         query = parse_qs(split.query, keep_blank_values=True)
         headers = {k.lower(): v for k, v in handler.headers.items()}
-        if first == CONTROL_PREFIX:
+        if handler.server.provider is not None:
+            # a simulator's own port: the whole path is the provider's (no control API here)
+            first, rest = handler.server.provider, "/" + split.path.lstrip("/")
+        else:
+            segments = split.path.lstrip("/").split("/", 1)
+            first = unquote(segments[0])
+            rest = "/" + segments[1] if len(segments) > 1 else "/"
+        if handler.server.provider is None and first == CONTROL_PREFIX:
             return ControlAPI(self).handle(method, unquote(rest), query, body)
         sim = self._sims.get(first)
         if sim is None:

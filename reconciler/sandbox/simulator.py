@@ -143,6 +143,13 @@ class Simulator:
             return result if isinstance(result, SimResponse) else SimResponse(200, result)
         return self.method_not_allowed(req) if path_matched else self.not_found(req)
 
+    def allowed_methods(self, path: str) -> list[str]:
+        """The methods the routes accept on `path` (HEAD wherever GET is), for a 405's `Allow`."""
+        methods = {method for method, pattern, _ in self._routes if pattern.fullmatch(path)}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
+
     def handle(self, req: SimRequest) -> SimResponse:
         """Serve one request: sync the world, authenticate, route; errors become responses."""
         try:

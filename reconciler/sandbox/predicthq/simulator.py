@@ -23,19 +23,28 @@ from reconciler.sandbox.predicthq.state import (
 )
 from reconciler.sandbox.predicthq.validation import (
     ALGOS,
+    CREATE_NULLABLE,
     CREATE_UPDATE_FIELDS,
     DEFAULT_LIMIT,
     INDUSTRIES,
+    LOCATION_FIELDS,
     LOCATION_NOT_FOUND,
     NO_DEMAND_MESSAGE,
     READINESS_STATUSES,
+    REPLACE_FIELDS,
+    REPLACE_NULLABLE,
     UNAUTHORIZED_BODY,
+    UPDATE_NULLABLE,
     Invalid,
     bad_request,
     check_enum,
+    check_feature,
     check_object,
     check_str,
+    date_bounds,
+    in_bounds,
     int_query,
+    list_query,
     one_of,
     parse_demand_rows,
     query_invalid,
@@ -67,49 +76,92 @@ class PredictHQSimulator(PredictHQState):
         return SimResponse(404, {"error": "Not Found"})
 
     def method_not_allowed(self, req: SimRequest) -> SimResponse:
-        """Known path, wrong method ([I] FastAPI's 405 in the ErrorResponse shape)."""
-        return SimResponse(405, {"error": "Method Not Allowed"})
+        """Known path, wrong method: 405 with the `Allow` header HTTP requires ([I] FastAPI's body
+        in the ErrorResponse shape)."""
+        allowed = ", ".join(self.allowed_methods(req.path))
+        return SimResponse(405, {"error": "Method Not Allowed"}, headers={"Allow": allowed})
 
     # -- routes: saved locations --------------------------------------------------------------
 
     @route("POST", r"/v1/saved-locations")
     def create_location(self, req: SimRequest) -> SimResponse:
-        """[D] 201 `{"location_id"}`; one of origin_geojson, geojson or place_ids is required [I]."""
-        body = req.json()
-        errs = Invalid()
-        allowed = {"name", "origin_geojson", "geojson", "place_ids", "industry", "description", "labels"}
-        if check_object(errs, "body", body, allowed, {"name"}):
-            if "name" in body:
-                check_str(errs, "body.name", body["name"], min_length=1)
-            if not any(body.get(k) for k in ("origin_geojson", "geojson", "place_ids")):
-                errs.add("body", "One of origin_geojson, geojson or place_ids is required", "value_error")
-            if body.get("industry") is not None:
-                check_enum(errs, "body.industry", body["industry"], INDUSTRIES)
-        errs.check()
+        """[D] 201 `{"location_id"}`; one of geojson, origin_geojson or place_ids is required [I]."""
+        body = self._location_body(req)
         location_id = new_model_id()
+        now = iso(self.now())
         self.world.setdefault("saved_locations", {})[location_id] = {
             "location_id": location_id,
-            **{k: v for k, v in body.items() if k in allowed},
-            "create_dt": iso(self.now()),
+            **body,
+            "create_dt": now,
+            "update_dt": now,
         }
         self.save()
         return SimResponse(201, {"location_id": location_id})
 
     @route("GET", r"/v1/saved-locations")
     def list_locations(self, req: SimRequest) -> SimResponse:
-        """[D] the saved locations, paginated like every list."""
-        limit = int_query(req, "limit", DEFAULT_LIMIT, 1)
+        """[D] `{"count", "next", "previous", "locations": [SavedLocation]}`; `location_id`, `q`."""
+        limit = int_query(req, "limit", DEFAULT_LIMIT, 0)
         offset = int_query(req, "offset", 0, 0)
-        items = sorted(self.world.get("saved_locations", {}).values(), key=lambda x: (x["create_dt"], x["location_id"]))
-        return SimResponse(200, self._page(req, "/v1/saved-locations", items, limit, offset))
+        wanted = set(list_query(req, "location_id") or [])
+        needle = (req.q("q") or "").strip().lower()
+        items = [
+            self.location_view(x)
+            for x in sorted(
+                self.world.get("saved_locations", {}).values(), key=lambda x: (x["create_dt"], x["location_id"])
+            )
+            if (not wanted or x["location_id"] in wanted) and needle in str(x.get("name") or "").lower()
+        ]
+        page = self._page(req, "/v1/saved-locations", items, limit, offset)
+        page["locations"] = page.pop("results")
+        return SimResponse(200, page)
 
     @route("GET", r"/v1/saved-locations/(?P<location_id>[^/]+)")
     def get_location(self, req: SimRequest, location_id: str) -> SimResponse:
-        """[D] one saved location; 404 `{"error": "Saved Location not found"}` [I]."""
+        """[D] one SavedLocation; 404 `{"error": "Saved Location not found"}` [I]."""
+        return SimResponse(200, self.location_view(self._location(location_id)))
+
+    @route("PUT", r"/v1/saved-locations/(?P<location_id>[^/]+)")
+    def replace_location(self, req: SimRequest, location_id: str) -> SimResponse:
+        """[D] replace a saved location's data, 204 [I the status]."""
+        found = self._location(location_id)
+        body = self._location_body(req)
+        kept = {k: found[k] for k in ("location_id", "create_dt")}
+        found.clear()
+        found.update({**kept, **body, "update_dt": iso(self.now())})
+        self.save()
+        return SimResponse(204)
+
+    @route("DELETE", r"/v1/saved-locations/(?P<location_id>[^/]+)")
+    def delete_location(self, req: SimRequest, location_id: str) -> SimResponse:
+        """[D] delete a saved location, 204 [I the status]."""
+        self._location(location_id)
+        del self.world["saved_locations"][location_id]
+        self.save()
+        return SimResponse(204)
+
+    def _location(self, location_id: str) -> dict[str, Any]:
         found = self.world.get("saved_locations", {}).get(location_id)
         if found is None:
             raise SimHTTPError(404, LOCATION_NOT_FOUND)
-        return SimResponse(200, found)
+        assert isinstance(found, dict)
+        return found
+
+    def _location_body(self, req: SimRequest) -> dict[str, Any]:
+        body = req.json()
+        errs = Invalid()
+        if check_object(errs, "body", body, LOCATION_FIELDS, {"name"}):
+            if "name" in body:
+                check_str(errs, "body.name", body["name"], min_length=1)
+            if not any(body.get(k) for k in ("origin_geojson", "geojson", "place_ids")):
+                errs.add("body", "One of geojson, origin_geojson or place_ids is required", "value_error")
+            for key in ("geojson", "origin_geojson"):
+                if body.get(key) is not None:
+                    check_feature(errs, f"body.{key}", body[key])
+            if body.get("industry") is not None:
+                check_enum(errs, "body.industry", body["industry"], INDUSTRIES)
+        errs.check()
+        return {k: v for k, v in body.items() if k in LOCATION_FIELDS}
 
     # -- routes: algos and models -------------------------------------------------------------
 
@@ -136,6 +188,7 @@ class PredictHQSimulator(PredictHQState):
             req.json(),
             allowed=CREATE_UPDATE_FIELDS,
             required={"name", "location"},
+            nullable=CREATE_NULLABLE,
         )
         location_id = body["location"]["saved_location_id"]
         if location_id not in self.world.get("saved_locations", {}):
@@ -146,31 +199,35 @@ class PredictHQSimulator(PredictHQState):
             model_id,
             name=body["name"],
             forecast_window=body.get("forecast_window", "7d"),  # [?] the default is not documented
-            industry=demand_type["industry"] if demand_type else None,
+            industry=None,
             saved_location_id=location_id,
             external_id=body.get("external_id"),
             label=body.get("label"),
         )
-        self.world["models"][model_id]["generate_baseline"] = bool(body.get("generate_baseline", False))
+        stored = self.world["models"][model_id]
+        stored["demand_type"] = demand_type  # as validated: industry may be absent [D]
+        if body.get("algo") is not None:
+            stored["algo"] = body["algo"]
+        stored["generate_baseline"] = bool(body.get("generate_baseline", False))
         self.save()
         return SimResponse(201, self._envelope(model_id=model_id))
 
     @route("GET", r"/v1/forecasts/models")
     def list_models(self, req: SimRequest) -> SimResponse:
         """[D] search: q, location.saved_location_id, readiness_status (was `status`), limit, offset."""
-        limit = int_query(req, "limit", DEFAULT_LIMIT, 1)
+        limit = int_query(req, "limit", DEFAULT_LIMIT, 0)
         offset = int_query(req, "offset", 0, 0)
         # [D spec history] the filter was named `status` before 2026-05-14: accept both
-        raw_status = req.q("readiness_status", req.q("status"))
+        field = "readiness_status" if "readiness_status" in req.query else "status"
+        statuses = list_query(req, field)
         wanted: set[str] | None = None
-        if raw_status is not None:
-            wanted = {s.strip() for s in raw_status.split(",") if s.strip()}
+        if statuses is not None:
+            wanted = set(statuses)
             bad = sorted(wanted - set(READINESS_STATUSES))
             if bad or not wanted:
-                field = "readiness_status" if req.q("readiness_status") is not None else "status"
                 raise query_invalid(field, one_of(READINESS_STATUSES), "enum")
-        raw_locations = req.q("location.saved_location_id")
-        locations = {s.strip() for s in raw_locations.split(",") if s.strip()} if raw_locations else None
+        raw_locations = list_query(req, "location.saved_location_id")
+        locations = set(raw_locations) if raw_locations else None
         needle = (req.q("q") or "").strip().lower()
         items = []
         models = sorted(self.world.get("models", {}).values(), key=lambda m: (m["create_dt"], m["model_id"]))
@@ -212,8 +269,9 @@ class PredictHQSimulator(PredictHQState):
         self._model(model_id)
         body = validate_model_body(
             req.json(),
-            allowed={"name", "location", "algo", "forecast_window", "demand_type", "label", "external_id"},
+            allowed=REPLACE_FIELDS,
             required={"name", "location"},
+            nullable=REPLACE_NULLABLE,
         )
         # [I] a replace resets the optional fields it omits; forecast_window (whose default is
         # not documented) and generate_baseline (not part of PUT) are kept
@@ -229,8 +287,13 @@ class PredictHQSimulator(PredictHQState):
             req.json(),
             allowed=CREATE_UPDATE_FIELDS,
             required=set(),
+            nullable=UPDATE_NULLABLE,
         )
-        self._update(model_id, body)
+        # [I] a null for a field every model has leaves it as it is
+        kept = {
+            k: v for k, v in body.items() if not (v is None and k in {"name", "algo", "forecast_window", "location"})
+        }
+        self._update(model_id, kept)
         return SimResponse(204)
 
     @route("DELETE", _MODEL)
@@ -262,26 +325,10 @@ class PredictHQSimulator(PredictHQState):
     def get_demand(self, req: SimRequest, model_id: str) -> SimResponse:
         """[D] date.gt/gte/lt/lte filters, limit/offset; `Accept` picks json, csv or ndjson."""
         m = self._model(model_id)
-        bounds = {}
-        for op in ("gt", "gte", "lt", "lte"):
-            raw = req.q(f"date.{op}")
-            if raw is not None:
-                try:
-                    bounds[op] = date.fromisoformat(raw).isoformat()
-                except ValueError:
-                    raise query_invalid(
-                        f"date.{op}", "Input should be a valid date in the format YYYY-MM-DD", "date_parsing"
-                    ) from None
-        limit = int_query(req, "limit", DEFAULT_LIMIT, 1)
+        bounds = date_bounds(req)
+        limit = int_query(req, "limit", DEFAULT_LIMIT, 0)
         offset = int_query(req, "offset", 0, 0)
-        rows = [
-            {"date": d, "demand": v}
-            for d, v in sorted(m["demand"].items())
-            if ("gt" not in bounds or d > bounds["gt"])
-            and ("gte" not in bounds or d >= bounds["gte"])
-            and ("lt" not in bounds or d < bounds["lt"])
-            and ("lte" not in bounds or d <= bounds["lte"])
-        ]
+        rows = [{"date": d, "demand": v} for d, v in sorted(m["demand"].items()) if in_bounds(d, bounds)]
         page = self._page(req, f"/v1/forecasts/models/{model_id}/demand", rows, limit, offset)
         accept = (req.header("accept") or "").lower()
         if "text/csv" in accept:
@@ -324,7 +371,8 @@ class PredictHQSimulator(PredictHQState):
         success = self._last_success(m)
         if success is None:
             raise bad_request("Model has no forecast yet; train it first")  # [I] wording
-        include = {s.strip() for s in (req.q("include") or "").split(",") if s.strip()}
+        bounds = date_bounds(req)  # [D] the forecast takes the date filters too
+        include = set(list_query(req, "include") or [])
         unknown = sorted(include - {"phq_explainability", "phq_features"})
         if unknown:
             raise query_invalid("include", "Input should be 'phq_explainability' or 'phq_features'", "enum")
@@ -336,6 +384,8 @@ class PredictHQSimulator(PredictHQState):
         rows = []
         for i in range(1, days + 1):
             day = end + timedelta(days=i)
+            if not in_bounds(day.isoformat(), bounds):
+                continue
             row: dict[str, Any] = {
                 "date": day.isoformat(),
                 "forecast": round(100 + 80 * unit(seed, day.isoformat()), 2),
@@ -345,7 +395,7 @@ class PredictHQSimulator(PredictHQState):
             if "phq_features" in include:
                 row["phq_features"] = [{"name": "phq_attendance_sports", "value": round(1000 * unit(seed, "f"), 1)}]
             rows.append(row)
-        limit = int_query(req, "limit", DEFAULT_LIMIT, 1)
+        limit = int_query(req, "limit", DEFAULT_LIMIT, 0)
         offset = int_query(req, "offset", 0, 0)
         return SimResponse(200, self._page(req, f"/v1/forecasts/models/{model_id}/forecast", rows, limit, offset))
 

@@ -92,9 +92,32 @@ class PredictHQState(Simulator):
             "location_id": location_id,
             "name": name,
             "industry": industry,
-            "origin_geojson": {"type": "Feature", "geometry": {"type": "Point", "coordinates": list(lon_lat)}},
+            "geojson": {
+                "type": "Feature",
+                "properties": {"radius": 1.2, "radius_unit": "km"},
+                "geometry": {"type": "Point", "coordinates": list(lon_lat)},
+            },
             "create_dt": iso(self.now()),
+            "update_dt": iso(self.now()),
         }
+
+    def location_view(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored saved location as the API's `SavedLocation` [D]: `geojson` (the Forecasts
+        guide's `origin_geojson` becomes it [I]), `status`, `create_dt`/`update_dt`."""
+        view = {
+            k: stored.get(k)
+            for k in ("location_id", "name", "description", "labels", "location_code", "formatted_address")
+        }
+        view["geojson"] = stored.get("geojson") or stored.get("origin_geojson")
+        view["place_ids"] = stored.get("place_ids")
+        view["industry"] = stored.get("industry")
+        view["create_dt"] = stored["create_dt"]
+        view["update_dt"] = stored.get("update_dt", stored["create_dt"])
+        view["status"] = "active"  # [D] active | pending | deleted; enrichment is instant here [I]
+        view["subscription_valid_types"] = []
+        view["summary_insights"] = []
+        view["places"] = []
+        return view
 
     def _add_model(
         self,
@@ -224,8 +247,8 @@ class PredictHQState(Simulator):
         return {
             "accuracy": accuracy,
             "demand_data": {"date_range": demand} if demand is not None else None,
-            # captured when the latest training started
-            "training_data": latest.get("training_data") if latest is not None else None,
+            # [D] null until trained: the data of the last successful training (captured at its start)
+            "training_data": success[0].get("training_data") if success is not None else None,
         }
 
     def model_view(self, m: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +304,8 @@ class PredictHQState(Simulator):
 
         return {
             "count": len(items),
-            "next": link(offset + limit) if offset + limit < len(items) else None,
+            # limit=0 [D] has no next page: a link to the same offset would never end
+            "next": link(offset + limit) if limit > 0 and offset + limit < len(items) else None,
             "previous": link(max(0, offset - limit)) if offset > 0 else None,
             "results": items[offset : offset + limit],
         }

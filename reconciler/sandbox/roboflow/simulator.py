@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from reconciler.sandbox.roboflow.exports import export_key, export_token, export_zip, parse_token
 from reconciler.sandbox.roboflow.state import STATUS, RoboflowState
 from reconciler.sandbox.roboflow.validation import (
     DEFAULT_EPOCHS,
     UNAUTHORIZED_BODY,
+    VALID_MODEL_TYPES,
     bad_request,
     conflict,
     not_found_error,
@@ -36,7 +38,10 @@ class RoboflowSimulator(RoboflowState):
     # -- auth ---------------------------------------------------------------------------------
 
     def authenticate(self, req: SimRequest) -> None:
-        """[D] `?api_key=` on every request; 401 when missing or wrong."""
+        """[D] `?api_key=` on every request; 401 when missing or wrong. Export downloads are signed
+        links instead (`/ds/<id>?key=`), fetched by the SDK without the api_key [SDK]."""
+        if req.method == "GET" and req.path.startswith("/ds/"):
+            return
         if req.q("api_key") != self.api_key:
             raise SimHTTPError(401, UNAUTHORIZED_BODY)
 
@@ -47,8 +52,9 @@ class RoboflowSimulator(RoboflowState):
     # -- routes: workspace / project / version ----------------------------------------------
 
     @route("GET", r"/")
+    @route("POST", r"/")
     def get_root(self, req: SimRequest) -> SimResponse:
-        """[D] welcome naming the key's workspace."""
+        """[D] welcome naming the key's workspace; [SDK] `Roboflow(api_key=)` logs in with a POST."""
         return SimResponse(
             200,
             {
@@ -89,6 +95,37 @@ class RoboflowSimulator(RoboflowState):
         """[SDK] start a run: `{"trainingId", "status": "queued", "jobId"}`."""
         record = self._start(req, ws, proj, version, via="v2")
         return SimResponse(200, {"trainingId": record["trainingId"], "status": "queued", "jobId": record["jobId"]})
+
+    @route("GET", _VER + r"/v2/trainings/recipe")
+    def get_recipe(self, req: SimRequest, ws: str, proj: str, version: str) -> SimResponse:
+        """[SDK] the hyperparameter schema of a model type plus a `template` to edit and submit as
+        `trainRecipe` ([I] the schema's content)."""
+        self._version(ws, proj, version)
+        model_type = req.q("modelType")
+        if model_type not in VALID_MODEL_TYPES:
+            raise bad_request(
+                f"Invalid model type {model_type!r}. Valid model types are: {', '.join(VALID_MODEL_TYPES)}"
+            )
+        return SimResponse(
+            200,
+            {
+                "modelType": model_type,
+                "schema": {
+                    "hyperparameters": {
+                        "epochs": {"type": "integer", "minimum": 1, "default": DEFAULT_EPOCHS},
+                        "batch_size": {"type": "integer", "minimum": 1, "default": 8},
+                        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.0001},
+                    },
+                    "online_augmentation": ["flip", "rotate", "hsv"],
+                    "preprocessing": ["resize"],
+                },
+                "template": {
+                    "modelType": model_type,
+                    "hyperparameters": {"epochs": DEFAULT_EPOCHS, "batch_size": 8, "lr": 0.0001},
+                    "online_augmentation": [],
+                },
+            },
+        )
 
     @route("GET", _VER + r"/v2/trainings/get")
     def get_training(self, req: SimRequest, ws: str, proj: str, version: str) -> SimResponse:
@@ -196,11 +233,47 @@ class RoboflowSimulator(RoboflowState):
             self.save()
         number = str(int(version))
         body = self.get_version(req, ws, proj, version).body
+        token = export_token(ws, proj, number, fmt)
         body["export"] = {
             "format": fmt,
-            "link": f"{self.base_url}/_exports/{ws}/{proj}/{number}/{fmt}.zip",
+            "link": f"{self.base_url}/ds/{token}?key={export_key(self.api_key, token)}",
         }
         return SimResponse(200, body)
+
+    @route("GET", r"/ds/(?P<token>[^/]+)")
+    def download(self, req: SimRequest, token: str) -> SimResponse:
+        """The zip behind an export link ([I] path and signing; the SDK only follows the link)."""
+        parsed = parse_token(token)
+        if parsed is None or req.q("key") != export_key(self.api_key, token):
+            raise SimHTTPError(403, {"error": "This download link is invalid or has expired."})
+        ws, proj, number, fmt = parsed
+        project = self._project(ws, proj)
+        self._version(ws, proj, number)
+        data = export_zip(proj, number, fmt, sorted(project["classes"]))
+        return SimResponse(
+            200,
+            data,
+            headers={"Content-Disposition": f'attachment; filename="{proj}-{number}-{fmt}.zip"'},
+            content_type="application/zip",
+        )
+
+    @route("GET", r"/models/(?P<ws>[^/]+)/(?P<slug>.+)")
+    def get_model_by_url(self, req: SimRequest, ws: str, slug: str) -> SimResponse:
+        """[SDK] one trained model of the workspace by its url slug ([I] the wrapper object)."""
+        for proj in sorted(self._workspace(ws)["projects"]):
+            for row in self._model_rows(ws, proj):
+                if row["url"] == slug:
+                    return SimResponse(200, {"model": row})
+        raise not_found_error(f"Model {ws}/{slug} not found.")
+
+    @route("GET", _PROJ + r"/models")
+    def list_models(self, req: SimRequest, ws: str, proj: str) -> SimResponse:
+        """[SDK] the project's trained models `[{url, modelType, metrics, recommended}]`; `group`
+        keeps one run's ([I] the list is the body itself, as the SDK's CLI prints it)."""
+        self._project(ws, proj)
+        group = req.q("group")
+        rows = [r for r in self._model_rows(ws, proj) if group is None or r["modelGroup"] == group]
+        return SimResponse(200, rows)
 
     @route("GET", _PROJ)
     def get_project(self, req: SimRequest, ws: str, proj: str) -> SimResponse:

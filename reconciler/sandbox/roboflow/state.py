@@ -312,6 +312,35 @@ class RoboflowState(Simulator):
             "classes": project["classes"],
         }
 
+    def _model_rows(self, ws: str, proj: str) -> list[dict[str, Any]]:
+        """`GET /:ws/:proj/models` rows: a model per id of every succeeded run [SDK]."""
+        rows: list[dict[str, Any]] = []
+        for number in sorted(self._project(ws, proj)["versions"], key=int):
+            for record in self._version(ws, proj, number)["trainings"]:
+                if self._state(record).phase != "succeeded":
+                    continue
+                m = self._metrics(record)
+                for model_id in self._model_ids(ws, proj, number, record):
+                    rows.append(
+                        {
+                            "url": model_id.split("/", 1)[1] if record.get("via") == "v2" else model_id,
+                            "modelId": model_id,
+                            "modelType": record["modelType"],
+                            "modelGroup": f"{proj}-{number}",
+                            "version": int(number),
+                            "metrics": {
+                                "hardware": "T4",  # [I]
+                                "latency": round(4 + 20 * _unit(str(record["trainingId"]), "latency"), 2),
+                                "map50": round(m["map"], 4),
+                                "map5095": round(m["map"] * 0.6, 4),
+                            },
+                            "recommended": False,
+                        }
+                    )
+        if rows:
+            max(rows, key=lambda r: float(r["metrics"]["map50"]))["recommended"] = True  # [I]
+        return rows
+
     def _training_entry(self, ws: str, proj: str, version: str, record: dict[str, Any]) -> dict[str, Any]:
         state = self._state(record)
         succeeded = state.phase == "succeeded"

@@ -68,7 +68,12 @@ def training_options(req: SimRequest) -> dict[str, Any]:
     if not isinstance(model_type, str) or model_type not in VALID_MODEL_TYPES:
         # [D] an invalid value returns the full list as an error ([I] the wording).
         raise bad_request(f"Invalid model type {model_type!r}. Valid model types are: {', '.join(VALID_MODEL_TYPES)}")
-    epochs = body.get("epochs")
+    recipe = body.get("trainRecipe")
+    if recipe is not None and not isinstance(recipe, dict):
+        raise bad_request("trainRecipe must be an object.")  # [I]
+    hyper = recipe.get("hyperparameters") if isinstance(recipe, dict) else None
+    # [SDK] the server resolves the recipe's (dense-filled) epochs ahead of the top-level value
+    epochs = hyper.get("epochs") if isinstance(hyper, dict) and "epochs" in hyper else body.get("epochs")
     if epochs is None:
         epochs = DEFAULT_EPOCHS
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
