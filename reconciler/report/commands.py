@@ -7,7 +7,7 @@ only picks the renderer, so no command branches on it.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from reconciler.report import exits, renderer
@@ -47,6 +47,16 @@ class Report:
         for line in lines:
             self.console.err(line)
 
+    def _failed(self, exc: ReconcilerError, document: Callable[[Sequence[str]], str | None]) -> int:
+        problems = problem_lines(exc)
+        doc = document(problems)
+        if doc is None:
+            raise exc
+        self.console.out(doc)
+        for line in problems:
+            self.console.err(line)
+        return exits.FAILED
+
     def state_opened(self, url: str, created: bool, env: Mapping[str, str] | None = None) -> None:
         """Warn on CI when this run created the state: an ephemeral runner forgets it."""
         env = os.environ if env is None else env
@@ -74,14 +84,7 @@ class PlanReport(Report):
     def failed(self, exc: ReconcilerError) -> int:
         """No plan could be made. A format with an error document prints it (and the problems on
         stderr) and exits 1; otherwise the error is re-raised for `main()` to report."""
-        problems = problem_lines(exc)
-        doc = self.renderer.plan_failed(problems)
-        if doc is None:
-            raise exc
-        self.console.out(doc)
-        for line in problems:
-            self.console.err(line)
-        return exits.FAILED
+        return self._failed(exc, self.renderer.plan_failed)
 
 
 class ApplyReport(Report):
@@ -139,6 +142,10 @@ class StatusReport(Report):
         """Show the models; exit 1 when any could not be observed."""
         self._out(self.renderer.status([status_entry(p) for p in by_name(plans)]))
         return exits.status_exit_code(plans)
+
+    def failed(self, exc: ReconcilerError) -> int:
+        """No status could be made: as `PlanReport.failed` (JSON prints a document with `errors`)."""
+        return self._failed(exc, self.renderer.status_failed)
 
 
 class HistoryReport(Report):
