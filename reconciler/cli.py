@@ -21,6 +21,7 @@ from reconciler.report import formats
 
 if TYPE_CHECKING:
     from reconciler.seams import Seams
+    from reconciler.selectors import Requirement
 
 T = TypeVar("T")
 
@@ -36,14 +37,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-def _selector(values: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for v in values:
-        if "=" not in v:
-            raise click.BadParameter(f"{v!r}: write key=value", param_hint="--selector")
-        k, _, val = v.partition("=")
-        out[k.strip()] = val.strip()
-    return out
+def _selector(values: Sequence[str]) -> list[Requirement]:
+    from reconciler.selectors import SelectorError, parse_selectors
+
+    try:
+        return parse_selectors(values)
+    except SelectorError as exc:
+        raise click.BadParameter(str(exc), param_hint="--selector") from None
 
 
 # ---------------------------------------------------------------- shared options
@@ -60,7 +60,12 @@ _annotations = click.option(
 )
 _targets = click.option("--target", "targets", multiple=True, metavar="NAME", help="only these models (repeatable)")
 _selectors = click.option(
-    "--selector", "-l", "selectors", multiple=True, metavar="K=V", help="only models with this label"
+    "--selector",
+    "-l",
+    "selectors",
+    multiple=True,
+    metavar="SELECTOR",
+    help="only models whose labels match (kubectl's grammar: a=b,c!=d, 'k in (x,y)', !k; repeated: all must match)",
 )
 _sandbox = click.option("--sandbox", is_flag=True, help="use in-process simulators of the providers (no keys needed)")
 _lock_timeout = click.option(
@@ -259,15 +264,20 @@ def status(
     sandbox: bool,
 ) -> None:
     """Every model's provider state, last training and next action."""
+    from reconciler.errors import ReconcilerError
     from reconciler.report.commands import StatusReport
 
     url = runtime.state_url(state)
     selector = _selector(selectors)
+    report = StatusReport(output)
 
     async def run() -> int:
-        async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
-            plans = await engine.plan(manifests.select(targets, selector))
-            return StatusReport(output).shown(plans)
+        try:
+            async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
+                plans = await engine.plan(manifests.select(targets, selector))
+        except ReconcilerError as exc:
+            return report.failed(exc)
+        return report.shown(plans)
 
     sys.exit(_run(run()))
 
@@ -310,7 +320,7 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
 
     async def run() -> int:
         async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
-            model = manifests.select([name])[0]
+            model = manifests.model(name)
             async with engine.state.lock(runtime.holder("adopt"), lock_wait):
                 obs = (await engine.observe([model], await engine.state.all()))[name]
                 if isinstance(obs, ProviderError):

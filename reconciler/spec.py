@@ -30,6 +30,7 @@ from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source
 from reconciler.errors import ManifestError, Problem
 from reconciler.providers.catalog import base_urls, known_types, provider_type
 from reconciler.providers.origins import TrustPolicy, check_base_url
+from reconciler.selectors import Requirement, matches
 from reconciler.values import Duration, Strict, fingerprint, spec_snapshot
 from reconciler.yamlpos import YamlDocument, YamlError, load_documents
 
@@ -116,17 +117,30 @@ class ManifestSet:
     #: things the operator should know that are not problems (a Provider replacing a type's defaults)
     notices: list[str] = field(default_factory=list)
 
-    def select(self, targets: Sequence[str] = (), selector: dict[str, str] | None = None) -> list[DesiredModel]:
-        """Models named by --target (all when none) whose labels match --selector."""
+    def select(self, targets: Sequence[str] = (), selector: Sequence[Requirement] = ()) -> list[DesiredModel]:
+        """Models named by --target (all when none) whose labels meet every --selector requirement.
+
+        ConfigError when a target names no model, or when targets and selectors leave none."""
+        from reconciler.errors import ConfigError
+
         unknown = [t for t in targets if t not in self.models]
         if unknown:
-            from reconciler.errors import ConfigError
-
             raise ConfigError(f"--target names no model in the manifests: {', '.join(unknown)}")
         picked = [self.models[t] for t in targets] if targets else list(self.models.values())
         if selector:
-            picked = [m for m in picked if all(m.labels.get(k) == v for k, v in selector.items())]
+            picked = [m for m in picked if matches(selector, m.labels)]
+            if not picked:
+                what = f"--target {', '.join(targets)} with " if targets else ""
+                raise ConfigError(f"{what}--selector matches no model in the manifests")
         return sorted(picked, key=lambda m: m.name)
+
+    def model(self, name: str) -> DesiredModel:
+        """The model named `name`; ConfigError naming it when no manifest declares it."""
+        if name not in self.models:
+            from reconciler.errors import ConfigError
+
+            raise ConfigError(f"no model named {name!r} in the manifests")
+        return self.models[name]
 
 
 # ---------------------------------------------------------------- loading

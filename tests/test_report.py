@@ -89,10 +89,10 @@ def test_plan_text_groups_by_action_in_order(mixed: list[ModelPlan]) -> None:
     out = renderer("text").plan(mixed)
     assert out.splitlines() == [
         "train (2):",
-        "  bb                 roboflow   never-trained  no training recorded",
+        "  bb                 roboflow   never-trained: no training recorded",
         '  z-long-model-name  roboflow   spec-changed  epochs: 100 -> 150; classes: null -> ["a", "b"]',
         "hold (1):",
-        "  hardhat-detector  roboflow   never-trained, suspended  policy.suspend is true",
+        "  hardhat-detector  roboflow   never-trained; suspended: policy.suspend is true",
         "none (1):",
         "  a  roboflow   in sync",
         "Plan: 2 train, 1 hold, 1 none.",
@@ -107,15 +107,15 @@ def test_plan_text_error_first_and_empty(models: dict[str, DesiredModel]) -> Non
     hold = plan_of(models["a"], Action.HOLD, Reason("backoff", "next attempt after 10:00"))
     assert renderer("text").plan([hold, wait, retry, train, err]).splitlines() == [
         "error (1):",
-        "  a  roboflow   auth-failed  401",
+        "  a  roboflow   auth-failed: 401",
         "train (1):",
         "  z-long-model-name  roboflow   expired",
         "retry (1):",
-        "  hardhat-detector  roboflow   training-failed  attempt 1 failed",
+        "  hardhat-detector  roboflow   training-failed: attempt 1 failed",
         "wait (1):",
-        "  bb  roboflow   in-flight  running, 40%",
+        "  bb  roboflow   in-flight: running, 40%",
         "hold (1):",
-        "  a  roboflow   backoff  next attempt after 10:00",
+        "  a  roboflow   backoff: next attempt after 10:00",
         "Plan: 1 error, 1 train, 1 retry, 1 wait, 1 hold.",
     ]
     assert renderer("text").plan([]) == "Plan: no models."
@@ -234,14 +234,80 @@ def test_status_table_alignment(models: dict[str, DesiredModel]) -> None:
     con = Captured()
     assert StatusReport("text", con).shown(plans) == 1
     assert con.stdout[0].splitlines() == [
-        "NAME               PROVIDER   OBSERVED               LAST TRAINING            NEXT",
-        "a                  roboflow   succeeded              succeeded 2026-03-01T09:30 none",
-        "bb                 roboflow   roboflow: HTTP 401 una -                        error",
-        "z-long-model-name  roboflow   training 40%           training 2026-03-01T09:30 wait",
+        # every column as wide as its longest cell: the error whole, NEXT aligned (issue 13)
+        "NAME               PROVIDER  OBSERVED                         LAST TRAINING               NEXT",
+        "a                  roboflow  succeeded                        succeeded 2026-03-01T09:30  none",
+        "bb                 roboflow  roboflow: HTTP 401 unauthorized  -                           error",
+        "z-long-model-name  roboflow  training 40%                     training 2026-03-01T09:30   wait",
     ]
     empty = Captured()
     assert StatusReport("text", empty).shown([]) == 0
-    assert empty.stdout == ["NAME  PROVIDER   OBSERVED               LAST TRAINING            NEXT"]
+    assert empty.stdout == ["NAME  PROVIDER  OBSERVED  LAST TRAINING  NEXT"]
+
+
+def test_status_next_column_gives_every_reason(models: dict[str, DesiredModel]) -> None:
+    failed = Observation(TrainingStatus.FAILED, provider_state="failed", message="out of GPUs")
+    long_error = AuthError("HTTP 401 unauthorized: the key in ROBOFLOW_API_KEY was refused", provider="roboflow")
+    plans = [
+        plan_of(
+            models["a"],
+            Action.HOLD,
+            Reason("training-failed", "attempt 2 failed: out of GPUs"),
+            Reason("backoff", "next attempt after 2026-03-01T10:00:00+00:00"),
+            observation=failed,
+            record=record("a", RecordStatus.FAILED, finished_at=AT),
+        ),
+        plan_of(models["bb"], Action.ERROR, Reason("auth-failed", str(long_error)), error=long_error),
+    ]
+    con = Captured()
+    StatusReport("text", con).shown(plans)
+    lines = con.stdout[0].splitlines()
+    assert lines[1].endswith(
+        "hold  training-failed: attempt 2 failed: out of GPUs; backoff: next attempt after 2026-03-01T10:00:00+00:00"
+    )
+    assert str(long_error) in lines[2] and lines[2].endswith("error  auth-failed")
+    assert len({line.index(word) for line, word in zip(lines, ["NEXT", "hold", "error"], strict=True)}) == 1
+
+
+def test_status_json_failed_prints_errors_document() -> None:
+    con = Captured()
+    problems = [Problem("a.yaml", 4, 3, "spec.model: field required")]
+    assert StatusReport("json", con).failed(ManifestError(problems)) == 1
+    assert json.loads(con.stdout[0]) == {
+        "format_version": 1,
+        "models": [],
+        "errors": ["a.yaml:4:3: spec.model: field required"],
+    }
+    assert con.stderr == ["a.yaml:4:3: spec.model: field required"]
+
+
+def test_plan_text_shows_every_reason_with_its_detail(models: dict[str, DesiredModel]) -> None:
+    retry = plan_of(
+        models["a"],
+        Action.HOLD,
+        Reason("training-failed", "attempt 2 failed"),
+        Reason("backoff", "next attempt after 10:00"),
+    )
+    exhausted = plan_of(
+        models["bb"],
+        Action.HOLD,
+        Reason("training-failed", "attempt 4 failed"),
+        Reason("retries-exhausted", "change the spec or raise max_retries to try again"),
+    )
+    changed = plan_of(
+        models["hardhat-detector"],
+        Action.TRAIN,
+        Reason("spec-changed", "training.epochs: 100 -> 150"),
+        Reason("data-changed", "2 images added"),
+        changes=[Change("training.epochs", 100, 150)],
+    )
+    lines = renderer("text").plan([retry, exhausted, changed]).splitlines()
+    assert "  a   roboflow   training-failed: attempt 2 failed; backoff: next attempt after 10:00" in lines
+    assert (
+        "  bb  roboflow   training-failed: attempt 4 failed; "
+        "retries-exhausted: change the spec or raise max_retries to try again"
+    ) in lines
+    assert "  hardhat-detector  roboflow   spec-changed; data-changed: 2 images added  epochs: 100 -> 150" in lines
 
 
 def test_status_json_is_the_daemon_status_entry(models: dict[str, DesiredModel]) -> None:

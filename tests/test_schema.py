@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -23,7 +24,7 @@ from reconciler.spec import DURATION_PATTERN, TIMESTAMP_PATTERN, json_schema, lo
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-GOOD = {
+GOOD: dict[str, Any] = {
     "apiVersion": "reconciler/v1",
     "kind": "TrainedModel",
     "metadata": {"name": "good-model"},

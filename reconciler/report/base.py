@@ -85,6 +85,10 @@ class Renderer(ABC):
     def status(self, entries: Sequence[dict[str, Any]]) -> str:
         """Every model's state (entries from `views.status_entry`)."""
 
+    def status_failed(self, problems: Sequence[str]) -> str | None:
+        """A status that could not be shown; None leaves the error to `main()` (stderr only)."""
+        return None
+
     @abstractmethod
     def history(self, name: str, events: Sequence[HistoryEvent]) -> str | None:
         """One model's events, oldest first; None when this format has nothing to show."""

@@ -7,7 +7,7 @@ only picks the renderer, so no command branches on it.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from reconciler.report import exits, renderer
@@ -75,6 +75,16 @@ class Report:
         """What the manifests do that the operator should know (a Provider replacing a type's defaults)."""
         for line in lines:
             self.console.err(line)
+
+    def _failed(self, exc: ReconcilerError, document: Callable[[Sequence[str]], str | None]) -> int:
+        problems = problem_lines(exc)
+        doc = document(problems)
+        if doc is None:
+            raise exc
+        self.console.out(doc)
+        for line in problems:
+            self.console.err(line)
+        return exits.FAILED
 
     def state_opened(self, url: str, created: bool, env: Mapping[str, str] | None = None) -> None:
         """Warn on CI when this run created the state: an ephemeral runner forgets it."""
@@ -185,6 +195,10 @@ class StatusReport(Report):
         """Show the models; exit 1 when any could not be observed."""
         self._out(self.renderer.status([status_entry(p) for p in by_name(plans)]))
         return exits.status_exit_code(plans)
+
+    def failed(self, exc: ReconcilerError) -> int:
+        """No status could be made: as `PlanReport.failed` (JSON prints a document with `errors`)."""
+        return self._failed(exc, self.renderer.status_failed)
 
 
 class HistoryReport(Report):

@@ -64,5 +64,9 @@ class JsonRenderer(Renderer):
     def status(self, entries: Sequence[dict[str, Any]]) -> str:
         return dumps({"format_version": FORMAT_VERSION, "models": list(entries)})
 
+    def status_failed(self, problems: Sequence[str]) -> str | None:
+        # as plan: status --output json prints its JSON whatever the exit code
+        return dumps({"format_version": FORMAT_VERSION, "models": [], "errors": list(problems)})
+
     def history(self, name: str, events: Sequence[HistoryEvent]) -> str | None:
         return dumps({"format_version": FORMAT_VERSION, "model": name, "events": [history_entry(e) for e in events]})

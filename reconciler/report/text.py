@@ -19,18 +19,24 @@ if TYPE_CHECKING:
     from reconciler.engine import TriggerOutcome
 
 
+def _reasons_text(p: ModelPlan) -> str:
+    """Every reason with its detail, `code: detail; code: detail` (a code said once)."""
+    parts: dict[str, str] = {}
+    for r in p.reasons:
+        # spec-changed's detail repeats the changes, shown after the reasons as `epochs: 100 -> 150`
+        detail = "" if p.changes and r.code == "spec-changed" else r.detail
+        if not parts.get(r.code):
+            parts[r.code] = f"{r.code}: {detail}" if detail else r.code
+    return "; ".join(parts.values()) or "in sync"
+
+
 def _plan_line(p: ModelPlan, width: int) -> str:
-    codes = ", ".join(dict.fromkeys(r.code for r in p.reasons)) or "in sync"
     extra = ""
     if p.changes:
         extra = "  " + "; ".join(change_text(c.path, c.before, c.after) for c in p.changes)
-    elif p.reasons and p.action is not Action.NONE:
-        details = [r.detail for r in p.reasons if r.detail]
-        if details:
-            extra = "  " + details[0]
     if queued(p):
         extra += f" ({QUEUED_NOTE})"
-    return f"  {p.name:<{width}}  {p.model.provider:<10} {codes}{extra}"
+    return f"  {p.name:<{width}}  {p.model.provider:<10} {_reasons_text(p)}{extra}"
 
 
 def render_plan(plans: Sequence[ModelPlan]) -> str:
@@ -49,19 +55,33 @@ def render_plan(plans: Sequence[ModelPlan]) -> str:
     return "\n".join(lines)
 
 
+def _next_text(e: dict[str, Any]) -> str:
+    """The NEXT column: the action and why (an error's message is in OBSERVED already)."""
+    reasons: dict[str, str] = {}
+    for r in e["reasons"]:
+        detail = "" if e["action"] == Action.ERROR.value else r["detail"]
+        if not reasons.get(r["code"]):
+            reasons[r["code"]] = f"{r['code']}: {detail}" if detail else r["code"]
+    return f"{e['action']}  {'; '.join(reasons.values())}" if reasons else e["action"]
+
+
 def render_status(entries: Sequence[dict[str, Any]]) -> str:
-    """The status table: NAME, PROVIDER, OBSERVED, LAST TRAINING, NEXT."""
-    width = max((len(e["name"]) for e in entries), default=4)
-    lines = [f"{'NAME':<{width}}  {'PROVIDER':<10} {'OBSERVED':<22} {'LAST TRAINING':<24} NEXT"]
+    """The status table: NAME, PROVIDER, OBSERVED, LAST TRAINING, NEXT (action and reasons).
+
+    Every column is as wide as its longest cell, so nothing is cut (an error is shown whole)."""
+    rows = [("NAME", "PROVIDER", "OBSERVED", "LAST TRAINING", "NEXT")]
     for e in entries:
         obs = e["observed"]
-        seen = obs.get("error", "")[:22] or (obs.get("state") or obs.get("status", ""))
+        seen = obs.get("error") or obs.get("state") or obs.get("status", "")
         if "progress" in obs:
             seen += f" {obs['progress']:.0%}"
         last = e["last_training"]
         lt = "-" if not last else f"{last['status']} {(last['finished_at'] or last['triggered_at'] or '')[:16]}"
-        lines.append(f"{e['name']:<{width}}  {e['provider']:<10} {seen:<22} {lt:<24} {e['action']}")
-    return "\n".join(lines)
+        rows.append((e["name"], e["provider"], seen, lt, _next_text(e)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
+    )
 
 
 def history_line(e: HistoryEvent) -> str:
