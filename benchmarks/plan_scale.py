@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from reconciler.engine import Engine
 from reconciler.plan import Action
 from reconciler.providers.catalog import provider_type
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Sandbox, WorldStore
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
+from reconciler.sandbox.world import WorldStore
 from reconciler.spec import ManifestSet, load_manifests
 from reconciler.state import StateStore, open_state
 

@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, Literal
+from typing import Any, Generic, Literal, cast
 
 from pydantic import BaseModel, Field
 from typing_extensions import TypeVar
@@ -25,6 +25,8 @@ from reconciler.values import Change, Duration, Strict, spec_snapshot
 #: a provider type's `model` and `training` schemas; unparametrised, any schema
 M = TypeVar("M", bound=BaseModel, covariant=True, default=BaseModel)
 T = TypeVar("T", bound=BaseModel, covariant=True, default=BaseModel)
+M2 = TypeVar("M2", bound=BaseModel)
+T2 = TypeVar("T2", bound=BaseModel)
 
 
 class Policy(Strict):
@@ -81,11 +83,21 @@ class DesiredModel(Generic[M, T]):
     source: Source
     manifest_dir: Path
     file: str
+    #: the repository root its local files (PhotoGPT's images) must resolve inside
+    root: Path | None = None
 
     @property
     def snapshot(self) -> dict[str, Any]:
         """The normalised spec the fingerprint covers: recorded with each training."""
         return spec_snapshot(self.provider_type, self.model, self.training)
+
+    def typed(self, model: type[M2], training: type[T2]) -> DesiredModel[M2, T2]:
+        """This model with its schemas' types, for code that holds one provider's adapter.
+
+        TypeError when the model is of another provider type: a bug, never bad input."""
+        if not (isinstance(self.model, model) and isinstance(self.training, training)):
+            raise TypeError(f"{self.name} is a {self.provider_type} model, not {model.__name__}/{training.__name__}")
+        return cast("DesiredModel[M2, T2]", self)
 
 
 class TrainingStatus(enum.StrEnum):

@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import signal
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from reconciler import cas
@@ -52,56 +50,16 @@ from reconciler.plan import (
     plan_model,
 )
 from reconciler.providers.base import ProviderAdapter, ProviderContext
-from reconciler.providers.catalog import adapter_class, provider_type
-from reconciler.providers.origins import check_base_url
+from reconciler.providers.catalog import adapter_class, base_urls, provider_type
+from reconciler.providers.origins import TrustPolicy, base_url_env, check_base_url
+from reconciler.seams import Seams
 from reconciler.spec import ManifestSet
 from reconciler.state.base import StateStore
 
 log = logging.getLogger("reconciler.engine")
 
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def base_url_env(type_name: str) -> str:
-    return f"RECONCILER_{type_name.upper()}_BASE_URL"
-
-
-#: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
-HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
+#: Seconds an HTTP request to a provider may take (connect + answer) unless told otherwise.
 DEFAULT_HTTP_TIMEOUT = 30.0
-
-#: Test hook (docs/guarantees.md): `RECONCILER_TEST_CRASHPOINT=after-intent` makes the process
-#: SIGKILL itself at that step of a training trigger, to prove a crash there loses nothing and
-#: trains nothing twice. Read once at import; unset (always, outside tests) it costs one comparison.
-CRASHPOINT_ENV = "RECONCILER_TEST_CRASHPOINT"
-CRASHPOINTS = ("before-intent", "after-intent", "after-train-call")
-_CRASHPOINT = os.environ.get(CRASHPOINT_ENV) or None
-
-
-def _crashpoint(name: str) -> None:
-    """Die here, as `kill -9` would, when the test hook names this step."""
-    if _CRASHPOINT is not None and name == _CRASHPOINT:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def http_timeout(env: Mapping[str, str]) -> float:
-    """The HTTP timeout in seconds: `RECONCILER_HTTP_TIMEOUT` (a duration such as 10s) or 30."""
-    text = env.get(HTTP_TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_HTTP_TIMEOUT
-    from reconciler.values import parse_duration
-
-    try:
-        seconds = parse_duration(text).total_seconds()
-    except ValueError as exc:
-        raise ConfigError(f"{HTTP_TIMEOUT_ENV}: {exc}") from None
-    if seconds <= 0:
-        raise ConfigError(f"{HTTP_TIMEOUT_ENV} must be more than 0, got {text!r}")
-    return seconds
 
 
 @dataclass
@@ -128,11 +86,6 @@ class ApplyResult:
     outcomes: dict[str, TriggerOutcome] = field(default_factory=dict)
     adopted: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        errors = any(p.action is Action.ERROR for p in self.plans)
-        return not errors and all(o.started or o.held or o.superseded for o in self.outcomes.values())
-
 
 ProgressCallback = Callable[[str, Observation | ProviderError, ModelRecord | None], None]
 #: The leader's fence: proves its lease is still held, awaited before every trigger.
@@ -148,21 +101,30 @@ class Engine:
         state: StateStore,
         *,
         env: Mapping[str, str] | None = None,
-        clock: Clock = utcnow,
         git_commit: str | None = None,
         poll_interval: timedelta | None = None,
         endpoints: Mapping[str, tuple[str, str]] | None = None,
+        trust: TrustPolicy | None = None,
+        http_timeout: float = DEFAULT_HTTP_TIMEOUT,
+        seams: Seams | None = None,
     ) -> None:
-        """`endpoints` maps a provider type to (base URL, key) that replace the configured ones:
-        how `--sandbox` points every provider instance of a type at its simulator."""
+        """`env` holds the provider key variables and `RECONCILER_<TYPE>_BASE_URL` (runtime passes
+        the process environment; nothing else is read from it). `endpoints` maps a provider type
+        to (base URL, key) that replace the configured ones: how `--sandbox` points every provider
+        instance of a type at its simulator. `trust` (default: from `env`) is where keys may go,
+        the endpoints' origins included. `seams` replaces the clock, backoff sleep, HTTP
+        transport, request observers and trigger-step hook (tests)."""
         self.manifests = manifests
         self.state = state
-        self.env = dict(os.environ if env is None else env)
-        self.clock = clock
+        self.env = dict(env or {})
+        self.seams = seams or Seams()
+        self.clock = self.seams.clock
         self.git_commit = git_commit
         self.poll_interval_override = poll_interval
         self.endpoints = dict(endpoints or {})
-        self.http_timeout = http_timeout(self.env)
+        endpoint_urls = {t: url for t, (url, _) in self.endpoints.items()}
+        self.trust = (trust or TrustPolicy.from_env(self.env, base_urls())).allowing(endpoint_urls)
+        self.http_timeout = http_timeout
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
         self._train_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -208,7 +170,7 @@ class Engine:
                 f"{self._where(cfg)}: {cfg.type} has no public host; set base_url on a Provider manifest "
                 f"or {base_url_env(cfg.type)}=https://your-{cfg.type}-host"
             )
-        problem = check_base_url(base_url, cfg.allow_insecure_http)
+        problem = check_base_url(base_url, cfg.allow_insecure_http) or self.trust.base_url_problem(cfg.type, base_url)
         if problem:
             raise ConfigError(f"{self._where(cfg)}: {problem}")
         if not key:
@@ -225,8 +187,12 @@ class Engine:
             max_concurrent=ptype.max_concurrent_requests,
             timeout=self.http_timeout,
             retry=cls.retry,
+            allowed_origins=self.trust.origins_for(cfg.type),
+            transport=self.seams.transport,
+            sleep=self.seams.sleep,
+            observers=self.seams.request_observers,
         )
-        return cls(ProviderContext(config=cfg, http=http, state=self.state))
+        return cls(ProviderContext(config=cfg, http=http, state=self.state, clock=self.clock))
 
     @property
     def settle_window(self) -> timedelta:
@@ -278,12 +244,15 @@ class Engine:
             except ProviderError as exc:
                 found = {m.name: exc for m in ms}
             except Exception as exc:  # a bug or garbage in one provider must not stop the others
-                bad = unexpected_error(provider, "reading the model", exc)
+                bad = unexpected_error(provider, "reading the model", exc, adapter.http.redact)
                 found = {m.name: bad for m in ms}
             for m in ms:
                 if m.name not in found:
                     found[m.name] = BadResponseError("the adapter returned no observation", provider=provider)
-            return {name: scrub(adapter, r) for name, r in found.items()}
+            # errors were redacted where they were built; observations quote the provider's words
+            return {
+                name: redacted(r, adapter.http.redact) if isinstance(r, Observation) else r for name, r in found.items()
+            }
 
         results: dict[str, Observation | ProviderError] = {}
         for part in await asyncio.gather(*(one_provider(p, ms) for p, ms in by_provider.items())):
@@ -421,7 +390,7 @@ class Engine:
         intents: dict[str, ModelRecord] = {}
         outcomes: list[TriggerOutcome] = []
         plans: list[ModelPlan] = []
-        _crashpoint("before-intent")
+        self.seams.on_step("before-intent")  # a crash point (CRASHPOINTS)
         for p in all_plans:
             m, obs = p.model, p.observation
             assert obs is not None
@@ -463,7 +432,7 @@ class Engine:
                 )
         if not plans:
             return outcomes
-        _crashpoint("after-intent")
+        self.seams.on_step("after-intent")  # a crash point (CRASHPOINTS)
         models = [p.model for p in plans]
         provider = adapter.config.name
         try:
@@ -471,8 +440,8 @@ class Engine:
                 assert p.observation is not None
                 await adapter.prepare(p.model, p.observation)
         except Exception as exc:  # the train call was never made: nothing can have started
-            perr = exc if isinstance(exc, ProviderError) else unexpected_error(provider, "preparing", exc)
-            scrub(adapter, perr)
+            redact = adapter.http.redact
+            perr = exc if isinstance(exc, ProviderError) else unexpected_error(provider, "preparing", exc, redact)
             return outcomes + [
                 await self._train_failed(p, intents[p.name], previous[p.name], perr, sent=False) for p in plans
             ]
@@ -489,10 +458,11 @@ class Engine:
             else:
                 # raised after the call may have left (reading its answer): settled by observing
                 log.debug("train call for %s failed", ", ".join(m.name for m in models), exc_info=True)
-                terr = TemporaryProviderError(f"unexpected error: {type(exc).__name__}: {exc}", provider=provider)
-            scrub(adapter, terr)
+                terr = TemporaryProviderError(
+                    adapter.http.redact(f"unexpected error: {type(exc).__name__}: {exc}"), provider=provider
+                )
             return outcomes + [await self._train_failed(p, intents[p.name], previous[p.name], terr) for p in plans]
-        _crashpoint("after-train-call")
+        self.seams.on_step("after-train-call")  # a crash point (CRASHPOINTS)
         for p in plans:
             res = results.get(p.name, TrainResult())
             res = TrainResult(
@@ -512,7 +482,7 @@ class Engine:
         self, p: ModelPlan, intent: ModelRecord, previous: ModelRecord | None, exc: ProviderError, *, sent: bool = True
     ) -> TriggerOutcome:
         """Record why a trigger did not start a training. `sent=False`: the train call was never made."""
-        exc.for_model(p.name)
+        exc = exc.with_model(p.name)
         refused = isinstance(exc, PermanentProviderError)
         not_executed = not sent or isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
         if refused:
@@ -589,75 +559,30 @@ class Engine:
         return final
 
 
-def unexpected_error(provider: str, doing: str, exc: Exception) -> BadResponseError:
+def unexpected_error(provider: str, doing: str, exc: Exception, redact: Callable[[str], str] = str) -> BadResponseError:
     """An exception an adapter did not mean to raise, as a per-model error.
 
     It comes from an answer the adapter could not read (wrong types, missing fields) or from a
     bug: either way that provider's models are reported and the others go on. The traceback is
-    logged at debug level (-vv) only, so a provider answering garbage never prints one.
+    logged at debug level (-vv) only, so a provider answering garbage never prints one. `redact`
+    masks the key in the exception's text (it may quote the answer).
     """
     log.debug("%s: unexpected %s while %s", provider, type(exc).__name__, doing, exc_info=True)
     return BadResponseError(
-        f"unexpected answer while {doing} ({type(exc).__name__}: {exc}); run with -vv for the traceback",
+        redact(f"unexpected answer while {doing} ({type(exc).__name__}: {exc}); run with -vv for the traceback"),
         provider=provider,
     )
 
 
-def scrub(adapter: ProviderAdapter | None, result: Any) -> Any:
-    """Mask the provider's key in everything an adapter returns (a provider may echo it back)."""
-    if adapter is None:
-        return result
-    redact = adapter.http.redact
-    if isinstance(result, ProviderError):
-        result.message = redact(result.message)
-        result.args = (result.message,)
-    elif isinstance(result, Observation):
-        for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle"):
-            value = getattr(result, name)
-            if isinstance(value, str):
-                setattr(result, name, redact(value))
-        result.observed_training = {
-            k: redact(v) if isinstance(v, str) else v for k, v in result.observed_training.items()
-        }
-    return result
-
-
-def observation_summary(obs: Observation | ProviderError | None) -> dict[str, Any]:
-    """JSON-able view of an observation for `status`."""
-    if obs is None:
-        return {}
-    if isinstance(obs, ProviderError):
-        return {"error": str(obs)}
-    out: dict[str, Any] = {"status": obs.status.value, "state": obs.provider_state}
-    if obs.progress is not None:
-        out["progress"] = round(obs.progress, 3)
-    if obs.trained_at:
-        out["trained_at"] = obs.trained_at.isoformat()
-    if obs.message:
-        out["message"] = obs.message
-    return out
-
-
-def record_summary(rec: ModelRecord | None) -> dict[str, Any] | None:
-    if rec is None:
-        return None
-    return {
-        "status": rec.status.value,
-        "fingerprint": rec.fingerprint,
-        "triggered_at": rec.triggered_at.isoformat() if rec.triggered_at else None,
-        "finished_at": rec.finished_at.isoformat() if rec.finished_at else None,
-        "attempts": rec.attempts,
-        "next_attempt_at": rec.next_attempt_at.isoformat() if rec.next_attempt_at else None,
-        "handle": rec.handle,
+def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
+    """A copy of `obs` with the key masked in the provider's words (a provider may echo it back)."""
+    texts: dict[str, Any] = {
+        name: redact(value)
+        for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle")
+        if isinstance(value := getattr(obs, name), str)
     }
-
-
-def status_entry(p: ModelPlan) -> dict[str, Any]:
-    entry = p.to_json()
-    obs: Observation | ProviderError | None = p.error or p.observation
-    entry["observed"] = observation_summary(obs)
-    entry["last_training"] = record_summary(p.record)
-    return entry
+    texts["observed_training"] = {k: redact(v) if isinstance(v, str) else v for k, v in obs.observed_training.items()}
+    return dataclasses.replace(obs, **texts)
 
 
 __all__ = [
@@ -667,6 +592,5 @@ __all__ = [
     "TrainingStatus",
     "TriggerOutcome",
     "base_url_env",
-    "status_entry",
-    "utcnow",
+    "redacted",
 ]

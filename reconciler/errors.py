@@ -9,6 +9,7 @@
         ├── TemporaryProviderError   retry later: 429, 5xx, timeouts, connection errors, 409 "busy"
         │   └── RequestNotSentError  the request provably never left (connection refused): safe to resend a train call
         └── PermanentProviderError   give up: reported, never retried
+            ├── OriginNotAllowedError a URL outside the provider's allowed origins: refused, never sent
             ├── AuthError            401/403: the key is missing, wrong or lacks a scope
             ├── NotFoundError        404: the model/project/site does not exist at the provider
             ├── InvalidRequestError  400/422: the provider rejected what we sent
@@ -20,6 +21,7 @@ first kind and reports the second, so a caller only ever needs `except Temporary
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 
@@ -67,7 +69,11 @@ class LockHeldError(StateError):
 
 
 class ProviderError(ReconcilerError):
-    """A provider call failed."""
+    """A provider call failed. Treated as immutable: `with_model` returns a copy.
+
+    Its message is redacted where it is built (the HTTP layer masks the key in everything it
+    quotes), so nothing downstream rewrites it.
+    """
 
     def __init__(
         self,
@@ -89,10 +95,16 @@ class ProviderError(ReconcilerError):
         where = " ".join(p for p in (self.provider, f"model {self.model}" if self.model else "") if p)
         return f"{where}: {self.message}" if where else self.message
 
-    def for_model(self, model: str) -> ProviderError:
-        """The same error, naming the model it concerns."""
-        self.model = self.model or model
-        return self
+    def with_model(self, model: str) -> ProviderError:
+        """A copy naming the model it concerns (of the same class); self when it names one already.
+
+        A copy, because one error may be shared by several models (a failed list request).
+        """
+        if self.model:
+            return self
+        named = copy.copy(self)
+        named.model = model
+        return named
 
 
 class TemporaryProviderError(ProviderError):
@@ -105,6 +117,10 @@ class RequestNotSentError(TemporaryProviderError):
 
 class PermanentProviderError(ProviderError):
     """Retrying will not help; a person has to act."""
+
+
+class OriginNotAllowedError(PermanentProviderError):
+    """A request to an origin the operator did not allow for this provider; it was never sent."""
 
 
 class AuthError(PermanentProviderError):

@@ -12,7 +12,6 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, Observation, RecordStatus, TrainingStatus
 from reconciler.errors import (
@@ -61,9 +60,6 @@ OTHER_REASONS = (
     "provider-error",  # error: anything else the provider refused
 )
 
-#: Order of groups in text output, and precedence of exit codes.
-ACTION_ORDER = (Action.ERROR, Action.TRAIN, Action.RETRY, Action.WAIT, Action.HOLD, Action.NONE)
-
 
 @dataclass(frozen=True)
 class Reason:
@@ -92,15 +88,6 @@ class ModelPlan:
     @property
     def triggers(self) -> bool:
         return self.action in (Action.TRAIN, Action.RETRY)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.model.name,
-            "provider": self.model.provider,
-            "action": self.action.value,
-            "reasons": [{"code": r.code, "detail": r.detail} for r in self.reasons],
-            "changes": [{"path": c.path, "before": c.before, "after": c.after} for c in self.changes],
-        }
 
 
 def retry_delay(attempts: int, base: timedelta) -> timedelta:
@@ -240,122 +227,133 @@ def plan_model(
     if isinstance(observed, ProviderError):
         return ModelPlan(model, Action.ERROR, [_error_reason(observed)], record=record, error=observed)
     obs = observed
-    policy = model.policy
-    rec, events = refresh(record, obs, now, retry_base=policy.retry_backoff, training_timeout=training_timeout)
+    rec, events = refresh(record, obs, now, retry_base=model.policy.retry_backoff, training_timeout=training_timeout)
     p = ModelPlan(model, Action.NONE, record=rec, observation=obs, events=events, record_changed=bool(events))
-
-    def gated(reasons: list[Reason], action: Action = Action.TRAIN) -> ModelPlan:
-        p.reasons = reasons
-        if policy.suspend:
-            p.action, p.reasons = Action.HOLD, [*reasons, Reason("suspended", "policy.suspend is true")]
-        elif policy.drift == "warn":
-            p.action, p.reasons = Action.HOLD, [*reasons, Reason("warn-only", "policy.drift is warn")]
-        else:
-            p.action = action
-        return p
-
     if rec is None:
-        if obs.status is TrainingStatus.NONE:
-            return gated([Reason("never-trained", "no training recorded and the provider shows none")])
-        if obs.status is TrainingStatus.FAILED:
-            return gated([Reason("training-failed", f"the provider shows a failed training: {obs.message}")])
-        if obs.in_flight:
-            p.action, p.reasons = (
-                Action.WAIT,
-                [
-                    Reason("unknown-baseline", "a training nobody recorded is running at the provider"),
-                    Reason("in-flight", _progress(obs)),
-                ],
-            )
-            return p
-        detail = "the provider shows a trained model that no record explains"
-        if obs.observed_training:
-            detail += " (" + ", ".join(f"{k}={v}" for k, v in sorted(obs.observed_training.items())) + ")"
-        choice = policy.on_unknown_baseline
-        if choice == "adopt":
-            p.reasons = [
-                Reason("unknown-baseline", detail),
-                Reason("will-adopt", "apply records it as matching the spec"),
-            ]
-            return p
-        if choice == "train":
-            return gated([Reason("unknown-baseline", detail)])
-        p.action = Action.HOLD
-        p.reasons = [
-            Reason(
-                "unknown-baseline", detail + f"; run `reconciler adopt {model.name}` or set policy.on_unknown_baseline"
-            )
-        ]
-        return p
-
+        return _unrecorded(p, obs)
     if rec.status is RecordStatus.INTENT:
-        if not observable_trigger:
-            p.action = Action.HOLD
-            p.reasons = [
+        return _unacknowledged(p, rec, now, observable_trigger=observable_trigger, settle_window=settle_window)
+    if rec.status is RecordStatus.TRAINING or obs.in_flight:
+        return _in_flight(p, rec, obs)
+    return _drifted(p, rec, obs, now)
+
+
+def _decide(p: ModelPlan, action: Action, reasons: list[Reason]) -> ModelPlan:
+    p.action, p.reasons = action, reasons
+    return p
+
+
+def _gated(p: ModelPlan, reasons: list[Reason], action: Action = Action.TRAIN) -> ModelPlan:
+    """`action` for these reasons, unless the policy suspends training or only warns."""
+    policy = p.model.policy
+    if policy.suspend:
+        return _decide(p, Action.HOLD, [*reasons, Reason("suspended", "policy.suspend is true")])
+    if policy.drift == "warn":
+        return _decide(p, Action.HOLD, [*reasons, Reason("warn-only", "policy.drift is warn")])
+    return _decide(p, action, reasons)
+
+
+def _unrecorded(p: ModelPlan, obs: Observation) -> ModelPlan:
+    """No record: what the provider shows decides (paid work never starts on a guess)."""
+    if obs.status is TrainingStatus.NONE:
+        return _gated(p, [Reason("never-trained", "no training recorded and the provider shows none")])
+    if obs.status is TrainingStatus.FAILED:
+        return _gated(p, [Reason("training-failed", f"the provider shows a failed training: {obs.message}")])
+    if obs.in_flight:
+        return _decide(
+            p,
+            Action.WAIT,
+            [
+                Reason("unknown-baseline", "a training nobody recorded is running at the provider"),
+                Reason("in-flight", _progress(obs)),
+            ],
+        )
+    detail = "the provider shows a trained model that no record explains"
+    if obs.observed_training:
+        detail += " (" + ", ".join(f"{k}={v}" for k, v in sorted(obs.observed_training.items())) + ")"
+    choice = p.model.policy.on_unknown_baseline
+    if choice == "adopt":
+        return _decide(
+            p,
+            Action.NONE,
+            [Reason("unknown-baseline", detail), Reason("will-adopt", "apply records it as matching the spec")],
+        )
+    if choice == "train":
+        return _gated(p, [Reason("unknown-baseline", detail)])
+    hint = f"; run `reconciler adopt {p.name}` or set policy.on_unknown_baseline"
+    return _decide(p, Action.HOLD, [Reason("unknown-baseline", detail + hint)])
+
+
+def _unacknowledged(
+    p: ModelPlan, rec: ModelRecord, now: datetime, *, observable_trigger: bool, settle_window: timedelta
+) -> ModelPlan:
+    """An intent the provider does not show yet: held while its call may still arrive, then retried."""
+    if not observable_trigger:
+        return _decide(
+            p,
+            Action.HOLD,
+            [
                 Reason(
                     "unconfirmed-intent",
                     "a train call may have reached the provider and it offers no way to check; "
-                    f"look at the provider, then `reconciler adopt {model.name}` if it trained",
+                    f"look at the provider, then `reconciler adopt {p.name}` if it trained",
                 )
-            ]
-            return p
-        if rec.triggered_at is not None and now - rec.triggered_at < settle_window:
-            until = rec.triggered_at + settle_window
-            p.action = Action.HOLD
-            p.reasons = [
+            ],
+        )
+    if rec.triggered_at is not None and now - rec.triggered_at < settle_window:
+        until = rec.triggered_at + settle_window
+        return _decide(
+            p,
+            Action.HOLD,
+            [
                 Reason(
                     "unconfirmed-intent",
                     f"a train call made at {rec.triggered_at.isoformat()} got no answer and may still reach the "
                     f"provider; it is settled by observing, and taken as never received after {until.isoformat()}",
                 )
-            ]
-            return p
-        reasons = [Reason(code, "") for code in rec.reasons] or [Reason("never-trained", "")]
-        reasons = [
-            Reason(r.code, "an earlier train call never reached the provider (nothing seen since the intent)")
-            for r in reasons
-        ]
-        changes = diff_snapshots(rec.training, model.snapshot) if rec.fingerprint != model.fingerprint else []
-        p.changes = changes
-        return gated(reasons)
+            ],
+        )
+    never_reached = "an earlier train call never reached the provider (nothing seen since the intent)"
+    reasons = [Reason(code, never_reached) for code in rec.reasons or ["never-trained"]]
+    p.changes = diff_snapshots(rec.training, p.model.snapshot) if rec.fingerprint != p.model.fingerprint else []
+    return _gated(p, reasons)
 
-    if rec.status is RecordStatus.TRAINING or obs.in_flight:
-        p.action = Action.WAIT
-        p.reasons = [
-            Reason(
-                "in-flight",
-                _progress(obs)
-                if rec.status is RecordStatus.TRAINING
-                else "a training started outside reconciler is running; " + _progress(obs),
-            )
-        ]
-        if rec.fingerprint != model.fingerprint:
-            p.changes = diff_snapshots(rec.training, model.snapshot)
-            p.reasons.append(Reason("spec-changed", "the spec changed during the training: train again once it ends"))
-        return p
 
-    reasons, changes = _drift(model, rec, obs, now)
-    p.changes = changes
+def _in_flight(p: ModelPlan, rec: ModelRecord, obs: Observation) -> ModelPlan:
+    """A training is running: never a second one; a spec changed meanwhile trains once it ends."""
+    if rec.status is RecordStatus.TRAINING:
+        detail = _progress(obs)
+    else:
+        detail = "a training started outside reconciler is running; " + _progress(obs)
+    reasons = [Reason("in-flight", detail)]
+    if rec.fingerprint != p.model.fingerprint:
+        p.changes = diff_snapshots(rec.training, p.model.snapshot)
+        reasons.append(
+            Reason("spec-changed", "the spec changed during the training: it trains once the current training ends")
+        )
+    return _decide(p, Action.WAIT, reasons)
+
+
+def _drifted(p: ModelPlan, rec: ModelRecord, obs: Observation, now: datetime) -> ModelPlan:
+    """The last training ended: train on drift; a failed one is retried with backoff, then held."""
+    policy = p.model.policy
+    reasons, p.changes = _drift(p.model, rec, obs, now)
     if not reasons:
         return p
-    if [r.code for r in reasons] == ["training-failed"] and rec.status is RecordStatus.FAILED:
-        if rec.attempts > policy.max_retries:
-            p.action = Action.HOLD
-            p.reasons = [
-                *reasons,
-                Reason(
-                    "retries-exhausted",
-                    f"{rec.attempts} failed attempts, policy.max_retries is {policy.max_retries}; "
-                    "change the spec or raise max_retries to try again",
-                ),
-            ]
-            return p
-        if rec.next_attempt_at and now < rec.next_attempt_at:
-            p.action = Action.HOLD
-            p.reasons = [*reasons, Reason("backoff", f"next attempt after {rec.next_attempt_at.isoformat()}")]
-            return p
-        return gated(reasons, Action.RETRY)
-    return gated(reasons)
+    if [r.code for r in reasons] != ["training-failed"] or rec.status is not RecordStatus.FAILED:
+        return _gated(p, reasons)
+    if rec.attempts > policy.max_retries:
+        exhausted = Reason(
+            "retries-exhausted",
+            f"{rec.attempts} failed attempts, policy.max_retries is {policy.max_retries}; "
+            "change the spec or raise max_retries to try again",
+        )
+        return _decide(p, Action.HOLD, [*reasons, exhausted])
+    if rec.next_attempt_at and now < rec.next_attempt_at:
+        return _decide(
+            p, Action.HOLD, [*reasons, Reason("backoff", f"next attempt after {rec.next_attempt_at.isoformat()}")]
+        )
+    return _gated(p, reasons, Action.RETRY)
 
 
 def _progress(obs: Observation) -> str:
@@ -394,20 +392,3 @@ def count_in_flight(plans: Iterable[ModelPlan]) -> dict[str, int]:
         if running:
             counts[p.model.provider] = counts.get(p.model.provider, 0) + 1
     return counts
-
-
-def summarize(plans: Iterable[ModelPlan]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for p in plans:
-        out[p.action.value] = out.get(p.action.value, 0) + 1
-    return out
-
-
-def exit_code(plans: Iterable[ModelPlan]) -> int:
-    """Terraform's -detailed-exitcode: 1 any error, 2 something would train, 0 nothing to do."""
-    actions = {p.action for p in plans}
-    if Action.ERROR in actions:
-        return 1
-    if actions & {Action.TRAIN, Action.RETRY}:
-        return 2
-    return 0

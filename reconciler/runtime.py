@@ -19,14 +19,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
+    from reconciler.providers.origins import TrustPolicy
+    from reconciler.report.github import GitHub
     from reconciler.sandbox.server import Sandbox
+    from reconciler.seams import Seams
     from reconciler.spec import ManifestSet
     from reconciler.state.base import StateStore
 
+#: The distribution name on the package index (the command and import package are `reconciler`).
+DISTRIBUTION = "reconciler-gitops"
 DEFAULT_PATHS = ("specs",)
 STATE_ENV = "RECONCILER_STATE"
 POLL_INTERVAL_ENV = "RECONCILER_POLL_INTERVAL"
 SANDBOX_TRAINING_SECONDS_ENV = "RECONCILER_SANDBOX_TRAINING_SECONDS"
+#: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
+HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
 
 
 def state_url(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -46,6 +53,22 @@ def state_dir(url: str) -> Path:
     return Path(".reconciler")
 
 
+def github(flag: str | None, env: Mapping[str, str] | None = None) -> GitHub:
+    """GitHub Actions output: annotations with `--annotations github` (or under `GITHUB_ACTIONS=true`
+    unless `--annotations none`), the step summary file when `GITHUB_STEP_SUMMARY` is set."""
+    from reconciler.report.github import GitHub
+
+    env = os.environ if env is None else env
+    on = flag == "github" or (flag is None and env.get("GITHUB_ACTIONS") == "true")
+    workspace = env.get("GITHUB_WORKSPACE")
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    return GitHub(
+        annotations=on,
+        workspace=Path(workspace) if workspace else None,
+        step_summary=Path(summary) if summary else None,
+    )
+
+
 def paths_or_default(paths: Sequence[str]) -> list[str]:
     return list(paths or DEFAULT_PATHS)
 
@@ -58,12 +81,26 @@ def redactor() -> Redactor:
     return Redactor()
 
 
+def trust(env: Mapping[str, str] | None = None) -> TrustPolicy:
+    """The operator's trust policy: allowed origins per provider type (built-in base URL,
+    `RECONCILER_<TYPE>_BASE_URL`, `RECONCILER_ALLOWED_ORIGINS`) and `RECONCILER_ALLOWED_KEY_ENVS`."""
+    from reconciler.errors import ConfigError
+    from reconciler.providers.catalog import base_urls
+    from reconciler.providers.origins import TrustPolicy
+
+    try:
+        return TrustPolicy.from_env(os.environ if env is None else env, base_urls())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load(paths: Sequence[str]) -> ManifestSet:
-    """The manifests under `paths` (default `specs/`); ManifestError lists every problem."""
+    """The manifests under `paths` (default `specs/`), checked against the operator's trust
+    policy; ManifestError lists every problem."""
     from reconciler.logs import provider_key_envs
     from reconciler.spec import load_manifests
 
-    manifests = load_manifests(paths_or_default(paths))
+    manifests = load_manifests(paths_or_default(paths), trust=trust())
     # a Provider may name any variable for its key: mask its value in log lines too
     redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
     return manifests
@@ -103,21 +140,57 @@ def poll_override(sandbox: Sandbox | None, env: Mapping[str, str] | None = None)
         raise ConfigError(f"{POLL_INTERVAL_ENV}: {exc}") from None
 
 
-def build_engine(manifests: ManifestSet, state: StateStore, sandbox: Sandbox | None, paths: Sequence[str]) -> Engine:
-    """The engine for these manifests and this state, pointed at the sandbox when it runs."""
+def http_timeout(env: Mapping[str, str] | None = None) -> float:
+    """The HTTP timeout in seconds: `RECONCILER_HTTP_TIMEOUT` (a duration such as 10s) or 30."""
+    from reconciler.engine import DEFAULT_HTTP_TIMEOUT
+    from reconciler.errors import ConfigError
+    from reconciler.values import parse_duration
+
+    env = os.environ if env is None else env
+    text = env.get(HTTP_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_HTTP_TIMEOUT
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise ConfigError(f"{HTTP_TIMEOUT_ENV}: {exc}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{HTTP_TIMEOUT_ENV} must be more than 0, got {text!r}")
+    return seconds
+
+
+def build_engine(
+    manifests: ManifestSet,
+    state: StateStore,
+    sandbox: Sandbox | None,
+    paths: Sequence[str],
+    seams: Seams | None = None,
+) -> Engine:
+    """The engine for these manifests and this state, pointed at the sandbox when it runs.
+
+    It reads provider keys and base URLs from the process environment; `seams` (tests) replace
+    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook.
+    """
     from reconciler.engine import Engine
-    from reconciler.sandbox.server import SANDBOX_API_KEYS
+    from reconciler.sandbox.registry import SANDBOX_API_KEYS
     from reconciler.spec import git_commit
 
+    policy = trust()
     endpoints = {}
     if sandbox is not None:
         endpoints = {t: (sandbox.base_url(t), SANDBOX_API_KEYS[t]) for t in SANDBOX_API_KEYS}
+        # the operator asked for the simulators: their origins are allowed
+        policy = policy.allowing({t: url for t, (url, _) in endpoints.items()})
     return Engine(
         manifests,
         state,
+        env=os.environ,
         git_commit=git_commit(paths_or_default(paths)),
         endpoints=endpoints,
         poll_interval=poll_override(sandbox),
+        trust=policy,
+        http_timeout=http_timeout(),
+        seams=seams,
     )
 
 
@@ -127,7 +200,9 @@ def holder(command: str) -> str:
 
 
 @asynccontextmanager
-async def session(paths: Sequence[str], url: str, sandbox: bool) -> AsyncIterator[tuple[ManifestSet, Engine]]:
+async def session(
+    paths: Sequence[str], url: str, sandbox: bool, seams: Seams | None = None
+) -> AsyncIterator[tuple[ManifestSet, Engine]]:
     """Manifests, an open state and an engine (with the sandbox when asked); always closed."""
     from reconciler.state import open_state
 
@@ -135,7 +210,7 @@ async def session(paths: Sequence[str], url: str, sandbox: bool) -> AsyncIterato
     with sandbox_for(sandbox, url) as sb:
         state = await open_state(url)
         try:
-            engine = build_engine(manifests, state, sb, paths)
+            engine = build_engine(manifests, state, sb, paths, seams)
             try:
                 yield manifests, engine
             finally:

@@ -1,9 +1,12 @@
 """Manifests: finding, parsing, validating, fingerprinting.
 
-`load_manifests(paths)` turns YAML files into a `ManifestSet` of `DesiredModel`s and
+`load_manifests(paths, trust=...)` turns YAML files into a `ManifestSet` of `DesiredModel`s and
 `ProviderConfig`s, or raises `ManifestError` listing every problem as `file:line:col: message`.
 Per-file parsing (`parse_file`) is separate from cross-file checks (`assemble`) so the daemon can
 keep a broken file's last good version.
+
+Manifests are untrusted: where a key may go and which variables may hold one come from the
+operator's `TrustPolicy` (built by `runtime` from the environment; this module never reads it).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from pydantic import (
 
 from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source
 from reconciler.errors import ManifestError, Problem
-from reconciler.providers.catalog import known_types, provider_type
-from reconciler.providers.origins import check_base_url
+from reconciler.providers.catalog import base_urls, known_types, provider_type
+from reconciler.providers.origins import TrustPolicy, check_base_url
+from reconciler.selectors import Requirement, matches
 from reconciler.values import Duration, Strict, fingerprint, spec_snapshot
 from reconciler.yamlpos import YamlDocument, YamlError, load_documents
 
@@ -101,6 +105,8 @@ class FileResult:
     provider_refs: dict[str, tuple[str, Source]] = field(default_factory=dict)
     raw_models: list[tuple[TrainedModelManifest, YamlDocument]] = field(default_factory=list)
     digest: str = ""
+    #: the repository root its models' local files must stay inside
+    root: Path | None = None
 
 
 @dataclass
@@ -108,18 +114,33 @@ class ManifestSet:
     models: dict[str, DesiredModel]
     providers: dict[str, ProviderConfig]
     files: list[str]
+    #: things the operator should know that are not problems (a Provider replacing a type's defaults)
+    notices: list[str] = field(default_factory=list)
 
-    def select(self, targets: Sequence[str] = (), selector: dict[str, str] | None = None) -> list[DesiredModel]:
-        """Models named by --target (all when none) whose labels match --selector."""
+    def select(self, targets: Sequence[str] = (), selector: Sequence[Requirement] = ()) -> list[DesiredModel]:
+        """Models named by --target (all when none) whose labels meet every --selector requirement.
+
+        ConfigError when a target names no model, or when targets and selectors leave none."""
+        from reconciler.errors import ConfigError
+
         unknown = [t for t in targets if t not in self.models]
         if unknown:
-            from reconciler.errors import ConfigError
-
             raise ConfigError(f"--target names no model in the manifests: {', '.join(unknown)}")
         picked = [self.models[t] for t in targets] if targets else list(self.models.values())
         if selector:
-            picked = [m for m in picked if all(m.labels.get(k) == v for k, v in selector.items())]
+            picked = [m for m in picked if matches(selector, m.labels)]
+            if not picked:
+                what = f"--target {', '.join(targets)} with " if targets else ""
+                raise ConfigError(f"{what}--selector matches no model in the manifests")
         return sorted(picked, key=lambda m: m.name)
+
+    def model(self, name: str) -> DesiredModel:
+        """The model named `name`; ConfigError naming it when no manifest declares it."""
+        if name not in self.models:
+            from reconciler.errors import ConfigError
+
+            raise ConfigError(f"no model named {name!r} in the manifests")
+        return self.models[name]
 
 
 # ---------------------------------------------------------------- loading
@@ -193,10 +214,44 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def parse_file(path: Path) -> FileResult:
-    """Parse and validate one file; every problem is collected, none raised."""
+def builtin_trust() -> TrustPolicy:
+    """The policy of an empty operator environment: only the types' built-in origins and key names."""
+    return TrustPolicy.from_env({}, base_urls())
+
+
+def repository_root(folder: Path, fallback: Path | None = None) -> Path:
+    """The git top-level holding `folder` (a `.git` folder or file), else `fallback` (else `folder`)."""
+    start = folder.resolve()
+    for cand in (start, *start.parents):
+        if (cand / ".git").exists():
+            return cand
+    return (fallback if fallback is not None else folder).resolve()
+
+
+def manifest_root(file: Path, paths: Iterable[str | Path]) -> Path:
+    """The repository root of a manifest file: its git top-level, else the path on the command
+    line that holds it (a folder, or a file's own folder)."""
+    real = file.resolve()
+    given = real.parent
+    for raw in paths:
+        p = Path(raw).resolve()
+        folder = p if p.is_dir() else p.parent
+        if real.is_relative_to(folder):
+            given = folder
+            break
+    return repository_root(real.parent, given)
+
+
+def parse_file(path: Path, trust: TrustPolicy | None = None, root: Path | None = None) -> FileResult:
+    """Parse and validate one file; every problem is collected, none raised.
+
+    `trust` (default: built-in origins and key names only) decides which base URLs and key
+    variables a Provider may name; `root` (default: the git top-level, else the file's folder)
+    bounds the local files its models may read.
+    """
     file = str(path)
-    result = FileResult(path=file)
+    result = FileResult(path=file, root=root or repository_root(path.parent))
+    trust = trust or builtin_trust()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -210,11 +265,11 @@ def parse_file(path: Path) -> FileResult:
         return result
     for doc in docs:
         result.problems.extend(Problem(file, e.line, e.col, e.message) for e in doc.problems)
-        _parse_document(doc, path, result)
+        _parse_document(doc, result, trust)
     return result
 
 
-def _parse_document(doc: YamlDocument, path: Path, result: FileResult) -> None:
+def _parse_document(doc: YamlDocument, result: FileResult, trust: TrustPolicy) -> None:
     file = result.path
     data = doc.data
     if not isinstance(data, dict):
@@ -236,7 +291,7 @@ def _parse_document(doc: YamlDocument, path: Path, result: FileResult) -> None:
     elif kind == "Provider":
         pm = _validate(ProviderManifest, data, doc, (), file, result.problems)
         if pm is not None:
-            _add_provider(pm, doc, result)
+            _add_provider(pm, doc, result, trust)
     else:
         line, col = doc.where(("kind",))
         result.problems.append(Problem(file, line, col, f"unknown kind {kind!r}: expected TrainedModel or Provider"))
@@ -254,7 +309,7 @@ def _check_provider_fields(data: dict[str, Any], doc: YamlDocument, file: str, p
         _validate(ptype.training_schema, spec.get("training", {}), doc, ("spec", "training"), file, problems)
 
 
-def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult) -> None:
+def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult, trust: TrustPolicy) -> None:
     file = result.path
     if pm.spec.type not in known_types():
         line, col = doc.where(("spec", "type"))
@@ -265,10 +320,17 @@ def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult) -
     ptype = provider_type(pm.spec.type)
     line, col = doc.where(("metadata", "name"))
     if pm.spec.base_url is not None:
-        problem = check_base_url(pm.spec.base_url, pm.spec.allow_insecure_http)
+        # one problem per base_url: its form first, then whether the operator allows its origin
+        url = pm.spec.base_url
+        problem = check_base_url(url, pm.spec.allow_insecure_http) or trust.base_url_problem(pm.spec.type, url)
         if problem:
             bl, bc = doc.where(("spec", "base_url"))
             result.problems.append(Problem(file, bl, bc, problem))
+    if pm.spec.api_key_env is not None:
+        problem = trust.key_env_problem(pm.spec.type, pm.spec.api_key_env)
+        if problem:
+            kl, kc = doc.where(("spec", "api_key_env"))
+            result.problems.append(Problem(file, kl, kc, problem))
     result.providers.append(
         ProviderConfig(
             name=pm.metadata.name,
@@ -298,8 +360,9 @@ def default_provider(type_name: str) -> ProviderConfig:
 
 
 def _resolve_model(
-    manifest: TrainedModelManifest, doc: YamlDocument, file: str, provider: ProviderConfig, problems: list[Problem]
+    manifest: TrainedModelManifest, doc: YamlDocument, r: FileResult, provider: ProviderConfig, problems: list[Problem]
 ) -> DesiredModel | None:
+    file = r.path
     ptype = provider_type(provider.type)
     before = len(problems)
     model = _validate(ptype.model_schema, manifest.spec.model, doc, ("spec", "model"), file, problems)
@@ -307,7 +370,8 @@ def _resolve_model(
     if model is None or training is None:
         return None
     manifest_dir = Path(file).parent
-    for loc, message in ptype.local_problems(model, training, manifest_dir):
+    root = r.root or repository_root(manifest_dir)
+    for loc, message in ptype.local_problems(model, training, manifest_dir, root):
         line, col = doc.where(("spec", *loc))
         problems.append(Problem(file, line, col, message))
     if len(problems) > before:
@@ -326,6 +390,7 @@ def _resolve_model(
         source=Source(file, line, col),
         manifest_dir=manifest_dir,
         file=file,
+        root=root,
     )
 
 
@@ -373,19 +438,39 @@ def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]
                     )
                 )
                 continue
-            desired = _resolve_model(manifest, doc, r.path, provider, problems)
+            desired = _resolve_model(manifest, doc, r, provider, problems)
             if desired is not None:
                 models[name] = desired
     used = {m.provider for m in models.values()}
     for name in [n for n, p in providers.items() if p.source is None and n not in used]:
         del providers[name]
-    return ManifestSet(models=models, providers=providers, files=[r.path for r in results]), problems
+    manifests = ManifestSet(models=models, providers=providers, files=[r.path for r in results])
+    manifests.notices = replaced_defaults(providers.values())
+    return manifests, problems
 
 
-def load_manifests(paths: Iterable[str | Path]) -> ManifestSet:
-    """Load every manifest under `paths`; raise ManifestError with all problems found."""
+def replaced_defaults(providers: Iterable[ProviderConfig]) -> list[str]:
+    """A notice for each Provider manifest named like a type: it replaces that type's defaults."""
+    notices = []
+    for pc in sorted(providers, key=lambda p: p.name):
+        if pc.source is not None and pc.name in known_types():
+            notices.append(
+                f"notice: {pc.source}: Provider {pc.name!r} (type {pc.type}) replaces the built-in {pc.name} "
+                f"defaults for every model with provider: {pc.name} (base_url {pc.base_url or 'built-in'}, "
+                f"key from {pc.api_key_env})"
+            )
+    return notices
+
+
+def load_manifests(paths: Iterable[str | Path], trust: TrustPolicy | None = None) -> ManifestSet:
+    """Load every manifest under `paths`; raise ManifestError with all problems found.
+
+    `trust` is the operator's policy (runtime builds it from the environment); by default only
+    the types' built-in origins and key variable names are allowed.
+    """
+    paths = list(paths)
     files, problems = find_manifest_files(paths)
-    results = [parse_file(f) for f in files]
+    results = [parse_file(f, trust, manifest_root(f, paths)) for f in files]
     manifests, more = assemble(results)
     problems.extend(more)
     if problems:
@@ -395,35 +480,95 @@ def load_manifests(paths: Iterable[str | Path]) -> ManifestSet:
     return manifests
 
 
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of both kinds, with per-provider `model`/`training` (for yaml-language-server)."""
+#: `values.parse_duration`'s grammar: a number of seconds, or amounts with units (`1h30m`, `30d`).
+DURATION_PATTERN = r"^\s*(?:\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?\s*(?:[mM][sS]|[sSmMhHdDwW])\s*)+)$"
+#: What `values.parse_timestamp` reads (`datetime.fromisoformat`): `2023-01-01T00:00Z`, seconds, offsets.
+TIMESTAMP_PATTERN = (
+    r"^\s*\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d{1,6})?)?)?)?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?\s*$"
+)
+SCHEMA_LIMITS = (
+    "What a schema cannot express, and only `reconciler validate` checks: model and Provider names unique "
+    "across all files; a `provider` naming a Provider manifest in another file than the paths given to "
+    "`reconciler schema`; input_images globs matching 12-20 files inside the repository; base_url origins "
+    "and api_key_env names the operator allows; start_date before end_date."
+)
+
+
+def _agree(node: Any) -> Any:
+    """Replace pydantic's `format: duration/date-time` (ISO 8601, which validate does not read) with
+    the patterns of what validate accepts."""
+    if isinstance(node, list):
+        return [_agree(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _agree(v) for k, v in node.items()}
+    fmt = out.get("format")
+    if fmt == "duration":
+        out.pop("format")
+        out.pop("type", None)
+        default = out.get("default")
+        if isinstance(default, str) and default.startswith("P"):
+            out.pop("default")  # pydantic's ISO spelling of the default, which validate rejects
+        out["anyOf"] = [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0}]
+    elif fmt == "date-time":
+        out.pop("format")
+        out["type"] = "string"
+        out["pattern"] = TIMESTAMP_PATTERN
+    return out
+
+
+def _type_variant(key: str, type_name: str, defs: dict[str, Any]) -> dict[str, Any]:
+    ptype = provider_type(type_name)
+    m = ptype.model_schema.model_json_schema(ref_template="#/$defs/{model}")
+    tr = ptype.training_schema.model_json_schema(ref_template="#/$defs/{model}")
+    for sch in (m, tr):
+        defs.update(sch.pop("$defs", {}))
+    return {
+        "if": {"properties": {"provider": {"const": key}}, "required": ["provider"]},
+        "then": {"properties": {"model": m, "training": tr}},
+    }
+
+
+def named_providers(paths: Iterable[str | Path]) -> dict[str, str]:
+    """Provider manifests under `paths` (those that parse): name -> type."""
+    files, _ = find_manifest_files(paths)
+    out: dict[str, str] = {}
+    for f in files:
+        for pc in parse_file(f).providers:
+            out.setdefault(pc.name, pc.type)
+    return out
+
+
+def json_schema(paths: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """JSON Schema of both kinds, with per-provider `model`/`training` (for yaml-language-server);
+    Provider manifests found under `paths` give their names their type's fields too."""
     defs: dict[str, Any] = {}
-    variants = []
-    for t in known_types():
-        ptype = provider_type(t)
-        m = ptype.model_schema.model_json_schema(ref_template="#/$defs/{model}")
-        tr = ptype.training_schema.model_json_schema(ref_template="#/$defs/{model}")
-        for s in (m, tr):
-            defs.update(s.pop("$defs", {}))
-        variants.append(
-            {
-                "if": {"properties": {"provider": {"const": t}}},
-                "then": {"properties": {"model": m, "training": tr}},
-            }
-        )
+    named = named_providers(paths) if paths else {}
+    keys = {t: t for t in known_types()}
+    keys.update({name: t for name, t in named.items()})  # a Provider named like a type keeps that type
+    variants = [_type_variant(key, t, defs) for key, t in keys.items()]
     tm = TrainedModelManifest.model_json_schema(ref_template="#/$defs/{model}")
     pm = ProviderManifest.model_json_schema(ref_template="#/$defs/{model}")
-    for s in (tm, pm):
-        defs.update(s.pop("$defs", {}))
+    for sch in (tm, pm):
+        defs.update(sch.pop("$defs", {}))
     if "TrainedModelSpec" in defs:
         defs["TrainedModelSpec"]["allOf"] = variants
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://reconciler.dev/schema/v1.json",
-        "title": "reconciler manifests",
-        "oneOf": [tm, pm],
-        "$defs": defs,
-    }
+        defs["TrainedModelSpec"]["properties"]["provider"]["enum"] = sorted(keys)
+    if "Metadata" in defs:
+        defs["Metadata"]["properties"]["name"]["pattern"] = NAME_RE.pattern
+    if "ProviderSpecBody" in defs:
+        defs["ProviderSpecBody"]["properties"]["type"]["enum"] = list(known_types())
+    schema: dict[str, Any] = _agree(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://reconciler.dev/schema/v1.json",
+            "title": "reconciler manifests",
+            "description": SCHEMA_LIMITS,
+            "oneOf": [tm, pm],
+            "$defs": defs,
+        }
+    )
+    return schema
 
 
 def git_commit(paths: Sequence[str]) -> str | None:

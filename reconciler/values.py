@@ -25,12 +25,12 @@ def parse_duration(text: str | int | float) -> timedelta:
     if isinstance(text, int | float):
         if text < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=text)
+        return _timedelta(text, text)
     if not isinstance(text, str):  # a list or mapping where a duration belongs
         raise ValueError("expected a duration such as 30s, 10m, 1h or 30d")
     s = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", s):
-        return timedelta(seconds=float(s))
+        return _timedelta(float(s), text)
     pos, total = 0, 0.0
     for m in _DURATION_RE.finditer(s):
         if m.start() != pos and s[pos : m.start()].strip():
@@ -39,7 +39,15 @@ def parse_duration(text: str | int | float) -> timedelta:
         pos = m.end()
     if pos == 0 or s[pos:].strip():
         raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 10m, 1h30m or 30d")
-    return timedelta(seconds=total)
+    return _timedelta(total, text)
+
+
+def _timedelta(seconds: float, written: object) -> timedelta:
+    # a duration beyond timedelta's range (about 2.7 million years) is bad input, not a crash
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{written!r} is too long for a duration") from None
 
 
 def format_duration(td: timedelta) -> str:

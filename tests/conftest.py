@@ -1,22 +1,23 @@
-"""Shared fixtures: a sandbox on 127.0.0.1 and a way to run the real CLI against it."""
+"""Shared fixtures: a sandbox on 127.0.0.1 and a workspace that runs the CLI against it.
+
+The classes and helpers they use are in helpers.py.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import ROOT, CliResult, Clock, DaemonProcess, Workspace
 
 from reconciler.sandbox.server import Sandbox
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["PG_URL", "ROOT", "CliResult", "Clock", "Workspace", "with_search_path"]
+
+#: how long the `sandbox` fixture's trainings take: long enough to be seen running, short to wait for
+TRAINING_SECONDS = 0.4
 PG_URL = os.environ.get("RECONCILER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -47,90 +48,22 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-class Clock:
-    """A settable clock (epoch seconds): simulator state machines are tested without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0  # 2023-11-14
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    """All five simulators on a free port; trainings take 1 s."""
-    sb = Sandbox(tmp_path / "world", training_seconds=1.0).start()
+def sandbox(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """All five simulators on a free port; trainings take 0.4 s, or the test module's
+    `SANDBOX_TRAINING_SECONDS` (a test that needs one in flight longer sets its simulator's
+    `training_seconds`)."""
+    seconds = float(getattr(request.module, "SANDBOX_TRAINING_SECONDS", TRAINING_SECONDS))
+    sb = Sandbox(tmp_path / "world", training_seconds=seconds).start()
     try:
         yield sb
     finally:
         sb.stop()
-
-
-@dataclass
-class Workspace:
-    """A project folder with manifests, a state file and the sandbox's environment."""
-
-    root: Path
-    sandbox: Sandbox
-
-    @property
-    def specs(self) -> Path:
-        return self.root / "specs"
-
-    @property
-    def state_url(self) -> str:
-        return f"sqlite:///{self.root / 'state.db'}"
-
-    def write(self, relpath: str, text: str) -> Path:
-        path = self.specs / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("RECONCILER_")}
-        env.update(self.sandbox.env())
-        env["RECONCILER_STATE"] = self.state_url
-        env["RECONCILER_BACKOFF_SCALE"] = "0.01"
-        env["RECONCILER_POLL_INTERVAL"] = "0.2s"
-        env.pop("CI", None)
-        env.update(extra)
-        return env
-
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
-        """Run `reconciler ARGS` as a real process in the workspace folder."""
-        proc = subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", *args],
-            cwd=self.root,
-            env=env or self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.fixture
@@ -138,3 +71,12 @@ def workspace(tmp_path: Path, sandbox: Sandbox) -> Workspace:
     root = tmp_path / "project"
     (root / "specs").mkdir(parents=True)
     return Workspace(root, sandbox)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemon processes a test starts (append them): killed at the end if still running."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.kill()

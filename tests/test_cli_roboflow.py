@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
-from conftest import Workspace
+from helpers import Workspace, roboflow_model, train_paths
 
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault
+from reconciler.sandbox.faults import Fault
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
 
-MODEL = """\
-apiVersion: reconciler/v1
-kind: TrainedModel
-metadata:
-  name: hardhat-detector
-  labels: {team: vision}
-spec:
-  provider: roboflow
-  model: {workspace: acme, project: hardhats}
-  training: {version: 3, model_type: rfdetr-nano, epochs: EPOCHS}
-"""
-
-OTHER = """\
-apiVersion: reconciler/v1
-kind: TrainedModel
-metadata:
-  name: forklift-detector
-  labels: {team: ops}
-spec:
-  provider: roboflow
-  model: {workspace: acme, project: forklifts}
-  training: {version: 2, model_type: yolov11s}
-"""
-
-
-def train_calls(ws: Workspace) -> list[str]:
-    return [r.path for r in ws.sandbox.requests("roboflow") if r.method == "POST" and r.path.endswith("/train")]
+MODEL = roboflow_model(labels="{team: vision}", epochs="EPOCHS")
+OTHER = roboflow_model(
+    "forklift-detector", project="forklifts", version=2, model_type="yolov11s", epochs=None, labels="{team: ops}"
+)
 
 
 def test_apply_trains_once_then_in_sync(workspace: Workspace) -> None:
@@ -48,7 +29,7 @@ def test_apply_trains_once_then_in_sync(workspace: Workspace) -> None:
     (entry,) = doc["models"]
     assert entry["name"] == "hardhat-detector" and entry["action"] == "train"
     assert entry["reasons"][0]["code"] == "never-trained"
-    assert train_calls(ws) == []  # plan never writes to a provider
+    assert train_paths(ws) == []  # plan never writes to a provider
 
     applied = ws.run("apply", "--wait")
     assert applied.code == 0, applied.output
@@ -65,7 +46,7 @@ def test_apply_trains_once_then_in_sync(workspace: Workspace) -> None:
     reads = ws.sandbox.requests("roboflow")
     assert len(reads) == 1 and reads[0].method == "GET"  # one read per in-sync model, no train
     assert ws.run("apply").code == 0
-    assert train_calls(ws) == []
+    assert train_paths(ws) == []
 
 
 def test_spec_change_shows_fields_and_retrains_once(workspace: Workspace) -> None:
@@ -78,7 +59,7 @@ def test_spec_change_shows_fields_and_retrains_once(workspace: Workspace) -> Non
     assert "epochs: 100 -> 150" in plan.stdout and "spec-changed" in plan.stdout
     ws.sandbox.clear_requests()
     assert ws.run("apply", "--wait").code == 0
-    assert train_calls(ws) == ["/acme/hardhats/3/train"]
+    assert train_paths(ws) == ["/acme/hardhats/3/train"]
     assert ws.run("plan").code == 0
     hist = ws.run("history", "hardhat-detector", "--output", "json").json()
     events = [e["event"] for e in hist["events"]]
@@ -95,9 +76,9 @@ def test_apply_does_not_stack_a_training_in_flight(workspace: Workspace) -> None
     plan = ws.run("plan", "--output", "json")
     (entry,) = plan.json()["models"]
     assert entry["action"] == "wait" and {r["code"] for r in entry["reasons"]} == {"in-flight", "spec-changed"}
-    assert plan.code == 0
+    assert plan.code == 2  # a queued spec change: trains once the current training ends (design.md)
     assert ws.run("apply").code == 0
-    assert len(train_calls(ws)) == 1
+    assert len(train_paths(ws)) == 1
 
 
 def test_target_selector_and_unknown_baseline(workspace: Workspace) -> None:
@@ -130,7 +111,7 @@ def test_errors_are_per_model_and_exit_1(workspace: Workspace) -> None:
     assert by_name["forklift-detector"]["action"] == "train"
     applied = ws.run("apply")
     assert applied.code == 1
-    assert train_calls(ws) == ["/acme/forklifts/2/train"]  # the healthy model still trained
+    assert train_paths(ws) == ["/acme/forklifts/2/train"]  # the healthy model still trained
 
 
 def test_wrong_key_is_an_auth_error_without_leaking_it(workspace: Workspace) -> None:
@@ -170,19 +151,15 @@ def test_usage_errors_exit_1_and_validate(workspace: Workspace) -> None:
     assert j.code == 1 and json.loads(j.stdout)["errors"]
 
 
-def test_schema_is_json_schema() -> None:
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "reconciler.cli", "schema"], capture_output=True, text=True, check=True)
-    doc = json.loads(out.stdout)
+def test_schema_is_json_schema(workspace: Workspace) -> None:
+    out = workspace.run("schema")
+    assert out.code == 0, out.output
+    doc = out.json()
     assert doc["$schema"].startswith("https://json-schema.org/")
     assert "roboflow" in out.stdout and "TrainedModelSpec" in doc["$defs"]
 
 
 def test_history_records_the_git_commit_of_the_manifests(workspace: Workspace) -> None:
-    import subprocess
-
     ws = workspace
     ws.write("a.yaml", MODEL.replace("EPOCHS", "100"))
     git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
@@ -206,10 +183,7 @@ def test_fresh_state_in_ci_warns(workspace: Workspace) -> None:
 
 
 def test_sandbox_command_serves_all_five(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-    import urllib.request
-
+    """The real entry point as a process: it prints the exports, serves, and exits 0 on SIGTERM."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "reconciler.cli", "sandbox", "--dir", str(tmp_path / "world")],
         stdout=subprocess.PIPE,
@@ -246,11 +220,5 @@ def test_shared_postgresql_state(workspace: Workspace, postgres_url: str) -> Non
     (ws.root / "state.db").unlink(missing_ok=True)
     second = ws.run("plan", env=env)
     assert second.code == 0, second.output
-    assert [
-        e["event"] for e in ws.run("history", "hardhat-detector", "--output", "json", env=env).json()["events"]
-    ] == [
-        "intent",
-        "triggered",
-        "succeeded",
-    ]
-    assert len(train_calls(ws)) == 1
+    assert ws.story("hardhat-detector", env=env) == ["intent", "triggered", "succeeded"]
+    assert len(train_paths(ws)) == 1

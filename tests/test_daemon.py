@@ -16,29 +16,23 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
 
+import helpers
 import httpx
 import pytest
-from conftest import Workspace
+from helpers import DaemonProcess, Workspace, roboflow_model, wait_until
 
 from reconciler.daemon import DaemonOptions
 from reconciler.daemon.app import build_app, hook_authorized
 from reconciler.daemon.lifecycle import Daemon
 from reconciler.daemon.systemd import sd_notify, watchdog_interval
 from reconciler.logs import MASK, Redactor, setup_logging
-from reconciler.sandbox.server import Fault, LoggedRequest
-
-T = TypeVar("T")
+from reconciler.sandbox.faults import Fault, LoggedRequest
 
 PROVIDER = """\
 apiVersion: reconciler/v1
@@ -47,25 +41,8 @@ metadata: {name: roboflow}
 spec: {type: roboflow, poll_interval: 1s}
 """
 
-HARDHATS = """\
-apiVersion: reconciler/v1
-kind: TrainedModel
-metadata: {name: hardhat-detector}
-spec:
-  provider: roboflow
-  model: {workspace: acme, project: hardhats}
-  training: {version: 3, model_type: rfdetr-nano, epochs: EPOCHS}
-"""
-
-FORKLIFTS = """\
-apiVersion: reconciler/v1
-kind: TrainedModel
-metadata: {name: forklift-detector}
-spec:
-  provider: roboflow
-  model: {workspace: acme, project: forklifts}
-  training: {version: 2, model_type: yolov11s, epochs: EPOCHS}
-"""
+HARDHATS = roboflow_model(epochs="EPOCHS")
+FORKLIFTS = roboflow_model("forklift-detector", project="forklifts", version=2, model_type="yolov11s", epochs="EPOCHS")
 
 BROKEN = """\
 apiVersion: reconciler/v1
@@ -76,117 +53,21 @@ spec:
 """
 
 SECRET = "hook-secret-0123456789"
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+#: the process tests' timing is tuned to these: with a faster poll, a last read of a model already
+#: in sync can fall after `clear_requests()` (and the models gauge can lag /status)
+SANDBOX_TRAINING_SECONDS = 1.0
+POLL_INTERVAL = "0.2s"
 
 
 def train_calls(ws: Workspace, project: str) -> list[LoggedRequest]:
-    return [
-        r
-        for r in ws.sandbox.requests("roboflow", method="POST")
-        if r.path.startswith(f"/acme/{project}/") and r.path.endswith("/train")
-    ]
+    return helpers.train_calls(ws, path=f"^/acme/{project}/.*/train$")
 
 
-class DaemonProcess:
-    """A daemon started in the workspace; stdout/stderr go to files (no pipe can fill up)."""
-
-    def __init__(self, ws: Workspace, *args: str, env: dict[str, str] | None = None, name: str = "daemon") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.out = ws.root / f"{name}.out"
-        self.err = ws.root / f"{name}.err"
-        cmd = [sys.executable, "-m", "reconciler.cli", "daemon", "specs"]
-        cmd += ["--listen", f"127.0.0.1:{self.port}", "--resync", "1h", *args]
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=ws.root, env=ws.env(**(env or {})), stdout=out, stderr=err)
-        self.http = httpx.Client(base_url=self.url, timeout=5)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def get(self, path: str) -> httpx.Response:
-        return self.http.get(path)
-
-    def wait_ready(self, timeout: float = 20) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
-            try:
-                return self.get("/readyz").status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout, "/readyz to answer 200", interval=0.1)
-
-    def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = self.get("/status").json()
-        return doc
-
-    def model(self, name: str) -> dict[str, Any] | None:
-        for entry in self.status()["models"]:
-            if entry["name"] == name:
-                return dict(entry)
-        return None
-
-    def wait_in_sync(self, name: str, timeout: float = 15) -> dict[str, Any]:
-        """Until the model's last training succeeded and nothing is left to do."""
-
-        def in_sync() -> dict[str, Any] | None:
-            m = self.model(name)
-            last = (m or {}).get("last_training") or {}
-            return m if m and m["action"] == "none" and last.get("status") == "succeeded" else None
-
-        return wait_for(in_sync, timeout, f"{name} to be trained and in sync", interval=0.1)
-
-    def terminate(self, timeout: float = 10) -> tuple[int, float]:
-        """SIGTERM; the exit code and how long the exit took."""
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        self.http.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-def start(daemons: list[DaemonProcess], ws: Workspace, *args: str, **kw: Any) -> DaemonProcess:
-    d = DaemonProcess(ws, *args, **kw)
+def start(
+    daemons: list[DaemonProcess], ws: Workspace, *args: str, env: dict[str, str] | None = None, name: str = "daemon"
+) -> DaemonProcess:
+    environ = ws.env(RECONCILER_POLL_INTERVAL=POLL_INTERVAL, **(env or {}))
+    d = DaemonProcess(ws, ("--resync", "1h", *args), env=environ, name=name)
     daemons.append(d)
     return d
 
@@ -239,7 +120,7 @@ def test_daemon_reconciles_edits_serves_endpoints_and_stops_on_sigterm(
     ws.sandbox.inject(Fault(provider="roboflow", method="GET", path=r"^/acme/hardhats/3$", status=503))
     edited = time.monotonic()
     ws.write("a.yaml", HARDHATS.replace("EPOCHS", "20"))
-    (call,) = wait_for(lambda: train_calls(ws, "hardhats"), 5, "the train call after the edit")
+    (call,) = wait_until(lambda: train_calls(ws, "hardhats"), 5, "the train call after the edit")
     assert time.monotonic() - edited < 3.5
     assert call.json() == {"modelType": "rfdetr-nano", "epochs": 20}
     assert not [r for r in ws.sandbox.requests("roboflow") if "/forklifts" in r.path]  # untouched model
@@ -284,7 +165,7 @@ def test_daemon_reconciles_edits_serves_endpoints_and_stops_on_sigterm(
     # --lock-timeout): alive, not ready, role standby, naming the leader; it polls nothing
     requests_before = len(ws.sandbox.requests("roboflow"))
     second = start(daemons, ws, "--lock-timeout", "1s", name="second")
-    wait_for(lambda: f"pid {d.pid}" in second.stderr(), 15, "the standby to name the leader")
+    wait_until(lambda: f"pid {d.pid}" in second.stderr(), 15, "the standby to name the leader")
     assert second.proc.poll() is None and second.get("/healthz").status_code == 200
     not_ready = second.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.json()["role"] == "standby"
@@ -296,7 +177,8 @@ def test_daemon_reconciles_edits_serves_endpoints_and_stops_on_sigterm(
 
     code, took = d.terminate()
     assert code == 0 and took < 10, d.stderr()
-    time.sleep(0.2)
+    # the last datagrams the daemon sent before exiting reach the listener thread
+    wait_until(lambda: "STOPPING=1" in messages, 5, "STOPPING=1 on the notify socket")
     listening.clear()
     listener.join()
     notify.close()
@@ -328,7 +210,7 @@ def test_broken_manifest_keeps_its_last_good_version_and_recovers(
     d.wait_in_sync("forklift-detector")
 
     ws.write("b.yaml", BROKEN)
-    errors = wait_for(lambda: d.status()["manifest_errors"], 5, "the broken file in /status")
+    errors = wait_until(lambda: d.status()["manifest_errors"], 5, "the broken file in /status")
     assert all(re.match(r"^.*b\.yaml:\d+:\d+: ", e) for e in errors), errors
     assert d.model("forklift-detector") is not None  # its last good version is still reconciled
     assert d.get("/readyz").status_code == 200
@@ -337,13 +219,13 @@ def test_broken_manifest_keeps_its_last_good_version_and_recovers(
     # the other file keeps reconciling
     ws.sandbox.clear_requests()
     ws.write("a.yaml", HARDHATS.replace("EPOCHS", "20"))
-    (call,) = wait_for(lambda: train_calls(ws, "hardhats"), 5, "the train call for the other file")
+    (call,) = wait_until(lambda: train_calls(ws, "hardhats"), 5, "the train call for the other file")
     assert call.json()["epochs"] == 20
     assert not train_calls(ws, "forklifts")
 
     # fixing the file recovers without a restart; the fixed spec is what gets trained
     ws.write("b.yaml", FORKLIFTS.replace("EPOCHS", "30"))
-    (fixed,) = wait_for(lambda: train_calls(ws, "forklifts"), 5, "the train call for the fixed file")
+    (fixed,) = wait_until(lambda: train_calls(ws, "forklifts"), 5, "the train call for the fixed file")
     assert fixed.json() == {"modelType": "yolov11s", "epochs": 30}
     assert d.status()["manifest_errors"] == []
     assert "manifest error" in d.stderr() and "b.yaml" in d.stderr() and "valid again" in d.stderr()
@@ -375,7 +257,7 @@ def test_configmap_symlink_swap_is_seen_by_content(workspace: Workspace, daemons
 
     swapped = time.monotonic()
     publish("2025_01_02", 20)
-    (call,) = wait_for(lambda: train_calls(ws, "hardhats"), 6, "the train call after the ConfigMap swap")
+    (call,) = wait_until(lambda: train_calls(ws, "hardhats"), 6, "the train call after the ConfigMap swap")
     assert call.json()["epochs"] == 20
     assert time.monotonic() - swapped < 3.5
     code, took = d.terminate()
@@ -393,7 +275,7 @@ def test_full_resync_observes_every_model_on_the_interval(workspace: Workspace, 
     d.wait_in_sync("hardhat-detector")
     ws.sandbox.clear_requests()
     # nothing changed and nothing is in flight: only the resync reads the provider
-    wait_for(lambda: ws.sandbox.requests("roboflow", method="GET", path=r"^/acme/hardhats/3$"), 4, "a resync read")
+    wait_until(lambda: ws.sandbox.requests("roboflow", method="GET", path=r"^/acme/hardhats/3$"), 4, "a resync read")
     text = d.get("/metrics").text
     assert re.search(r'^reconciler_reconcile_duration_seconds_count\{trigger="resync"\} [1-9]', text, re.M), text
     assert not train_calls(ws, "hardhats")
@@ -420,7 +302,7 @@ def test_valid_lucid_callback_observes_the_model_at_once(workspace: Workspace, d
     )
     d = start(daemons, ws, env={"RECONCILER_LUCID_WEBHOOK_SECRET": SECRET})
     d.wait_ready()
-    wait_for(lambda: d.model("recommender"), 10, "the first observation of the Lucid model")
+    wait_until(lambda: d.model("recommender"), 10, "the first observation of the Lucid model")
 
     def status_reads() -> list[LoggedRequest]:
         return [
@@ -434,12 +316,12 @@ def test_valid_lucid_callback_observes_the_model_at_once(workspace: Workspace, d
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     answer = d.http.post("/hooks/lucid", content=body, headers={"X-Reconciler-Signature": signature})
     assert answer.status_code == 202 and answer.json()["models"] == ["recommender"]
-    wait_for(status_reads, 3, "the status read the callback asked for")
+    wait_until(status_reads, 3, "the status read the callback asked for")
 
     ws.sandbox.clear_requests()
     bearer = d.http.post("/hooks/lucid", content=body, headers={"Authorization": f"Bearer {SECRET}"})
     assert bearer.status_code == 202
-    wait_for(status_reads, 3, "the status read the bearer callback asked for")
+    wait_until(status_reads, 3, "the status read the bearer callback asked for")
     code, took = d.terminate()
     assert code == 0 and took < 10, d.stderr()
 

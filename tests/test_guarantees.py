@@ -12,10 +12,6 @@ import json
 import logging
 import random
 import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +21,20 @@ from urllib.parse import quote, unquote
 
 import httpx
 import pytest
-from conftest import ROOT, Workspace
+import stamina
+from helpers import (
+    HAS_DAEMON,
+    PROVIDERS,
+    QUICKSTART,
+    TRAIN_METHOD,
+    DaemonProcess,
+    Workspace,
+    copy_quickstart,
+    roboflow_model,
+    train_calls,
+    wait_until,
+)
+from helpers import free_port as closed_port
 
 from reconciler.engine import Engine
 from reconciler.errors import (
@@ -38,63 +47,12 @@ from reconciler.errors import (
 )
 from reconciler.plan import Action
 from reconciler.providers.base import path_segment
-from reconciler.providers.catalog import known_types
 from reconciler.providers.http import HttpClient, secret_forms
 from reconciler.providers.policy import Auth, RetryPolicy
-from reconciler.sandbox.server import Fault, Sandbox
+from reconciler.sandbox.faults import Fault
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 from reconciler.state import open_state
-
-QUICKSTART: dict[str, tuple[str, ...]] = {
-    "roboflow": ("hardhat-detector",),
-    "rebase": ("solar-park-alpha", "wind-farm-borealis"),
-    "photogpt": ("ada-portrait",),
-    "lucid": ("shop-recommender",),
-    "predicthq": ("downtown-covers",),
-}
-PROVIDERS = tuple(t for t in QUICKSTART if t in known_types())
-TRAIN_METHOD = {"photogpt": "GET"}
-
-FAST_PROVIDER = """\
-apiVersion: reconciler/v1
-kind: Provider
-metadata: {name: TYPE}
-spec: {type: TYPE, requests_per_second: 1000}
----
-"""
-
-ROBOFLOW = """\
-apiVersion: reconciler/v1
-kind: TrainedModel
-metadata: {name: NAME}
-spec:
-  provider: roboflow
-  model: {workspace: WS, project: PROJ}
-  training: {version: 3, model_type: rfdetr-nano, epochs: 10}
-"""
-
-
-def copy_quickstart(specs: Path, providers: tuple[str, ...] = PROVIDERS) -> None:
-    """The quickstart manifests of these providers, client rate limits lifted (simulators only)."""
-    specs.mkdir(parents=True, exist_ok=True)
-    for t in providers:
-        text = (ROOT / "specs" / f"{t}.yaml").read_text()
-        (specs / f"{t}.yaml").write_text(FAST_PROVIDER.replace("TYPE", t) + text)
-    if "photogpt" in providers:
-        shutil.copytree(ROOT / "specs" / "photogpt-images", specs / "photogpt-images", dirs_exist_ok=True)
-
-
-def train_calls(sb: Sandbox, provider: str) -> list[Any]:
-    method = TRAIN_METHOD.get(provider, "POST")
-    return [r for r in sb.requests(provider) if r.method == method and r.path.endswith("/train")]
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nothing listens on (connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @contextlib.asynccontextmanager
@@ -112,15 +70,16 @@ async def engine_for(sb: Sandbox, specs: Path, state_url: str) -> AsyncIterator[
 
 
 @pytest.fixture
-def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECONCILER_BACKOFF_SCALE", "0.01")
+def fast_backoff() -> Iterator[None]:
+    """Retries without backoff waits (stamina's test mode), each client's attempts kept."""
+    with stamina.set_testing(True, attempts=sys.maxsize, cap=True):
+        yield
 
 
 # ====================================================================== retries
 
 
-def test_backoff_is_exponential_capped_and_jittered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECONCILER_BACKOFF_SCALE", "1")
+async def test_backoff_is_exponential_capped_and_jittered() -> None:
     policy = RetryPolicy(base=1.0, cap=8.0, jitter=0.5, max_retry_after=60.0)
     for n, expected in enumerate((1.0, 2.0, 4.0)):
         samples = [policy.delay(n, None) for _ in range(200)]
@@ -134,15 +93,25 @@ def test_backoff_is_exponential_capped_and_jittered(monkeypatch: pytest.MonkeyPa
     assert policy.delay(0, 3.0) == 3.0
     assert policy.delay(5, 0.0) == 0.0
     assert policy.delay(0, 3600.0) == 60.0
-    monkeypatch.setenv("RECONCILER_BACKOFF_SCALE", "0.01")
-    assert policy.delay(100, None) <= 0.08
+    # tests retry without waiting (RECONCILER_BACKOFF_SCALE=0.01 before): what the client sleeps
+    # in stamina's test mode, the same bound
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    with stamina.set_testing(True, attempts=sys.maxsize, cap=True):
+        http = client(Scripted(503, 503, 503, 200), sleep=record, retry=policy)
+        assert (await http.request("GET", "/x")).status == 200
+        await http.aclose()
+    assert len(slept) == 3 and max(slept) <= 0.08, slept
 
 
 def test_retry_after_one_second_is_honoured(workspace: Workspace) -> None:
     ws = workspace
     copy_quickstart(ws.specs, ("roboflow",))
     ws.sandbox.inject(Fault(provider="roboflow", method="GET", status=429, retry_after=1, times=1))
-    res = ws.run("plan", env=ws.env(RECONCILER_BACKOFF_SCALE="1"))
+    res = ws.run("plan", backoff=True)  # real waits
     assert res.code == 2, res.output
     first, second = ws.sandbox.requests("roboflow")[:2]
     assert (first.status, second.status) == (429, 200)
@@ -288,7 +257,14 @@ def test_a_train_call_dropped_before_the_provider_saw_it_is_sent_again_after_the
     assert ws.run("apply", env=env).code == 1
     held = ws.run("plan", "--output", "json", env=env).json()["models"][0]
     assert held["action"] == "hold" and held["reasons"][0]["code"] == "unconfirmed-intent"
-    time.sleep(1.0)
+
+    def window_over() -> bool:
+        (entry,) = ws.plan_json(env=env)[1]["models"]
+        assert entry["action"] in ("hold", "train"), entry  # held, then planned again; never sent meanwhile
+        return bool(entry["action"] == "train")
+
+    wait_until(window_over, 10, "the settle window to pass", interval=0.1)
+    assert [r.status for r in train_calls(ws.sandbox, "roboflow")] == [0]
     again = ws.run("apply", "--wait", env=env)
     assert again.code == 0, again.output
     assert len(ws.sandbox.sim("roboflow").trainings("acme", "hardhats", 3)) == 1  # type: ignore[attr-defined]
@@ -437,9 +413,13 @@ async def test_garbage_in_any_field_of_any_answer_is_a_per_model_error(
         assert all(o.started for o in result.outcomes.values())
         await engine.plan(models)
         running = await _capture_answers(sandbox)
-        await asyncio.sleep(0.7)
-        await engine.persist_refresh(await engine.plan(models))
-        trained = {p.name: p.action for p in await engine.plan(models)}
+        deadline = time.monotonic() + 20
+        while True:  # until every (0.5 s) training ended and is recorded
+            await engine.persist_refresh(await engine.plan(models))
+            trained = {p.name: p.action for p in await engine.plan(models)}
+            if set(trained.values()) == {Action.NONE} or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert set(trained.values()) == {Action.NONE}, trained
         done = await _capture_answers(sandbox)
         assert {p for p, _ in fresh} == {p for p, _ in running} == {p for p, _ in done} == set(PROVIDERS)
@@ -485,7 +465,7 @@ HOSTILE = ["../x?y#z", "..", ".", "%2F..%2Fadmin", "a b/c", "?q=1&api_key=x", "#
 @pytest.mark.parametrize("value", HOSTILE)
 def test_hostile_ids_are_one_encoded_path_segment(workspace: Workspace, value: str) -> None:
     ws = workspace
-    ws.write("a.yaml", ROBOFLOW.replace("NAME", "hostile").replace("WS", json.dumps(value)).replace("PROJ", "hardhats"))
+    ws.write("a.yaml", roboflow_model("hostile", workspace=json.dumps(value), epochs=10))
     res = ws.run("plan", "--output", "json")
     assert res.code == 1  # not found, never another resource
     assert res.json()["models"][0]["reasons"][0]["code"] == "not-found"
@@ -596,7 +576,7 @@ def test_no_key_in_output_logs_state_or_daemon_status(tmp_path: Path) -> None:
         down = dict(env, RECONCILER_ROBOFLOW_BASE_URL=f"http://127.0.0.1:{closed_port()}/roboflow")
         run("-vv", "plan", environ=down)
         run("-vv", "apply", environ=down)
-        status = _daemon_status(ws, env, tmp_path)
+        status = _daemon_status(ws, env) if HAS_DAEMON else ""
         for args, text in outputs:
             assert not _leaks(text), (args, _leaks(text), text[-2000:])
         assert not _leaks(status), status
@@ -607,34 +587,25 @@ def test_no_key_in_output_logs_state_or_daemon_status(tmp_path: Path) -> None:
         sb.stop()
 
 
-def _daemon_status(ws: Workspace, env: dict[str, str], tmp_path: Path) -> str:
-    """GET /status of a running daemon on the same workspace (empty without reconciler/daemon.py)."""
-    if not (ROOT / "reconciler" / "daemon.py").exists():
-        return ""
-    port = closed_port()
-    err = (tmp_path / "daemon.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "-vv", "daemon", "specs", "--listen", f"127.0.0.1:{port}"],
-        cwd=ws.root,
-        env=env,
-        stdout=err,
-        stderr=err,
-    )
+def _daemon_status(ws: Workspace, env: dict[str, str]) -> str:
+    """GET /status of a running daemon (`-vv`) on the same workspace, and all it logged."""
+    d = DaemonProcess(ws, env=env, global_args=("-vv",))
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def models() -> str | None:
+            if d.proc.poll() is not None:
+                raise AssertionError(d.stderr()[-2000:])
             try:
-                got = httpx.get(f"http://127.0.0.1:{port}/status", timeout=2)
-                if got.status_code == 200 and got.json().get("models"):
-                    return got.text + (tmp_path / "daemon.log").read_text()
+                got = d.get("/status")
+                return got.text if got.status_code == 200 and got.json().get("models") else None
             except (httpx.HTTPError, ValueError):
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-2000:]
-            time.sleep(0.1)
+                return None
+
+        status = wait_until(models, 20, "the daemon's /status to list the models", interval=0.05)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        err.close()
+        d.terminate(timeout=30)
+        d.kill()
+    return status + d.stdout() + d.stderr()
 
 
 async def test_key_in_an_httpx_exception_url_is_masked(fast_backoff: None) -> None:
@@ -686,7 +657,8 @@ def test_plain_http_only_to_loopback_or_by_opt_in_in_a_manifest(
 ) -> None:
     ws = workspace
     path = ws.write("provider.yaml", INSECURE_PROVIDER.replace("URL", url).replace("EXTRA", extra))
-    res = ws.run("validate")
+    # the operator allows each http(s) origin, so only the plain-http rule is under test here
+    res = ws.run("validate", env=ws.env(RECONCILER_ALLOWED_ORIGINS=url if url.startswith("http") else ""))
     assert (res.code == 0) is ok, res.output
     if not ok:
         assert f"{path.relative_to(ws.root)}:6:" in res.stderr or f"{path}:6:" in res.stderr, res.stderr
@@ -740,14 +712,8 @@ def test_keys_are_never_read_from_manifests(workspace: Workspace) -> None:
 def test_a_refused_train_call_does_not_stop_another_models(workspace: Workspace) -> None:
     """Isolation within one provider: one model's refused train call, the other still trains."""
     ws = workspace
-    ws.write("m0.yaml", ROBOFLOW.replace("NAME", "m0").replace("WS", "acme").replace("PROJ", "hardhats"))
-    ws.write(
-        "m1.yaml",
-        ROBOFLOW.replace("NAME", "m1")
-        .replace("WS", "acme")
-        .replace("PROJ", "forklifts")
-        .replace("version: 3", "version: 2"),
-    )
+    ws.write("m0.yaml", roboflow_model("m0", epochs=10))
+    ws.write("m1.yaml", roboflow_model("m1", project="forklifts", version=2, epochs=10))
     ws.sandbox.inject(
         Fault(provider="roboflow", method="POST", path=r"hardhats/3/train$", status=422, body={"error": "bad"})
     )

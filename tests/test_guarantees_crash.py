@@ -1,77 +1,54 @@
 """Guarantees under kill -9: never a duplicate paid training, nothing lost, many writers beside each other.
 
-Every test runs the real CLI as a subprocess against the sandbox, with the quickstart manifests of
-all five providers (`specs/`), and kills `reconciler apply` at one step of a training trigger:
+Every test runs `reconciler apply` as a real process against the sandbox, with the quickstart
+manifests of all five providers (`specs/`), and kills it at one step of a training trigger:
 
-- `RECONCILER_TEST_CRASHPOINT` (reconciler.engine._crashpoint) makes the process SIGKILL itself
-  before the intent is written, after it, or after the provider answered the train call but
-  before the acknowledgement is written;
-- a sandbox `Fault` holds the train request for a while, either before the simulator handles it
-  ("in flight": the provider acts on it only later) or after (`after_handling`: "the provider did
-  it, the answer was lost"), and the test kills the process during that delay.
+- `ws.run_process(..., crash_at=STEP)` runs the CLI through tests/seamed_cli.py, whose
+  `Seams.on_step` hook makes the process SIGKILL itself before the intent is written, after it,
+  or after the provider answered the train call but before the acknowledgement is written;
+- a `Gate` (helpers.py) holds the train request at the simulator until the test opens it, either
+  before the simulator handles it ("in flight": the provider acts on it only later) or after ("the
+  provider did it, the answer was lost"), and the test kills the process while it is held: no
+  delay that a loaded machine could outlast.
 
-After each kill, `apply --wait` is run again (until `plan` is in sync) and the simulators' request
-logs must show exactly one train call per drift, and `history` must tell what happened.
+After each kill, `apply --wait` is run again (until `plan` is in sync; in-process, as the process
+boundary adds nothing there) and the simulators' request logs must show exactly one train call per
+drift, and `history` must tell what happened.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-from conftest import ROOT, CliResult, Workspace
+from helpers import (
+    HAS_DAEMON,
+    MODELS,
+    PROVIDERS,
+    QUICKSTART,
+    CliResult,
+    DaemonProcess,
+    Gate,
+    Workspace,
+    copy_quickstart,
+    train_calls,
+    wait_until,
+)
 
-from reconciler.providers.catalog import known_types
-from reconciler.sandbox.server import Fault, LoggedRequest
+from reconciler.sandbox.faults import LoggedRequest
 
-T = TypeVar("T")
-
-#: quickstart manifest of each provider type -> its models (specs/<type>.yaml)
-QUICKSTART: dict[str, tuple[str, ...]] = {
-    "roboflow": ("hardhat-detector",),
-    "rebase": ("solar-park-alpha", "wind-farm-borealis"),  # both sites in one call, as a rule
-    "photogpt": ("ada-portrait",),
-    "lucid": ("shop-recommender",),
-    "predicthq": ("downtown-covers",),
-}
-PROVIDERS = tuple(t for t in QUICKSTART if t in known_types())
-MODELS = tuple(m for t in PROVIDERS for m in QUICKSTART[t])
-#: PhotoGPT's documented train call is a GET; the others POST
-TRAIN_METHOD = {"photogpt": "GET"}
 #: A short HTTP timeout makes the settle window of an unacknowledged intent (2x the timeout) short.
 HTTP_TIMEOUT = 1.0
 
 
-FAST_PROVIDER = """\
-apiVersion: reconciler/v1
-kind: Provider
-metadata: {name: TYPE}
-spec: {type: TYPE, requests_per_second: 1000}
----
-"""
-
-
 def quickstart(ws: Workspace, providers: tuple[str, ...] = PROVIDERS) -> None:
-    """Copy the quickstart manifests (and PhotoGPT's images) into the workspace; fast trainings.
-
-    A Provider manifest per type lifts the client-side rate limits, which are there for the real
-    APIs and would only slow the simulators down.
-    """
-    for t in providers:
-        text = (ROOT / "specs" / f"{t}.yaml").read_text()
-        (ws.specs / f"{t}.yaml").write_text(FAST_PROVIDER.replace("TYPE", t) + text)
-    if "photogpt" in providers:
-        shutil.copytree(ROOT / "specs" / "photogpt-images", ws.specs / "photogpt-images", dirs_exist_ok=True)
+    """The quickstart manifests in the workspace (client rate limits lifted); fast trainings."""
+    copy_quickstart(ws.specs, providers)
     for t in ws.sandbox.served:
         ws.sandbox.sim(t).training_seconds = 0.5
 
@@ -80,32 +57,8 @@ def env(ws: Workspace, timeout: float = HTTP_TIMEOUT, **extra: str) -> dict[str,
     return ws.env(RECONCILER_HTTP_TIMEOUT=f"{timeout}s", **extra)
 
 
-def train_calls(ws: Workspace, provider: str) -> list[LoggedRequest]:
-    """The train calls a simulator received (its log entry is written once it handled the call)."""
-    method = TRAIN_METHOD.get(provider, "POST")
-    return [r for r in ws.sandbox.requests(provider) if r.method == method and r.path.endswith("/train")]
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def start_apply(ws: Workspace, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "apply", *args],
-        cwd=ws.root,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return ws.start_process("apply", *args, env=environ)
 
 
 def kill(proc: subprocess.Popen[str]) -> None:
@@ -134,18 +87,7 @@ def recover(ws: Workspace, environ: dict[str, str], timeout: float = 30) -> list
         if all(action == "none" for action, _ in actions.values()):
             return runs
         assert time.monotonic() < deadline, f"not in sync: {actions}"
-        time.sleep(0.3)
-
-
-def history(ws: Workspace, name: str) -> list[dict[str, Any]]:
-    res = ws.run("history", name, "--output", "json")
-    assert res.code == 0, res.output
-    events: list[dict[str, Any]] = res.json()["events"]
-    return events
-
-
-def story(ws: Workspace, name: str) -> list[str]:
-    return [e["event"] for e in history(ws, name)]
+        time.sleep(0.1)
 
 
 def trained_units(provider: str, calls: list[LoggedRequest]) -> list[str]:
@@ -165,13 +107,13 @@ def assert_trained_once(ws: Workspace) -> dict[str, list[str]]:
         calls = train_calls(ws, t)
         units = trained_units(t, calls)
         if len(units) != len(QUICKSTART[t]) or len(set(units)) != len(units):
-            stories = {name: history(ws, name) for name in QUICKSTART[t]}
-            detail = {n: [(e["at"], e["event"], e["reason"], e["detail"]) for e in evs] for n, evs in stories.items()}
+            found = {name: ws.events(name) for name in QUICKSTART[t]}
+            detail = {n: [(e["at"], e["event"], e["reason"], e["detail"]) for e in evs] for n, evs in found.items()}
             sent = [(c.at, c.status, c.text) for c in calls]
             pytest.fail(f"{t}: {len(calls)} train calls {sent}; history {json.dumps(detail, indent=1)}")
     stories = {}
     for name in MODELS:
-        events = story(ws, name)
+        events = ws.story(name)
         stories[name] = events
         # one acknowledgement for the one training: triggered (the run that called saw the answer)
         # or settled (a later run saw the training the unacknowledged intent started)
@@ -194,10 +136,10 @@ def integrity(ws: Workspace) -> str:
 def test_kill_before_the_intent_is_written_trains_once_after_restart(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws)
-    crashed = ws.run("apply", env=env(ws, RECONCILER_TEST_CRASHPOINT="before-intent"))
+    crashed = ws.run_process("apply", env=env(ws), crash_at="before-intent")
     assert crashed.code == -signal.SIGKILL, crashed.output
     assert all(train_calls(ws, t) == [] for t in PROVIDERS)
-    assert all(story(ws, m) == [] for m in MODELS)  # nothing was written: nothing to settle
+    assert all(ws.story(m) == [] for m in MODELS)  # nothing was written: nothing to settle
     assert {a for a, _ in plan_actions(ws, env(ws)).values()} == {"train"}
 
     runs = recover(ws, env(ws))
@@ -209,12 +151,13 @@ def test_kill_before_the_intent_is_written_trains_once_after_restart(workspace: 
 def test_kill_after_the_intent_holds_then_trains_once(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws)
-    # a settle window (2x the HTTP timeout) long enough that "at once" holds on a loaded machine
-    timeout = 4 * HTTP_TIMEOUT
-    crashed = ws.run("apply", env=env(ws, timeout, RECONCILER_TEST_CRASHPOINT="after-intent"))
+    # a settle window (2x the HTTP timeout) long enough that "at once" holds on a loaded machine:
+    # the runs below are in-process, with no interpreter start-up between the kill and them
+    timeout = 3 * HTTP_TIMEOUT
+    crashed = ws.run_process("apply", env=env(ws, timeout), crash_at="after-intent")
     assert crashed.code == -signal.SIGKILL, crashed.output
     assert all(train_calls(ws, t) == [] for t in PROVIDERS)
-    with_intent = [m for m in MODELS if story(ws, m) == ["intent"]]
+    with_intent = [m for m in MODELS if ws.story(m) == ["intent"]]
     assert with_intent, "the process died before any intent was written"
 
     # at once: the intent may stand for a train call still on its way, so it is held, not resent
@@ -226,19 +169,26 @@ def test_kill_after_the_intent_holds_then_trains_once(workspace: Workspace) -> N
     assert held and all(train_calls(ws, t) == [] for t in held)
 
     # after the settle window nothing showed up: the call never left, so it is made (once)
-    time.sleep(2 * timeout)
+    def window_over() -> bool:
+        now = plan_actions(ws, env(ws, timeout))
+        for name in with_intent:  # held until the window ends, then planned again
+            assert now[name] == ("hold", ["unconfirmed-intent"]) or now[name][0] == "train", now
+        return all(now[name][0] == "train" for name in with_intent)
+
+    wait_until(window_over, 10 * timeout, "the settle window to pass", interval=0.2)
+    assert all(train_calls(ws, t) == [] for t in held)  # held until then: nothing was sent meanwhile
     recover(ws, env(ws, timeout))
     stories = assert_trained_once(ws)
     for name in with_intent:
         assert stories[name] == ["intent", "intent", "triggered", "succeeded"], stories
-        second = history(ws, name)[1]
+        second = ws.events(name)[1]
         assert "never reached the provider" in str(second["detail"]["reasons"])
 
 
 def test_kill_after_the_provider_answered_settles_by_observing(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws)
-    crashed = ws.run("apply", env=env(ws, RECONCILER_TEST_CRASHPOINT="after-train-call"))
+    crashed = ws.run_process("apply", env=env(ws), crash_at="after-train-call")
     assert crashed.code == -signal.SIGKILL, crashed.output
     called = [t for t in PROVIDERS if train_calls(ws, t)]
     assert called, "the process died before any train call"
@@ -256,70 +206,90 @@ def test_kill_after_the_provider_answered_settles_by_observing(workspace: Worksp
 # ------------------------------------------------------------------ kills during the train request
 
 
-def inject_train_delay(ws: Workspace, delay: float, *, after_handling: bool) -> None:
-    for t in PROVIDERS:
-        ws.sandbox.inject(
-            Fault(
-                provider=t,
-                method=TRAIN_METHOD.get(t, "POST"),
-                path=r"/train$",
-                delay=delay,
-                after_handling=after_handling,
-            )
-        )
-
-
 def test_kill_while_the_train_request_is_in_flight_never_sends_it_again(workspace: Workspace) -> None:
+    """The train requests reached the providers, which have not acted on them yet, when the process dies.
+
+    A gate in front of each simulator holds them there (instead of a delay that a loaded machine can
+    outlast): whatever the timing, the restart sees no training at the providers yet.
+    """
     ws = workspace
     quickstart(ws)
-    timeout = 2.0  # settle window 4 s: longer than the provider takes to act on the request
-    inject_train_delay(ws, 1.5, after_handling=False)
-    proc = start_apply(ws, env(ws, timeout))
-    wait_for(lambda: not ws.sandbox.faults(), 20, "every train request to reach its simulator")
-    kill(proc)
-    assert all(train_calls(ws, t) == [] for t in PROVIDERS)  # received, not acted on yet
+    timeout = 5.0  # settle window 10 s: the restarted runs below happen well within it
+    gate = Gate(ws.sandbox, PROVIDERS, r"/train$")
+    try:
+        proc = start_apply(ws, env(ws, timeout))
+        wait_until(gate.reached_by_all, 30, "every train request to reach its simulator")
+        kill(proc)
+        assert all(train_calls(ws, t) == [] for t in PROVIDERS)  # received, not acted on yet
 
-    # restarted at once: the provider shows nothing yet, and nothing is sent again
-    actions = plan_actions(ws, env(ws, timeout))
-    assert {a for a, _ in actions.values()} <= {"hold", "wait"}, actions
-    assert any(codes == ["unconfirmed-intent"] for _, codes in actions.values()), actions
+        # restarted at once: the provider shows nothing yet, and nothing is sent again
+        actions = plan_actions(ws, env(ws, timeout))
+        assert {a for a, _ in actions.values()} <= {"hold", "wait"}, actions
+        assert any(codes == ["unconfirmed-intent"] for _, codes in actions.values()), actions
+        assert all(codes == ["unconfirmed-intent"] for _, codes in actions.values()), actions
+        again = ws.run("apply", env=env(ws, timeout))
+        assert again.code == 0, again.output
+        assert all(gate.count(t) == 1 for t in PROVIDERS), gate.arrived
 
+        # the providers act on the requests received before the kill
+        gate.open()
+        wait_until(lambda: all(train_calls(ws, t) for t in PROVIDERS), 30, "the providers to act on them")
+    finally:
+        gate.remove()
     recover(ws, env(ws, timeout))
     assert_trained_once(ws)
     for name in MODELS:
-        assert story(ws, name) == ["intent", "settled", "succeeded"]
+        assert ws.story(name) == ["intent", "settled", "succeeded"]
 
 
 def test_kill_after_the_provider_acted_but_the_answer_was_lost(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws)
-    inject_train_delay(ws, 2, after_handling=True)
-    proc = start_apply(ws, env(ws))
-    wait_for(lambda: not ws.sandbox.faults(), 20, "every train request to reach its simulator")
-    time.sleep(0.2)  # handled; the answers are held back by the fault
-    kill(proc)
+    # each provider acts on its train request; a gate holds the answer back until the process is dead
+    gate = Gate(ws.sandbox, PROVIDERS, r"/train$", before=False)
+    try:
+        proc = start_apply(ws, env(ws))
+        wait_until(gate.reached_by_all, 30, "every provider to act on its train request")
+        kill(proc)
 
-    actions = plan_actions(ws, env(ws))
-    assert {a for a, _ in actions.values()} <= {"wait", "none"}, actions  # settled by observing
-    recover(ws, env(ws))
+        actions = plan_actions(ws, env(ws))
+        assert {a for a, _ in actions.values()} <= {"wait", "none"}, actions  # settled by observing
+        recover(ws, env(ws))
+        assert all(gate.count(t) == 1 for t in PROVIDERS), gate.arrived  # never sent again
+    finally:
+        gate.remove()
     # a request is logged once its (held back) answer went out
-    wait_for(lambda: all(train_calls(ws, t) for t in PROVIDERS), 10, "the held-back answers")
+    wait_until(lambda: all(train_calls(ws, t) for t in PROVIDERS), 10, "the held-back answers")
     assert_trained_once(ws)
     for name in MODELS:
-        assert story(ws, name) == ["intent", "settled", "succeeded"]
+        assert ws.story(name) == ["intent", "settled", "succeeded"]
 
 
 # ------------------------------------------------------------------ nothing lost
 
 
 def test_kill_at_random_moments_loses_nothing_and_trains_once(workspace: Workspace) -> None:
-    """kill -9 `apply --wait` again and again while it writes; the WAL database stays intact."""
+    """kill -9 `apply --wait` again and again while it writes; the WAL database stays intact.
+
+    Each moment is counted from the run's first request to a provider (it has read its manifests
+    and opened the state by then), so the kills land in its work, not in the interpreter's start-up.
+    """
     ws = workspace
     quickstart(ws)
+    for t in ws.sandbox.served:
+        # trainings outlast the kill moments, so each `apply --wait` is still following them when
+        # it is killed (with 0.5 s ones the later runs found everything in sync and exited first)
+        ws.sandbox.sim(t).training_seconds = 3.0
     kills = 0
-    for delay in (0.25, 0.4, 0.55, 0.7, 0.85, 1.0):
+    for delay in (0.0, 0.1, 0.2, 0.35, 0.5, 0.7):
+        seen = len(ws.sandbox.requests())
         proc = start_apply(ws, env(ws), "--wait")
-        time.sleep(delay)
+
+        def started(proc: subprocess.Popen[str] = proc, seen: int = seen) -> bool:
+            return proc.poll() is not None or len(ws.sandbox.requests()) > seen
+
+        wait_until(started, 60, "the run's first request")
+        time.sleep(delay)  # the moment of the kill: this is what varies, nothing waits on it
         if proc.poll() is None:
             kill(proc)
             kills += 1
@@ -345,63 +315,48 @@ def test_kill_at_random_moments_loses_nothing_and_trains_once(workspace: Workspa
 def test_two_applies_never_both_trigger(workspace: Workspace) -> None:
     ws = workspace
     quickstart(ws, ("roboflow",))
-    # the first apply's train call takes 8 s: long enough, even on a loaded machine, for a
-    # second apply to run start to end meanwhile
-    ws.sandbox.inject(Fault(provider="roboflow", method="POST", path=r"/train$", delay=8))
-    first = start_apply(ws, env(ws, 10))
-    wait_for(lambda: not ws.sandbox.faults(), 20, "the first apply's train call")
+    ws.sandbox.sim("roboflow").training_seconds = 60  # still in flight when the third apply plans
+    # a gate holds the first apply's train call at the provider for as long as the test needs: a
+    # second apply runs start to end meanwhile, without waiting (there is no lock any more)
+    gate = Gate(ws.sandbox, ("roboflow",), r"/train$")
+    try:
+        first = start_apply(ws, env(ws, 10))
+        wait_until(gate.reached_by_all, 30, "the first apply's train call")
 
-    # the second never waits for the first (--lock-timeout is accepted and ignored): it sees the
-    # first's intent and holds; it sends no train call
-    started = time.monotonic()
-    second = ws.run("apply", "--lock-timeout", "1s", env=env(ws, 10))
-    assert second.code == 0, second.output
-    assert "hold (1)" in second.stdout and "unconfirmed-intent" in second.stdout, second.output
-    assert time.monotonic() - started < 8
-    assert first.poll() is None, "the first apply ended before the second ran"
+        # --lock-timeout is accepted and ignored: the second sees the first's intent and holds
+        second = ws.run("apply", "--lock-timeout", "1s", env=env(ws, 10))
+        assert second.code == 0, second.output
+        assert "hold (1)" in second.stdout and "unconfirmed-intent" in second.stdout, second.output
+        assert first.poll() is None, "the first apply ended before the second ran"
+        assert train_calls(ws, "roboflow") == [] and gate.count("roboflow") == 1
+        gate.open()
 
-    out, err = first.communicate(timeout=30)
-    assert first.returncode == 0, out + err
+        out, err = first.communicate(timeout=30)
+        assert first.returncode == 0, out + err
+        third = ws.run("apply", "--lock-timeout", "30s", env=env(ws, 10))
+        assert third.code == 0, third.output
+    finally:
+        gate.remove()
+    assert "wait (1)" in third.stdout  # it found the first's training in flight
     assert len(train_calls(ws, "roboflow")) == 1
+    assert gate.count("roboflow") == 1
 
 
-@pytest.mark.skipif(not (ROOT / "reconciler" / "daemon").is_dir(), reason="reconciler/daemon/ not in this tree")
-def test_apply_never_triggers_while_a_daemon_holds_the_state(workspace: Workspace, tmp_path: Path) -> None:
+@pytest.mark.skipif(not HAS_DAEMON, reason="reconciler.daemon not in this tree")
+def test_apply_never_triggers_while_a_daemon_holds_the_state(
+    workspace: Workspace, daemons: list[DaemonProcess]
+) -> None:
     ws = workspace
     quickstart(ws, ("roboflow",))
     ws.sandbox.sim("roboflow").training_seconds = 30  # the daemon's training stays in flight
-    with socket_port() as port:
-        log = (tmp_path / "daemon.err").open("w")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "reconciler.cli", "daemon", "specs", "--listen", f"127.0.0.1:{port}"],
-            cwd=ws.root,
-            env=env(ws, 5),
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    daemon = DaemonProcess(ws, env=env(ws, 5))
+    daemons.append(daemon)
     try:
-        wait_for(lambda: train_calls(ws, "roboflow"), 20, "the daemon's train call")
+        wait_until(lambda: train_calls(ws, "roboflow"), 20, "the daemon's train call")
         # the apply runs beside the daemon (no lock to wait for) and finds its training in flight
         res = ws.run("apply", "--lock-timeout", "1s", env=env(ws, 5))
         assert res.code == 0 and "wait (1)" in res.stdout, res.output
         assert len(train_calls(ws, "roboflow")) == 1
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=30)
-        log.close()
+        daemon.terminate(timeout=30)
     assert len(train_calls(ws, "roboflow")) == 1
-
-
-class socket_port:
-    """A free TCP port on 127.0.0.1 (closed before the daemon binds it)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        return port
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -6,15 +6,20 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+import helpers
 import httpx
 import pytest
-from conftest import Workspace
+from helpers import Workspace, codes, one_simulator, train_calls, wait_until
 
+from reconciler import runtime
 from reconciler.providers.lucid.schema import LucidTraining
-from reconciler.sandbox.lucid import UNAUTHORIZED_BODY, LucidSimulator
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.lucid.simulator import LucidSimulator
+from reconciler.sandbox.lucid.validation import UNAUTHORIZED_BODY
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["lucid"]
@@ -49,13 +54,12 @@ def manifest(name: str = "shop-recs", model_id: str = "shop-recs", tags: str = "
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     """Only the Lucid simulator (trainings take 0.6 s), so other providers cannot interfere."""
-    with Sandbox(tmp_path / "world", providers=["lucid"], training_seconds=0.6) as sb:
+    with one_simulator(tmp_path / "world", "lucid", training_seconds=0.6) as sb:
         yield sb
 
 
 def sim(ws: Workspace | Sandbox) -> LucidSimulator:
-    sb = ws.sandbox if isinstance(ws, Workspace) else ws
-    return cast(LucidSimulator, sb.sim("lucid"))
+    return helpers.sim(ws, "lucid", LucidSimulator)
 
 
 def setup(ws: Workspace, *models: str) -> None:
@@ -70,12 +74,8 @@ def plan_entry(ws: Workspace, name: str = "shop-recs") -> tuple[int, dict[str, A
     return result.code, entries[name]
 
 
-def codes(entry: dict[str, Any]) -> list[str]:
-    return [r["code"] for r in entry["reasons"]]
-
-
 def trains(ws: Workspace) -> list[LoggedRequest]:
-    return ws.sandbox.requests("lucid", method="POST", path=r"^/v1/recommender/train$")
+    return train_calls(ws, "lucid", path=r"^/v1/recommender/train$")
 
 
 # -- CLI against the sandbox ------------------------------------------------------------------
@@ -264,9 +264,7 @@ def test_callback_url_is_sent_and_called_on_completion(workspace: Workspace) -> 
     hook = ws.sandbox.url + "/lucid/hooks/lucid"  # logged by the sandbox like any request
     assert ws.run("apply", "--wait", env=ws.env(RECONCILER_LUCID_CALLBACK_URL=hook)).code == 0
     assert trains(ws)[0].json()["callback_url"] == hook
-    deadline = time.monotonic() + 3
-    while not ws.sandbox.requests("lucid", path="^/hooks/lucid$") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: ws.sandbox.requests("lucid", path="^/hooks/lucid$"), 10, "the completion callback")
     (call,) = ws.sandbox.requests("lucid", path="^/hooks/lucid$")
     assert call.method == "POST" and call.json()["status"] == "completed"
     assert call.json()["model_id"] == "shop-recs" and call.json()["progress"] == 100
@@ -286,7 +284,9 @@ def test_invalid_training_fields_are_rejected_offline(workspace: Workspace) -> N
 
 def test_quickstart_spec_and_example_validate() -> None:
     root = Path(__file__).resolve().parent.parent
-    found = load_manifests([root / "specs/lucid.yaml", root / "examples/lucid/recommender.yaml"])
+    # Lucid has no public host: the operator names theirs, which allows the example's base_url
+    trust = runtime.trust({"RECONCILER_LUCID_BASE_URL": "https://lucid.example.com"})
+    found = load_manifests([root / "specs/lucid.yaml", root / "examples/lucid/recommender.yaml"], trust=trust)
     assert {m.provider_type for m in found.models.values()} == {"lucid"} and len(found.models) == 3
     assert found.providers["lucid-prod"].base_url == "https://lucid.example.com"
 
@@ -363,8 +363,11 @@ def test_sim_training_state_machine_and_status(sandbox: Sandbox) -> None:
 
         sim(sandbox).fail_next_trainings(1, "bad data")
         c.post("/train", json={"model_id": "m1"})
-        time.sleep(0.7)
-        failed = c.get("/status", params={"model_id": "m1"}).json()
+        failed = wait_until(
+            lambda: (got := c.get("/status", params={"model_id": "m1"}).json())["status"] != "running" and got,
+            10,
+            "the failing training to end",
+        )
         assert failed["status"] == "error" and failed["message"] == "bad data"
         # no data_tags: every batch
         assert failed["data_batch_ids"] == sim(sandbox).batch_ids()

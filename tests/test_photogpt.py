@@ -11,16 +11,16 @@ import hashlib
 import json
 import shutil
 import struct
-import time
 import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+import helpers
 import httpx
 import pytest
-from conftest import ROOT, Clock, Workspace
+from helpers import ROOT, Clock, Workspace, one_simulator, train_calls, wait_until
 
 from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingStatus
 from reconciler.errors import NotFoundError
@@ -28,8 +28,12 @@ from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient
 from reconciler.providers.photogpt.adapter import PhotoGPTAdapter
 from reconciler.providers.photogpt.images import MAX_IMAGE_BYTES, scan_images
-from reconciler.sandbox.photogpt import SEED_MODEL_ID, PhotoGPTSimulator
-from reconciler.sandbox.server import SANDBOX_API_KEYS, LoggedRequest, Sandbox, SimRequest
+from reconciler.providers.photogpt.schema import PhotoGPTModel, PhotoGPTTraining
+from reconciler.sandbox.faults import LoggedRequest
+from reconciler.sandbox.photogpt.simulator import SEED_MODEL_ID, PhotoGPTSimulator
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
+from reconciler.sandbox.wire import SimRequest
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["photogpt"]
@@ -69,8 +73,7 @@ def png(seed: int, size: int = 8) -> bytes:
 
 
 def sim(ws: Workspace | Sandbox) -> PhotoGPTSimulator:
-    sb = ws.sandbox if isinstance(ws, Workspace) else ws
-    return cast(PhotoGPTSimulator, sb.sim("photogpt"))
+    return helpers.sim(ws, "photogpt", PhotoGPTSimulator)
 
 
 def setup_model(ws: Workspace, *, images: int = 12, name: str = "portrait", folder: str = "faces") -> str:
@@ -97,18 +100,14 @@ def local_hashes(folder: Path) -> list[str]:
 
 
 def wait_status(s: PhotoGPTSimulator, model_id: str, word: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while s.model_status(model_id) != word:
-        assert time.monotonic() < deadline, f"model never became {word}: {s.model_view(model_id)}"
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: s.model_status(model_id) == word, timeout, f"the model to become {word}")
+    except AssertionError as exc:
+        raise AssertionError(f"model never became {word}: {s.model_view(model_id)}") from exc
 
 
 def uploads(ws: Workspace) -> list[LoggedRequest]:
     return ws.sandbox.requests("photogpt", method="POST", path=r"^/images/upload$")
-
-
-def train_calls(ws: Workspace) -> list[LoggedRequest]:
-    return ws.sandbox.requests("photogpt", path=r"/train$")
 
 
 def form(entry: LoggedRequest) -> dict[str, Any]:
@@ -151,7 +150,7 @@ def test_first_apply_uploads_twelve_then_trains_then_in_sync(workspace: Workspac
     assert sorted(p["file"][0] for p in sent) == [f"portrait-{n:02d}.png" for n in range(1, 13)]
     assert all(p["file"][2] == "image/png" for p in sent)
     assert sorted(hashlib.sha256(p["file"][1]).hexdigest() for p in sent) == local_hashes(ws.specs / "faces")
-    (train,) = train_calls(ws)
+    (train,) = train_calls(ws, "photogpt", any_method=True)
     assert train.method == "GET" and train.path == f"/models/{model_id}/train" and train.status == 200
     log = ws.sandbox.requests("photogpt")
     assert log.index(train) > max(log.index(u) for u in ups)  # images first, then the training
@@ -167,7 +166,7 @@ def test_first_apply_uploads_twelve_then_trains_then_in_sync(workspace: Workspac
     assert ws.run("apply").code == 0
     log = ws.sandbox.requests("photogpt")
     assert log and all(r.method == "GET" for r in log)
-    assert not uploads(ws) and not train_calls(ws)
+    assert not uploads(ws) and not train_calls(ws, "photogpt", any_method=True)
     assert_headers(ws)
 
 
@@ -195,7 +194,7 @@ def test_changing_one_image_uploads_exactly_one_and_trains_again(workspace: Work
     assert form(up)["file"][0] == "portrait-03.png"
     (deleted,) = ws.sandbox.requests("photogpt", method="DELETE")
     assert deleted.path == f"/images/{old['portrait-03.png']}"
-    assert len(train_calls(ws)) == 1
+    assert len(train_calls(ws, "photogpt", any_method=True)) == 1
     assert_headers(ws)
     stored = sim(ws).input_images(model_id)
     assert sorted(i["sha256"] for i in stored) == local_hashes(ws.specs / "faces")
@@ -232,7 +231,7 @@ def test_429_on_train_is_held_not_an_error_and_planned_again(workspace: Workspac
     assert "portrait: held by the provider" in applied.stderr and "429" in applied.stderr
     outcome = applied.json()["outcomes"]["portrait"]
     assert outcome["started"] is False and outcome["held"] is True
-    (train,) = train_calls(ws)
+    (train,) = train_calls(ws, "photogpt", any_method=True)
     assert train.status == 429
     assert s.model_status(model_id) == "new"
 
@@ -246,7 +245,7 @@ def test_429_on_train_is_held_not_an_error_and_planned_again(workspace: Workspac
     ws.sandbox.clear_requests()
     assert ws.run("apply").code == 0
     assert not uploads(ws)  # uploaded during the held attempt and remembered
-    assert [r.status for r in train_calls(ws)] == [200]
+    assert [r.status for r in train_calls(ws, "photogpt", any_method=True)] == [200]
 
 
 def test_failed_training_is_seen_and_retried_with_backoff(workspace: Workspace) -> None:
@@ -255,10 +254,7 @@ def test_failed_training_is_seen_and_retried_with_backoff(workspace: Workspace) 
     model_id = setup_model(ws)
     s.fail_next_trainings(1)
     assert ws.run("apply").code == 0
-    deadline = time.monotonic() + 10
-    while s.trainings(model_id)[0]["phase"] != "failed":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: s.trainings(model_id)[0]["phase"] == "failed", 10, "the training to fail")
     assert s.model_status(model_id) == "new"  # no failure status at PhotoGPT: back to new
     plan = ws.run("plan", "--output", "json")
     (entry,) = plan.json()["models"]
@@ -266,7 +262,7 @@ def test_failed_training_is_seen_and_retried_with_backoff(workspace: Workspace) 
     assert [r["code"] for r in entry["reasons"]] == ["training-failed", "backoff"]
     ws.sandbox.clear_requests()
     assert ws.run("apply").code == 0  # only holds: records the failure, trains nothing
-    assert not train_calls(ws)
+    assert not train_calls(ws, "photogpt", any_method=True)
     hist = ws.run("history", "portrait", "--output", "json").json()["events"]
     failed = [e for e in hist if e["event"] == "failed"]
     assert failed and "went back to 'new'" in failed[0]["detail"]["message"]
@@ -363,7 +359,7 @@ def test_scan_images_rejects_bad_files(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_sandbox(tmp_path: Path, clock: Clock) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path / "world", providers=["photogpt"], training_seconds=100, clock=clock) as sb:
+    with one_simulator(tmp_path / "world", "photogpt", clock=clock) as sb:
         yield sb
 
 
@@ -482,13 +478,13 @@ def _adapter(sb: Sandbox) -> PhotoGPTAdapter:
     return PhotoGPTAdapter(ProviderContext(config=config, http=http, state=None))
 
 
-def _model(tmp_path: Path, model_id: str) -> DesiredModel:
+def _model(tmp_path: Path, model_id: str) -> DesiredModel[PhotoGPTModel, PhotoGPTTraining]:
     specs = tmp_path / "specs"
     (specs / "faces").mkdir(parents=True)
     for src in sorted(SAMPLES.glob("*.png")):
         shutil.copy(src, specs / "faces" / src.name)
     (specs / "m.yaml").write_text(MANIFEST.replace("NAME", "m").replace("MODEL_ID", model_id))
-    return load_manifests([specs]).models["m"]
+    return load_manifests([specs]).models["m"].typed(PhotoGPTModel, PhotoGPTTraining)
 
 
 def _record(model: DesiredModel, marker: str | None, *, minutes_ago: float, data_marker: Any = None) -> ModelRecord:

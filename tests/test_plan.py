@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from reconciler.domain import DesiredModel, ModelRecord, Observation, Policy, RecordStatus, TrainingStatus
 from reconciler.errors import AuthError, NotFoundError, TemporaryProviderError
-from reconciler.plan import Action, ModelPlan, exit_code, limit_concurrency, plan_model
+from reconciler.plan import Action, ModelPlan, limit_concurrency, plan_model
+from reconciler.report.exits import plan_exit_code as exit_code
+from reconciler.report.views import plan_entry
 from reconciler.spec import load_manifests
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -63,7 +65,7 @@ def record(m: DesiredModel, status: RecordStatus = RecordStatus.SUCCEEDED, **kw:
     return ModelRecord(**base)  # type: ignore[arg-type]
 
 
-def obs(status: TrainingStatus = TrainingStatus.SUCCEEDED, marker: str = "t1", **kw: object) -> Observation:
+def obs(status: TrainingStatus = TrainingStatus.SUCCEEDED, marker: str | None = "t1", **kw: object) -> Observation:
     return Observation(status=status, marker=marker, **kw)  # type: ignore[arg-type]
 
 
@@ -85,7 +87,7 @@ def test_spec_changed_lists_fields(model: DesiredModel, model_150: DesiredModel)
     p = plan_model(model_150, record(model), obs(), NOW)
     assert (p.action, codes(p)) == (Action.TRAIN, ["spec-changed"])
     assert [(c.path, c.before, c.after) for c in p.changes] == [("training.epochs", 100, 150)]
-    assert p.to_json()["changes"] == [{"path": "training.epochs", "before": 100, "after": 150}]
+    assert plan_entry(p)["changes"] == [{"path": "training.epochs", "before": 100, "after": 150}]
 
 
 def test_stale_data_and_expiry(model: DesiredModel) -> None:
@@ -199,7 +201,7 @@ def test_plan_properties(
     o = obs(obs_status, obs_marker, stale="x" if stale else None, data_changed="y" if data else None)
     p = plan_model(desired, rec, o, NOW, observable_trigger=observable)
     again = plan_model(desired, rec, o, NOW, observable_trigger=observable)
-    assert p.to_json() == again.to_json()  # pure: same inputs, same plan
+    assert plan_entry(p) == plan_entry(again)  # pure: same inputs, same plan
     # never stack a second training on one in flight
     if o.in_flight:
         assert not p.triggers

@@ -11,23 +11,20 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from conftest import ROOT, Clock, Workspace
+from helpers import ROOT, Clock, Workspace, codes, one_simulator, sim, train_paths
 
 from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingStatus
 from reconciler.plan import Action, plan_model
 from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient, error_message
 from reconciler.providers.predicthq.adapter import PredictHQAdapter
-from reconciler.sandbox.predicthq import (
-    INVALID_DATA,
-    NO_DEMAND_MESSAGE,
-    SEED_DEMAND_DAYS,
-    SEED_LOCATION_ID,
-    SEED_MODEL_ID,
-    UNAUTHORIZED_BODY,
-    PredictHQSimulator,
-)
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.providers.predicthq.schema import PredictHQModel, PredictHQTraining
+from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.predicthq.simulator import PredictHQSimulator
+from reconciler.sandbox.predicthq.state import SEED_DEMAND_DAYS, SEED_LOCATION_ID, SEED_MODEL_ID
+from reconciler.sandbox.predicthq.validation import INVALID_DATA, NO_DEMAND_MESSAGE, UNAUTHORIZED_BODY
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["predicthq"]
@@ -35,7 +32,7 @@ MODELS = "/v1/forecasts/models"
 
 
 def phq(sb: Sandbox) -> PredictHQSimulator:
-    return cast(PredictHQSimulator, sb.sim("predicthq"))
+    return sim(sb, "predicthq", PredictHQSimulator)
 
 
 # ================================================================================================
@@ -45,7 +42,7 @@ def phq(sb: Sandbox) -> PredictHQSimulator:
 
 @pytest.fixture
 def sim_sandbox(tmp_path: Path, clock: Clock) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path / "sim", providers=["predicthq"], training_seconds=100, clock=clock) as sb:
+    with one_simulator(tmp_path / "sim", "predicthq", clock=clock) as sb:
         yield sb
 
 
@@ -130,9 +127,8 @@ def test_readiness_state_machine_and_its_guards(api: httpx.Client, sim_sandbox: 
     assert api.post(f"{MODELS}/{mid}/train").status_code == 204
     model = model_of(api, mid)
     assert model["readiness"]["status"] == "preparing"
-    # the training captured the demand range it trains on
-    assert model["metrics"]["training_data"]["date_range"] == {"start": "2023-10-12", "end": "2023-11-10"}
-    assert model["metrics"]["training_data"]["missing_pct"] == 0
+    # [D] metrics.training_data is null until trained (issue 13); the range shows once ready, below
+    assert model["metrics"]["training_data"] is None
     again = api.post(f"{MODELS}/{mid}/train")
     assert again.status_code == 400
     assert again.json() == {
@@ -160,6 +156,9 @@ def test_readiness_state_machine_and_its_guards(api: httpx.Client, sim_sandbox: 
     assert model["readiness"] == {"status": "ready"} and model["name"] == "renamed"
     assert datetime.fromisoformat(model["train_dt"]) == datetime.fromtimestamp(1_700_000_100, tz=UTC)
     assert set(model["metrics"]["accuracy"]) == {"mape", "mae", "rmse", "wape"}
+    # the training captured the demand range it trained on
+    assert model["metrics"]["training_data"]["date_range"] == {"start": "2023-10-12", "end": "2023-11-10"}
+    assert model["metrics"]["training_data"]["missing_pct"] == 0
     forecast = api.get(f"{MODELS}/{mid}/forecast", params={"limit": 7})
     assert [r["date"] for r in forecast.json()["results"]][:2] == ["2023-11-11", "2023-11-12"]
 
@@ -307,10 +306,10 @@ def test_error_message_understands_the_three_shapes() -> None:
     assert error_message(query) == "readiness_status: Input should be 'created' or 'ready'"
 
 
-def desired(tmp_path: Path, model_id: str, window: str = "7d") -> DesiredModel:
+def desired(tmp_path: Path, model_id: str, window: str = "7d") -> DesiredModel[PredictHQModel, PredictHQTraining]:
     path = tmp_path / "m.yaml"
     path.write_text(manifest(model_id, window))
-    return load_manifests([path]).models["covers"]
+    return load_manifests([path]).models["covers"].typed(PredictHQModel, PredictHQTraining)
 
 
 async def test_observations_markers_and_a_crash_between_patch_and_train(
@@ -388,11 +387,8 @@ async def test_observations_markers_and_a_crash_between_patch_and_train(
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
     """Only the PredictHQ simulator, so other providers' simulators cannot affect these tests."""
-    sb = Sandbox(tmp_path / "world", providers=["predicthq"], training_seconds=1.0).start()
-    try:
+    with one_simulator(tmp_path / "world", "predicthq", training_seconds=1.0) as sb:
         yield sb
-    finally:
-        sb.stop()
 
 
 def manifest(model_id: str, window: str = "7d", *, provider: str = "predicthq") -> str:
@@ -427,7 +423,7 @@ def log(ws: Workspace, method: str | None = None) -> list[LoggedRequest]:
 
 
 def train_calls(ws: Workspace) -> list[str]:
-    return [r.path for r in log(ws, "POST") if r.path.endswith("/train")]
+    return train_paths(ws, "predicthq")
 
 
 def finish(ws: Workspace, model_id: str) -> str:
@@ -440,10 +436,6 @@ def plan_entry(ws: Workspace, expect: int) -> dict[str, Any]:
     assert res.code == expect, res.output
     (entry,) = res.json()["models"]
     return cast(dict[str, Any], entry)
-
-
-def codes(entry: dict[str, Any]) -> list[str]:
-    return [r["code"] for r in entry["reasons"]]
 
 
 def trained_model(ws: Workspace, window: str = "7d") -> str:

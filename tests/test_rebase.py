@@ -4,28 +4,24 @@ against the simulator, asserting on the request log (batched train calls, bodies
 from __future__ import annotations
 
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import helpers
 import httpx
 import pytest
-from conftest import Clock, Workspace
+from helpers import Clock, Workspace, by_name, codes, one_simulator, wait_until
 
 from reconciler.domain import TrainingStatus
 from reconciler.errors import ManifestError
 from reconciler.providers.rebase.adapter import RebaseAdapter, format_date, train_body
 from reconciler.providers.rebase.schema import RebaseTraining
-from reconciler.sandbox.rebase import (
-    INVALID_KEY_BODY,
-    LOAD_SITE,
-    MISSING_KEY_BODY,
-    SOLAR_SITE,
-    WIND_SITE,
-    RebaseSimulator,
-)
-from reconciler.sandbox.server import SANDBOX_API_KEYS, Fault, LoggedRequest, Sandbox
+from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.rebase.simulator import LOAD_SITE, SOLAR_SITE, WIND_SITE, RebaseSimulator
+from reconciler.sandbox.rebase.validation import INVALID_KEY_BODY, MISSING_KEY_BODY
+from reconciler.sandbox.registry import SANDBOX_API_KEYS
+from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests
 
 KEY = SANDBOX_API_KEYS["rebase"]
@@ -61,16 +57,15 @@ def site(name: str, site_id: str, splits: str = SPLITS, backtest: str = "false",
 
 
 def sim(ws: Workspace | Sandbox) -> RebaseSimulator:
-    sandbox = ws.sandbox if isinstance(ws, Workspace) else ws
-    return cast(RebaseSimulator, sandbox.sim("rebase"))
+    return helpers.sim(ws, "rebase", RebaseSimulator)
 
 
 def train_calls(ws: Workspace) -> list[LoggedRequest]:
-    return ws.sandbox.requests("rebase", method="POST", path=f"^{TRAIN}$")
+    return helpers.train_calls(ws, "rebase", path=f"^{TRAIN}$")
 
 
 def reasons(doc: dict[str, Any]) -> dict[str, list[str]]:
-    return {m["name"]: [r["code"] for r in m["reasons"]] for m in doc["models"]}
+    return {name: codes(m) for name, m in by_name(doc).items()}
 
 
 def actions(doc: dict[str, Any]) -> dict[str, str]:
@@ -126,7 +121,7 @@ def test_validate_rejects_bad_splits_with_positions(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fake_sandbox(tmp_path: Path, clock: Clock) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path / "world", providers=["rebase"], training_seconds=100, clock=clock) as sb:
+    with one_simulator(tmp_path / "world", "rebase", clock=clock) as sb:
         yield sb
 
 
@@ -404,7 +399,9 @@ def test_a_failed_training_nobody_recorded_is_training_failed(workspace: Workspa
     assert httpx.post(url, json={"site_ids": [SOLAR_SITE]}, headers=headers).status_code == 200
     sim(ws).mark_trained(WIND_SITE)  # trained by hand in the dashboard
     ws.write("wind.yaml", site("wind", WIND_SITE))
-    time.sleep(1.1)  # the sandbox's trainings take 1 s
+    wait_until(  # the sandbox's trainings take 1 s
+        lambda: not any(j["phase"] in ("queued", "running") for j in sim(ws).jobs()), 10, "the training to end"
+    )
     plan = ws.run("plan", "--output", "json")
     assert plan.code == 2, plan.output
     doc = plan.json()

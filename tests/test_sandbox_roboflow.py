@@ -9,10 +9,11 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from conftest import Clock
+from helpers import Clock, one_simulator, sim
 
 from reconciler.sandbox import Fault, Sandbox
-from reconciler.sandbox.roboflow import UNAUTHORIZED_BODY, VALID_MODEL_TYPES, RoboflowSimulator
+from reconciler.sandbox.roboflow.simulator import RoboflowSimulator
+from reconciler.sandbox.roboflow.validation import UNAUTHORIZED_BODY, VALID_MODEL_TYPES
 
 KEY = "sandbox-roboflow-key"
 
@@ -22,7 +23,7 @@ def client(sb: Sandbox) -> httpx.Client:
 
 
 def rf(sb: Sandbox) -> RoboflowSimulator:
-    return cast(RoboflowSimulator, sb.sim("roboflow"))
+    return sim(sb, "roboflow", RoboflowSimulator)
 
 
 def version(api: httpx.Client, path: str = "/acme/hardhats/3") -> dict[str, Any]:
@@ -34,7 +35,7 @@ def version(api: httpx.Client, path: str = "/acme/hardhats/3") -> dict[str, Any]
 @pytest.fixture
 def sandbox(tmp_path: Path, clock: Clock) -> Iterator[Sandbox]:
     """A roboflow sandbox on a fake clock: 100 s trainings, advanced by hand."""
-    with Sandbox(tmp_path / "sandbox", providers=["roboflow"], training_seconds=100, clock=clock) as sb:
+    with one_simulator(tmp_path / "sandbox", "roboflow", clock=clock) as sb:
         yield sb
 
 
@@ -322,18 +323,18 @@ def test_helpers(sandbox: Sandbox, api: httpx.Client) -> None:
 # -- persistence, the request log, faults ----------------------------------------------------------
 
 
-def test_training_persists_across_sandbox_instances(tmp_path: Path) -> None:
+def test_training_persists_across_sandbox_instances(tmp_path: Path, clock: Clock) -> None:
     directory = tmp_path / ".reconciler" / "sandbox"
-    with Sandbox(directory, providers=["roboflow"], training_seconds=0.3) as first, client(first) as api:
+    with Sandbox(directory, providers=["roboflow"], training_seconds=0.3, clock=clock) as first, client(first) as api:
         assert api.post("/acme/hardhats/3/train", json={"modelType": "rfdetr-nano"}).status_code == 200
         assert version(api)["train"]["status"] in ("queued", "running")
-    time.sleep(0.35)
+    clock.advance(0.35)
     # Another process (here: instance) on the same folder sees it finished once its time is up.
-    with Sandbox(directory, providers=["roboflow"]) as second, client(second) as api:
+    with Sandbox(directory, providers=["roboflow"], clock=clock) as second, client(second) as api:
         v = version(api)
         assert v["train"]["status"] == "finished" and v["model"]["modelType"] == "rfdetr-nano"
         assert api.post("/acme/hardhats/3/train", json={"modelType": "rfdetr-base"}).status_code == 200
-    with Sandbox(directory, providers=["roboflow"]) as third, client(third) as api:
+    with Sandbox(directory, providers=["roboflow"], clock=clock) as third, client(third) as api:
         assert [r["modelType"] for r in api.get("/acme/hardhats/3/v2/trainings").json()["trainings"]] == [
             "rfdetr-nano",
             "rfdetr-base",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import Clock
 
 from reconciler.sandbox import (
     Fault,
@@ -413,10 +415,10 @@ def test_training_state_machine_from_the_clock() -> None:
 
     cancelled = sim.new_training(cancelled_at=1012.0)
     state = sim.training_state(cancelled, now=1015.0)
-    assert (state.phase, state.ended_at, state.progress) == ("cancelled", 1012.0, pytest.approx(1 / 9))
+    assert (state.phase, state.ended_at) == ("cancelled", 1012.0) and state.progress == pytest.approx(1 / 9)
     stopped = sim.new_training(stopped_at=1014.5)
     state = sim.training_state(stopped, now=1015.0)
-    assert (state.phase, state.progress) == ("succeeded", pytest.approx(3.5 / 9))
+    assert state.phase == "succeeded" and state.progress == pytest.approx(3.5 / 9)
 
 
 def test_a_request_cut_off_mid_body_is_never_acted_on(sandbox: Sandbox) -> None:
@@ -434,19 +436,20 @@ def test_a_request_cut_off_mid_body_is_never_acted_on(sandbox: Sandbox) -> None:
     assert sandbox.requests("echo", method="POST") == []
 
 
-def test_training_over_http_and_fail_next(sandbox: Sandbox) -> None:
-    base = sandbox.base_url("echo")
-    sandbox.sim("echo").fail_next_trainings(1, "boom")
-    assert call("POST", f"{base}/trainings/a", headers=AUTH)[0] == 202
-    assert call("POST", f"{base}/trainings/b", headers=AUTH)[0] == 202
-    assert call_json("GET", f"{base}/trainings/a", headers=AUTH)[1]["phase"] in ("queued", "running")
-    time.sleep(0.55)
-    assert call_json("GET", f"{base}/trainings/a", headers=AUTH)[1] == {
-        "phase": "failed",
-        "progress": 1.0,
-        "message": "boom",
-    }
-    assert call_json("GET", f"{base}/trainings/b", headers=AUTH)[1]["phase"] == "succeeded"
+def test_training_over_http_and_fail_next(tmp_path: Path, clock: Clock) -> None:
+    with make_sandbox(tmp_path / "sandbox", clock=clock) as sandbox:
+        base = sandbox.base_url("echo")
+        sandbox.sim("echo").fail_next_trainings(1, "boom")
+        assert call("POST", f"{base}/trainings/a", headers=AUTH)[0] == 202
+        assert call("POST", f"{base}/trainings/b", headers=AUTH)[0] == 202
+        assert call_json("GET", f"{base}/trainings/a", headers=AUTH)[1]["phase"] in ("queued", "running")
+        clock.advance(0.55)  # trainings take 0.5 s
+        assert call_json("GET", f"{base}/trainings/a", headers=AUTH)[1] == {
+            "phase": "failed",
+            "progress": 1.0,
+            "message": "boom",
+        }
+        assert call_json("GET", f"{base}/trainings/b", headers=AUTH)[1]["phase"] == "succeeded"
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -476,17 +479,17 @@ def test_worlds_persist_and_reload_across_instances(tmp_path: Path) -> None:
     assert leftovers == ["apisim.json", "apisim.json.lock", "echo.json", "echo.json.lock"]
 
 
-def test_training_started_in_one_instance_finishes_in_another(tmp_path: Path) -> None:
+def test_training_started_in_one_instance_finishes_in_another(tmp_path: Path, clock: Clock) -> None:
     directory = tmp_path / "sandbox"
-    with make_sandbox(directory, training_seconds=0.3) as first:
+    with make_sandbox(directory, training_seconds=0.3, clock=clock) as first:
         call("POST", f"{first.base_url('echo')}/trainings/t", headers=AUTH)
         assert call_json("GET", f"{first.base_url('echo')}/trainings/t", headers=AUTH)[1]["phase"] in (
             "queued",
             "running",
         )
-    time.sleep(0.35)
+    clock.advance(0.35)
     # Nobody was serving while it "trained": the state comes from the stored timestamps.
-    with make_sandbox(directory, training_seconds=30) as second:
+    with make_sandbox(directory, training_seconds=30, clock=clock) as second:
         assert call_json("GET", f"{second.base_url('echo')}/trainings/t", headers=AUTH)[1]["phase"] == "succeeded"
 
 
@@ -528,3 +531,19 @@ def test_stop_is_quick_with_idle_keep_alive_connections(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2
     conn.close()
     sb.stop()  # idempotent
+
+
+def test_a_client_that_resets_its_connection_prints_no_traceback(
+    sandbox: Sandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # a killed `apply` resets its connections; socketserver would print a traceback to stderr,
+    # which an in-process CLI (and a terminal running `reconciler sandbox`) shares
+    host, port = sandbox.url.removeprefix("http://").split(":")
+    for _ in range(3):
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(b"GET /roboflow/acme HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+    # the server is still serving, and said nothing on stderr
+    with httpx.Client() as client:
+        assert client.get(sandbox.url + "/_sandbox/requests").status_code == 200
+    assert "Traceback" not in capfd.readouterr().err

@@ -12,6 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler import runtime
 from reconciler.errors import ManifestError
 from reconciler.spec import load_manifests
 from reconciler.values import diff_snapshots, fingerprint, parse_duration
@@ -100,7 +101,7 @@ def test_duplicate_names_across_files(tmp_path: Path) -> None:
 def test_yaml_pitfalls_are_not_silently_coerced(tmp_path: Path) -> None:
     # `on`/`yes` stay strings (YAML 1.2), so a project called "on" is fine ...
     write(tmp_path, "a.yaml", GOOD.replace("project: hardhats", "project: on"))
-    assert load_manifests([tmp_path]).models["hardhat-detector"].model.project == "on"
+    assert load_manifests([tmp_path]).models["hardhat-detector"].model.model_dump()["project"] == "on"
     # ... and `1.10` where a string is expected is an error with a hint, not "1.1"
     write(tmp_path, "a.yaml", GOOD.replace("project: hardhats", "project: 1.10"))
     (msg,) = problems(tmp_path)
@@ -131,7 +132,8 @@ spec:
   poll_interval: 2m
 """,
     )
-    ms = load_manifests([tmp_path])
+    # a key variable outside <TYPE>[_<NAME>]_API_KEY works once the operator allows it
+    ms = load_manifests([tmp_path], trust=runtime.trust({"RECONCILER_ALLOWED_KEY_ENVS": "RF_PROD_KEY"}))
     p = ms.providers["roboflow-prod"]
     assert (p.type, p.api_key_env, p.max_concurrent_trainings, p.poll_interval) == (
         "roboflow",

@@ -39,6 +39,7 @@ from reconciler.daemon.tracker import RESCAN_SECONDS, ManifestTracker, watch
 from reconciler.errors import Problem, ReconcilerError, StateError
 from reconciler.logs import Redactor
 from reconciler.plan import Action, ModelPlan
+from reconciler.seams import Seams
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine
@@ -82,7 +83,7 @@ class Daemon:
         self.env = env if env is not None else os.environ
         self.redactor = redactor or Redactor(self.env)
         self.webhook_secret = self.env.get(WEBHOOK_SECRET_ENV) or None
-        self.tracker = ManifestTracker(opts.paths, self.redactor)
+        self.tracker = ManifestTracker(opts.paths, self.redactor, runtime.trust(self.env))
         self.queue = WorkQueue()
         self.schedule = Schedule()
         self.plans = PlanBook()
@@ -154,7 +155,7 @@ class Daemon:
             try:
                 self.sandbox = stack.enter_context(runtime.sandbox_for(opts.sandbox, opts.state_url))
                 if self.sandbox is not None:
-                    from reconciler.sandbox.server import SANDBOX_API_KEYS
+                    from reconciler.sandbox.registry import SANDBOX_API_KEYS
 
                     self.redactor.add_values(SANDBOX_API_KEYS.values())
                 # HTTP first: /healthz answers from the start, /readyz says why not ready
@@ -173,7 +174,6 @@ class Daemon:
             except ReconcilerError as exc:
                 log.error("error: %s", exc)
                 return 1
-            stack.enter_context(self.metrics.observing_requests())
             return await self._serve_until_stopped()
         return 0  # unreachable: the stack's body returns (mypy cannot see that)
 
@@ -317,7 +317,9 @@ class Daemon:
             return
         assert self.state is not None
         old = self.engine
-        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths)
+        # the metrics observe every provider request through the engine's HTTP clients
+        seams = Seams(request_observers=(self.metrics.on_request,))
+        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams)
         self._engine_stale = False
         if old is not None:
             await old.aclose()

@@ -7,9 +7,8 @@ Counters and histograms are events, counted as they happen.
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,7 +21,6 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from reconciler.plan import ModelPlan
-from reconciler.providers.http import REQUEST_OBSERVERS
 
 RECONCILE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -125,20 +123,11 @@ class Metrics:
         self.leader.set_function(leader)
 
     def on_request(self, provider: str, method: str, outcome: str, seconds: float) -> None:
-        """`REQUEST_OBSERVERS` hook: called after every provider HTTP exchange."""
+        """Request observer (the engine's seams): called after every provider HTTP exchange."""
         self.requests.labels(provider, method, outcome).inc()
         self.request_seconds.labels(provider).observe(seconds)
         if not (outcome.isdigit() and 200 <= int(outcome) < 300):
             self.errors.labels(provider, outcome).inc()
-
-    @contextlib.contextmanager
-    def observing_requests(self) -> Iterator[None]:
-        """Count every provider HTTP exchange while inside (the daemon's only use of REQUEST_OBSERVERS)."""
-        REQUEST_OBSERVERS.append(self.on_request)
-        try:
-            yield
-        finally:
-            REQUEST_OBSERVERS.remove(self.on_request)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

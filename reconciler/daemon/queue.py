@@ -15,9 +15,9 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from datetime import datetime, timedelta
 
 from reconciler.domain import RecordStatus
-from reconciler.engine import utcnow
 from reconciler.errors import TemporaryProviderError
 from reconciler.plan import Action, ModelPlan
+from reconciler.values import utc_now
 
 #: Which trigger names a batch when several are mixed (and wins when one name is queued twice).
 TRIGGER_ORDER = ("webhook", "change", "startup", "poll", "retry", "resync")
@@ -127,7 +127,7 @@ class Schedule:
 
     def due_wakes(self, known: Container[str]) -> list[str]:
         """Models whose wake time has come (and that are still in the manifests)."""
-        now = utcnow()
+        now = utc_now()
         due = [n for n, at in self.wake_at.items() if at <= now]
         for name in due:
             del self.wake_at[name]
@@ -147,14 +147,14 @@ class Schedule:
             if retrain_after:
                 when = rec.finished_at + retrain_after
         # a time already past (retries exhausted, expired but suspended) would wake it in a loop
-        if when is not None and when > utcnow():
+        if when is not None and when > utc_now():
             self.wake_at[p.name] = when
 
     def failed(self, names: list[str]) -> float:
         """A batch of these models failed: wake them after a doubling delay; the delay in seconds."""
         n = max(self.failures.get(name, 0) for name in names) + 1
         delay: float = min(RETRY_FIRST_SECONDS * 2.0 ** (n - 1), RETRY_CAP_SECONDS)
-        at = utcnow() + timedelta(seconds=delay)
+        at = utc_now() + timedelta(seconds=delay)
         for name in names:
             self.failures[name] = n
             self.wake_at[name] = min(self.wake_at.get(name, at), at)

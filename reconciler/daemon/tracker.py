@@ -22,10 +22,11 @@ from reconciler.domain import ProviderConfig
 from reconciler.errors import Problem
 from reconciler.logs import Redactor
 from reconciler.providers.catalog import provider_type
-from reconciler.spec import FileResult, ManifestSet, assemble, find_manifest_files, parse_file
+from reconciler.spec import FileResult, ManifestSet, assemble, find_manifest_files, manifest_root, parse_file
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel
+    from reconciler.providers.origins import TrustPolicy
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -81,9 +82,10 @@ def depends_on_local_files(type_name: str) -> bool:
 class ManifestTracker:
     """Each manifest file's current and last good version, and the manifest set assembled from them."""
 
-    def __init__(self, paths: Sequence[str], redactor: Redactor) -> None:
+    def __init__(self, paths: Sequence[str], redactor: Redactor, trust: TrustPolicy | None = None) -> None:
         self.paths = list(paths)
         self.redactor = redactor
+        self.trust = trust
         self.files: dict[str, FileState] = {}
         self.find_problems: list[Problem] = []
         self.problems: list[Problem] = []
@@ -100,7 +102,7 @@ class ManifestTracker:
             digest = _digest(f)
             st = self.files.get(key)
             if st is None or st.digest != digest:
-                st = FileState(digest, parse_file(f), st.good if st else None)
+                st = FileState(digest, parse_file(f, self.trust, manifest_root(f, self.paths)), st.good if st else None)
                 changed = True
             seen[key] = st
         removed = sorted(set(self.files) - set(seen))

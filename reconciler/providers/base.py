@@ -25,6 +25,8 @@ from reconciler.domain import Observation, TrainResult
 from reconciler.errors import ProviderError
 from reconciler.providers.policy import Auth, RetryPolicy
 from reconciler.providers.provider_type import ProviderType
+from reconciler.seams import Clock
+from reconciler.values import utc_now
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord, ProviderConfig
@@ -37,11 +39,13 @@ T = TypeVar("T", bound=BaseModel, default=BaseModel)
 
 @dataclass
 class ProviderContext:
-    """What an adapter may use besides HTTP: the state store (uploads map) and its config."""
+    """What an adapter may use besides HTTP: the state store (uploads map), its config and the clock."""
 
     config: ProviderConfig
     http: HttpClient
     state: StateStore | None = None
+    #: the engine's clock: an adapter that compares with "now" uses this, never the wall clock
+    clock: Clock = utc_now
 
 
 class ProviderAdapter(ABC, Generic[M, T]):
@@ -76,7 +80,7 @@ class ProviderAdapter(ABC, Generic[M, T]):
             try:
                 return await self.observe(m, records.get(m.name))
             except ProviderError as exc:
-                return exc.for_model(m.name)
+                return exc.with_model(m.name)
 
         results = await asyncio.gather(*(one(m) for m in models))
         return {m.name: r for m, r in zip(models, results, strict=True)}

@@ -34,6 +34,11 @@ def provider_type(name: str) -> ProviderType[Any, Any]:
     return CATALOG[name]
 
 
+def base_urls() -> dict[str, str | None]:
+    """Every type's built-in base URL (None: no public host), for the trust policy."""
+    return {name: t.default_base_url for name, t in CATALOG.items()}
+
+
 def key_envs() -> set[str]:
     """Every type's default key variable (`<TYPE>_API_KEY`), for redaction."""
     return {t.key_env for t in CATALOG.values()} | {f"{name.upper()}_API_KEY" for name in CATALOG}

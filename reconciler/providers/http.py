@@ -2,8 +2,9 @@
 
 It owns what every adapter needs and none should write again:
 - rate limiting (requests per second) and a cap on concurrent requests;
-- retries of reads on 429, 5xx, timeouts and connection errors, with capped, jittered exponential
-  backoff that honours `Retry-After`;
+- retries of reads on 429, 5xx, timeouts and connection errors (stamina counts the attempts and
+  asks `retry_on` which errors qualify), with capped, jittered exponential backoff that honours
+  `Retry-After`, waited through the injected `sleep`;
 - writes (train calls) are resent only when the request provably never left: a connection that
   was refused or never opened. Anything after sending is reported, to be settled by observing;
 - status codes mapped onto the error tree in reconciler.errors, with the provider's own message;
@@ -16,27 +17,32 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
+import stamina
 
 from reconciler.errors import (
     AuthError,
     BadResponseError,
     InvalidRequestError,
     NotFoundError,
+    OriginNotAllowedError,
     PermanentProviderError,
     ProviderError,
     RequestNotSentError,
     TemporaryProviderError,
 )
+from reconciler.providers.origins import origin_or_none, origin_refusal
 from reconciler.providers.policy import Auth, RetryPolicy
+from reconciler.seams import RequestObserver, Sleep
 
-#: Called after every HTTP exchange as (provider, method, status or error class name, seconds).
-RequestObserver = Callable[[str, str, str, float], None]
-REQUEST_OBSERVERS: list[RequestObserver] = []
+# stamina reports each retry by default as a WARNING log line and a Prometheus counter in the global
+# registry: the CLI's stderr and the daemon's metrics must stay as they are (retries show up in the
+# request observers and in the final error), so its instrumentation is off
+stamina.instrumentation.set_on_retry_hooks([])
 
 
 class Response:
@@ -140,13 +146,21 @@ class HttpClient:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+        observers: Sequence[RequestObserver] = (),
+        allowed_origins: Iterable[str] | None = None,
     ) -> None:
+        """`sleep` waits out retry backoff; `observers` are called after every HTTP exchange;
+        `allowed_origins` is where the key may be sent (default: the base URL's origin only)."""
         self.provider = provider
         self.base_url = base_url.rstrip("/")
+        self.allowed_origins = frozenset(allowed_origins or filter(None, [origin_or_none(base_url)]))
         self._key = api_key
         self._key_forms = secret_forms(api_key)
         self._auth = auth
         self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._observers = tuple(observers)
         self._interval = 1.0 / requests_per_second if requests_per_second > 0 else 0.0
         self._next_slot = 0.0
         self._rate_lock = asyncio.Lock()
@@ -230,59 +244,96 @@ class HttpClient:
         query = dict(params or {})
         if self._auth.query_param:
             query[self._auth.query_param] = self._key
-        url = self.base_url + path
-        attempt = 0
-        while True:
-            await self._throttle()
-            started = time.monotonic()
-            try:
-                async with self._sem:
-                    self.request_count += 1
-                    raw = await self._client.request(
-                        method,
-                        url,
-                        params=query or None,
-                        json=json_body,
-                        content=content,
-                        data=data,
-                        files=files,
-                        headers=headers,
-                    )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                self._observe(method, type(exc).__name__, started)
-                err: ProviderError = RequestNotSentError(
-                    f"{method} {path}: cannot connect to {self.base_url} ({self.redact(str(exc)) or type(exc).__name__})",
-                    provider=self.provider,
-                )
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                self._observe(method, type(exc).__name__, started)
-                err = TemporaryProviderError(
-                    f"{method} {path}: {type(exc).__name__} after the request was sent"
-                    + ("" if idempotent else "; whether it took effect is settled by observing, not by resending"),
-                    provider=self.provider,
-                )
-                if not idempotent:
-                    raise err from None
-            except httpx.HTTPError as exc:
-                self._observe(method, type(exc).__name__, started)
-                raise PermanentProviderError(
-                    f"{method} {path}: {self.redact(str(exc))}", provider=self.provider
-                ) from None
-            else:
-                resp = Response(raw, self.provider, self.redact)
-                self._observe(method, str(resp.status), started)
-                if 200 <= resp.status < 300 or resp.status in ok:
-                    return resp
-                err = self._error(resp, method, path)
-                if not idempotent or not isinstance(err, TemporaryProviderError) or resp.status in (409, 423):
-                    raise err
-            attempt += 1
-            if attempt >= self.retry.attempts:
-                raise err
-            await asyncio.sleep(self.retry.delay(attempt - 1, err.retry_after))
+        # the trust boundary, whatever the caller: a URL outside the allowed origins is never sent
+        if (refusal := origin_refusal(self.base_url + path, self.allowed_origins)) is not None:
+            raise OriginNotAllowedError(f"{method} {path}: {refusal}; nothing was sent", provider=self.provider)
+        send = {
+            "url": self.base_url + path,
+            "params": query or None,
+            "json": json_body,
+            "content": content,
+            "data": data,
+            "files": files,
+            "headers": headers,
+        }
+        failed: ProviderError | None = None
+        # stamina counts attempts and asks `retry_on` whether an error may be retried; its own
+        # backoff is told to be 0 and the client waits the policy's delay through `self._sleep`,
+        # so a test can record (not wait) it. In stamina's test mode (set_testing) the delay is 0.
+        async for attempt in stamina.retry_context(
+            on=self._retry_on(idempotent), attempts=self.retry.attempts, timeout=None
+        ):
+            if failed is not None:
+                retry_number = attempt.num - 2  # attempt 2 is retry 0: `base` seconds
+                await self._sleep(0.0 if stamina.is_testing() else self.retry.delay(retry_number, failed.retry_after))
+            with attempt:
+                try:
+                    return await self._send(method, path, idempotent, ok, send)
+                except ProviderError as exc:
+                    failed = exc
+                    raise
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    @staticmethod
+    def _retry_on(idempotent: bool) -> Callable[[Exception], bool | float]:
+        """stamina's `on=` predicate: which errors are retried (0.0: retry, backoff waited by the client).
+
+        Temporary errors (429, 5xx, 408, 425, timeouts, connection errors) of reads; never a 409/423
+        (a conflict does not pass by retrying at once); a non-idempotent request only when it provably
+        never left (RequestNotSentError), never after anything was sent.
+        """
+
+        def retry_on(exc: Exception) -> bool | float:
+            if not isinstance(exc, TemporaryProviderError) or exc.status in (409, 423):
+                return False
+            if not idempotent and not isinstance(exc, RequestNotSentError):
+                return False
+            return 0.0
+
+        return retry_on
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        idempotent: bool,
+        ok: tuple[int, ...],
+        send: dict[str, Any],
+    ) -> Response:
+        """One attempt: the response when it is 2xx (or `ok`), else the error it maps onto.
+
+        `send` holds httpx's arguments (url, params, json, content, data, files, headers).
+        """
+        await self._throttle()
+        started = time.monotonic()
+        try:
+            async with self._sem:
+                self.request_count += 1
+                raw = await self._client.request(method, **send)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self._observe(method, type(exc).__name__, started)
+            raise RequestNotSentError(
+                f"{method} {path}: cannot connect to {self.base_url} ({self.redact(str(exc)) or type(exc).__name__})",
+                provider=self.provider,
+            ) from None
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            self._observe(method, type(exc).__name__, started)
+            raise TemporaryProviderError(
+                f"{method} {path}: {type(exc).__name__} after the request was sent"
+                + ("" if idempotent else "; whether it took effect is settled by observing, not by resending"),
+                provider=self.provider,
+            ) from None
+        except httpx.HTTPError as exc:
+            self._observe(method, type(exc).__name__, started)
+            raise PermanentProviderError(f"{method} {path}: {self.redact(str(exc))}", provider=self.provider) from None
+        resp = Response(raw, self.provider, self.redact)
+        self._observe(method, str(resp.status), started)
+        if 200 <= resp.status < 300 or resp.status in ok:
+            return resp
+        raise self._error(resp, method, path)
 
     def _observe(self, method: str, outcome: str, started: float) -> None:
-        for obs in REQUEST_OBSERVERS:
+        for obs in self._observers:
             obs(self.provider, method, outcome, time.monotonic() - started)
 
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 
 
-def _backoff_scale() -> float:
-    # Tests shrink real backoff sleeps; users never need to set this.
-    try:
-        return float(os.environ.get("RECONCILER_BACKOFF_SCALE", "1"))
-    except ValueError:
-        return 1.0
-
-
 @dataclass
 class RetryPolicy:
-    """Capped, jittered exponential backoff: base * 2**n (+/- jitter), at most `cap` seconds."""
+    """Capped, jittered exponential backoff: base * 2**n (+/- jitter), at most `cap` seconds.
+
+    `HttpClient` retries with stamina and waits `delay` between attempts: stamina's own formula
+    only adds jitter (0..j) and cannot spread clients evenly just below the cap.
+    """
 
     attempts: int = 4  # first try + 3 retries (PredictHQ documents at most 3)
     base: float = 1.0
@@ -26,13 +21,13 @@ class RetryPolicy:
     max_retry_after: float = 120.0
 
     def delay(self, retry_number: int, retry_after: float | None) -> float:
-        scale = _backoff_scale()
+        """Seconds before retry `retry_number` (0-based); a `Retry-After` is honoured up to a ceiling."""
         if retry_after is not None:
-            return min(retry_after, self.max_retry_after) * scale
+            return min(retry_after, self.max_retry_after)
         d = min(self.cap, self.base * float(2 ** min(retry_number, 62)))
         # the cap bounds the jittered value too (no sleep is ever longer than `cap`), and at the cap
         # the jitter still spreads clients evenly over [cap - jitter, cap]
-        return max(0.0, d + random.uniform(-self.jitter, min(self.jitter, self.cap - d))) * scale
+        return max(0.0, d + random.uniform(-self.jitter, min(self.jitter, self.cap - d)))
 
 
 @dataclass

@@ -47,16 +47,17 @@ class ProviderType(Generic[M, T]):
     #: True when observing can tell whether a train call reached the provider (marker changes or a
     #: training shows as running); False makes an unacknowledged intent a `hold`, never a guess
     observable_trigger: bool = True
-    #: offline checks that read files beside the manifest (PhotoGPT's image glob)
-    check_local: Callable[[M, T, Path], LocalProblems] | None = None
+    #: offline checks that read files beside the manifest (PhotoGPT's image glob), confined to the
+    #: repository root (the last argument)
+    check_local: Callable[[M, T, Path, Path], LocalProblems] | None = None
 
     @property
     def reads_local_files(self) -> bool:
         """Whether a change to files beside the manifest can change what a model of this type is."""
         return self.check_local is not None
 
-    def local_problems(self, model: Any, training: Any, manifest_dir: Path) -> LocalProblems:
-        """Problems `check_local` finds (none for types without local files)."""
+    def local_problems(self, model: Any, training: Any, manifest_dir: Path, root: Path) -> LocalProblems:
+        """Problems `check_local` finds in files under `root` (none for types without local files)."""
         if self.check_local is None:
             return []
-        return self.check_local(model, training, manifest_dir)
+        return self.check_local(model, training, manifest_dir, root)

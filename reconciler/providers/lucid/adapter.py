@@ -19,7 +19,6 @@ those are known only from the state's record of the training reconciler started.
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -123,15 +122,15 @@ class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
             # status proves nothing, so it must not read as "never trained"
             if isinstance(current, ProviderError):
                 # one failed batch query is shared by its group: each model gets its own copy
-                out[m.name] = copy.copy(current).for_model(m.name)
+                out[m.name] = current.with_model(m.name)
             elif isinstance(status, ProviderError):
-                out[m.name] = status.for_model(m.name)
+                out[m.name] = status.with_model(m.name)
             else:
                 assert isinstance(current, list) and not isinstance(status, BaseException)
                 try:
                     out[m.name] = self._observation(m, records.get(m.name), status, current)
                 except ProviderError as exc:
-                    out[m.name] = exc.for_model(m.name)
+                    out[m.name] = exc.with_model(m.name)
         return out
 
     async def _status(self, m: DesiredModel[LucidModel, LucidTraining]) -> dict[str, Any] | None:

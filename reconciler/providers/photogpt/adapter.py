@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.domain import Observation, TrainingStatus, TrainResult
@@ -73,7 +72,8 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
         if body.get("status") != "OK":
             from reconciler.providers.http import error_message
 
-            detail = error_message(body) or f"status {body.get('status')!r}"
+            # the provider's words are quoted: masked like every message the HTTP layer builds
+            detail = resp.redact(error_message(body) or f"status {body.get('status')!r}")
             raise BadResponseError(
                 f"{what}: answered HTTP {resp.status} without status OK: {detail}", provider=self.config.name
             )
@@ -85,7 +85,8 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
 
     @staticmethod
     def _local(m: DesiredModel[PhotoGPTModel, PhotoGPTTraining]) -> list[LocalImage]:
-        images, _ = scan_images(m.training.input_images, m.manifest_dir)
+        # the same confined walk as `validate`: nothing outside the repository is ever uploaded
+        images, _ = scan_images(m.training.input_images, m.manifest_dir, m.root)
         return images
 
     # ------------------------------------------------------------------ reading
@@ -120,7 +121,7 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
             try:
                 out[m.name] = await self._observation(m, records.get(m.name), entry)
             except ProviderError as exc:
-                out[m.name] = exc.for_model(m.name)
+                out[m.name] = exc.with_model(m.name)
         out.update(await super().observe_many(missing, records))
         return out
 
@@ -133,14 +134,14 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
         if not isinstance(word, str) or not word:
             raise BadResponseError(
                 f"model {self._model_id(m)}: the answer has no `status`", provider=self.config.name
-            ).for_model(m.name)
+            ).with_model(m.name)
         word = word.lower()
         if word == DELETED:
             raise NotFoundError(
                 f"model {self._model_id(m)} is deleted at PhotoGPT; create a model (POST /models) and put its id "
                 "in the manifest",
                 provider=self.config.name,
-            ).for_model(m.name)
+            ).with_model(m.name)
         updated = model.get("updatedAt")
         marker = f"{updated}|{word}"
         local = await asyncio.to_thread(self._local, m)
@@ -166,7 +167,7 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
         else:
             # `training` and any undocumented backend state: still in progress [I]
             triggered = record.triggered_at if (ours and record is not None) else None
-            if triggered is not None and datetime.now(UTC) - triggered > self.provider_type.training_timeout:
+            if triggered is not None and self.ctx.clock() - triggered > self.provider_type.training_timeout:
                 # PhotoGPT shows no failure state, so a training that outlives the documented give-up time
                 # is failed here (the engine's own timeout only covers trainings no longer shown running);
                 # a retry's train call is refused (409/429, reported) while PhotoGPT really still runs it

@@ -5,9 +5,10 @@ No HTTP here: `validate` runs these checks offline, and the adapter uploads what
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ MIN_IMAGES, MAX_IMAGES = 12, 20  # [D] "Upload 12 to 20 modelInput images"
 #: [D] "Request at most 20 MB". Whether MB is 10^6 or 2^20 bytes is not said [?]: a file of at most
 #: 20,000,000 bytes leaves room for the multipart envelope under either reading.
 MAX_IMAGE_BYTES = 20_000_000
+#: a glob lists at most this many directory entries and matches at most this many files: a manifest
+#: (untrusted) must not make `validate` walk the filesystem
+MAX_VISITED, MAX_MATCHES = 10_000, 1_000
 #: [D] accepted formats, with the content type sent for each
 CONTENT_TYPES: dict[str, str] = {
     "jpg": "image/jpeg",
@@ -37,10 +41,133 @@ class LocalImage:
         return self.path.suffix.lower().lstrip(".")
 
 
-def match_images(pattern: str, manifest_dir: Path) -> list[Path]:
-    """Files the glob matches, relative to the manifest's folder (`**` recurses), sorted."""
-    full = os.path.join(manifest_dir, os.path.expanduser(pattern))
-    return sorted(Path(p) for p in glob.glob(full, recursive=True) if os.path.isfile(p))
+class GlobError(ValueError):
+    """A glob that must not be walked or whose matches must not be read; the message says why."""
+
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def _hidden_ok(name: str, segment: str) -> bool:
+    # as glob: wildcards never match names starting with '.' unless the pattern's segment does
+    return not name.startswith(".") or segment.startswith(".")
+
+
+class _Walk:
+    """A bounded glob walk under `root`: at most MAX_VISITED entries listed, MAX_MATCHES files."""
+
+    def __init__(self, pattern: str, root: Path) -> None:
+        self.pattern = pattern
+        self.root = root
+        self.visited = 0
+        self.matches: dict[Path, None] = {}
+        self.seen: set[tuple[Path, int]] = set()
+
+    def _list(self, folder: Path) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(folder) as it:
+                entries = []
+                for entry in it:
+                    self.visited += 1
+                    if self.visited > MAX_VISITED:
+                        raise GlobError(
+                            f"input_images {self.pattern!r} visits more than {MAX_VISITED:,} entries; "
+                            "narrow the glob to the images' folder"
+                        )
+                    entries.append(entry)
+                return entries
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return []
+
+    def _confined(self, path: Path) -> Path:
+        real = path.resolve()
+        if not _inside(real, self.root):
+            raise GlobError(
+                f"input_images {self.pattern!r}: {path} resolves to {real}, outside the repository root "
+                f"{self.root}; only files inside the repository can be training data"
+            )
+        return real
+
+    def _match(self, path: Path) -> None:
+        self._confined(path)
+        self.matches[path] = None
+        if len(self.matches) > MAX_MATCHES:
+            raise GlobError(f"input_images {self.pattern!r} matches more than {MAX_MATCHES:,} files; narrow the glob")
+
+    def run(self, base: Path, segments: list[str]) -> list[Path]:
+        stack: list[tuple[Path, int]] = [(base, 0)]
+        while stack:
+            folder, i = stack.pop()
+            # by real path: a symlink loop inside the repository lists each folder once per step
+            key = (folder.resolve(), i)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            if i == len(segments):
+                continue
+            seg, last = segments[i], i == len(segments) - 1
+            if seg == "**":
+                stack.append((folder, i + 1))  # zero folders
+                for entry in self._list(folder):
+                    if not _hidden_ok(entry.name, seg):
+                        continue
+                    path = Path(entry.path)
+                    if entry.is_dir():
+                        if entry.is_symlink():
+                            self._confined(path)
+                        stack.append((path, i))
+                    elif last and entry.is_file():
+                        self._match(path)
+            elif _MAGIC.search(seg):
+                for entry in self._list(folder):
+                    if not (_hidden_ok(entry.name, seg) and fnmatch.fnmatchcase(entry.name, seg)):
+                        continue
+                    self._step(Path(entry.path), i, last, stack)
+            else:
+                self._step(folder / seg, i, last, stack)
+        return sorted(self.matches)
+
+    def _step(self, path: Path, i: int, last: bool, stack: list[tuple[Path, int]]) -> None:
+        if last:
+            if path.is_file():
+                self._match(path)
+        elif path.is_dir():
+            if path.is_symlink():
+                self._confined(path)
+            stack.append((path, i + 1))
+
+
+def match_images(pattern: str, manifest_dir: Path, root: Path | None = None) -> list[Path]:
+    """Files the glob matches, relative to the manifest's folder (`**` recurses), sorted.
+
+    Confined to `root` (the repository root; default the manifest's folder) after symlinks; at
+    most MAX_VISITED entries are listed and MAX_MATCHES files matched. GlobError says why not.
+    """
+    if pattern.startswith("~"):
+        raise GlobError(
+            f"input_images {pattern!r}: '~' is not expanded; write a path relative to the manifest's folder"
+        )
+    if os.path.isabs(pattern) or pattern.startswith("\\"):
+        raise GlobError(f"input_images {pattern!r} is absolute; write a path relative to the manifest's folder")
+    real_root = Path(root if root is not None else manifest_dir).resolve()
+    segments = [s for s in pattern.replace("\\", "/").split("/") if s not in ("", ".")]
+    literal: list[str] = []
+    while segments and not _MAGIC.search(segments[0]) and len(segments) > 1:
+        literal.append(segments.pop(0))
+    if ".." in segments:
+        raise GlobError(f"input_images {pattern!r}: '..' may only come before the first wildcard")
+    base = Path(manifest_dir, *literal)
+    real_base = Path(os.path.normpath(Path(manifest_dir).resolve().joinpath(*literal)))
+    if not _inside(real_base, real_root) or not _inside(Path(os.path.realpath(real_base)), real_root):
+        raise GlobError(
+            f"input_images {pattern!r} reaches {real_base}, outside the repository root {real_root}; "
+            "only files inside the repository can be training data"
+        )
+    return _Walk(pattern, real_root).run(base, segments)
 
 
 def _sniff(head: bytes) -> str | None:
@@ -64,11 +191,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan_images(pattern: str, manifest_dir: Path) -> tuple[list[LocalImage], list[str]]:
-    """The declared images with their hashes, and every problem that would make PhotoGPT refuse them."""
+def scan_images(pattern: str, manifest_dir: Path, root: Path | None = None) -> tuple[list[LocalImage], list[str]]:
+    """The declared images with their hashes, and every problem that would make PhotoGPT refuse them.
+
+    Only files inside `root` (the repository root; default the manifest's folder) are read.
+    """
     problems: list[str] = []
     images: list[LocalImage] = []
-    paths = match_images(pattern, manifest_dir)
+    try:
+        paths = match_images(pattern, manifest_dir, root)
+    except GlobError as exc:
+        return [], [str(exc)]
     allowed = ", ".join(CONTENT_TYPES)
     for path in paths:
         shown = os.path.relpath(path, manifest_dir)

@@ -21,14 +21,14 @@ class PhotoGPTTraining(Strict):
         min_length=1,
         description=(
             "glob of 12-20 image files (jpg, jpeg, webp, png, heic; at most 20 MB each), relative to the "
-            "manifest's folder; their content is the training data"
+            "manifest's folder and inside the repository; their content is the training data"
         ),
     )
 
 
-def check_local(model: PhotoGPTModel, training: PhotoGPTTraining, manifest_dir: Path) -> LocalProblems:
-    """The glob must match 12-20 distinct accepted images of at most 20 MB each."""
-    _, problems = scan_images(training.input_images, manifest_dir)
+def check_local(model: PhotoGPTModel, training: PhotoGPTTraining, manifest_dir: Path, root: Path) -> LocalProblems:
+    """The glob must match 12-20 distinct accepted images of at most 20 MB each, inside `root`."""
+    _, problems = scan_images(training.input_images, manifest_dir, root)
     return [(("training", "input_images"), p) for p in problems]
 
 

@@ -112,7 +112,7 @@ def _site_id(model: DesiredModel[RebaseModel, RebaseTraining]) -> str:
 
 
 def _copy_error(err: ProviderError, model: str, message: str | None = None) -> ProviderError:
-    """A per-model copy: `for_model` names a model in place, so shared errors must be copied."""
+    """A per-model copy of a shared error, with its own message when given (errors are never changed)."""
     return type(err)(
         err.message if message is None else message,
         provider=err.provider,

@@ -17,8 +17,6 @@ A training record is `Simulator.new_training(...)` plus model_id, the training o
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import threading
@@ -28,27 +26,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from reconciler.sandbox.server import (
-    FormPart,
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    route,
+from reconciler.sandbox.lucid.validation import (
+    UNAUTHORIZED_BODY,
+    count_rows,
+    form_tags,
+    not_found_error,
+    train_options,
+    unprocessable,
 )
+from reconciler.sandbox.simulator import Simulator
+from reconciler.sandbox.wire import SimHTTPError, SimRequest, SimResponse, route
 
 log = logging.getLogger("reconciler.sandbox.lucid")
-
-#: [?] Lucid's 401 body is not documented; [I] FastAPI-style, as the API's other answers look.
-UNAUTHORIZED_BODY: dict[str, Any] = {"detail": "Invalid or missing API key"}
-
-#: [D] limits of one uploaded CSV file.
-MAX_FILE_BYTES = 1 << 30
-MAX_ROWS = 10_000_000
-
-#: [D] the column sets that tell entity files from interaction files.
-ENTITY_COLUMNS = ("id", "type", "name", "metadata", "media_url")
-INTERACTION_COLUMNS = ("type", "source_id", "target_id", "timestamp", "metadata")
 
 #: Tags of the batches `seed()` creates; specs/lucid.yaml trains on the "shop" ones.
 SEED_BATCHES: tuple[tuple[tuple[str, ...], int, int], ...] = (
@@ -74,15 +63,6 @@ def _iso(ts: float) -> str:
     """[D] `2022-08-23T21:22:09.547Z`: UTC, milliseconds, Z."""
     dt = datetime.fromtimestamp(ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def _unprocessable(loc: list[str], msg: str, kind: str = "value_error") -> SimHTTPError:
-    # [I] FastAPI's validation error shape
-    return SimHTTPError(422, {"detail": [{"loc": loc, "msg": msg, "type": kind}]})
-
-
-def _not_found(message: str) -> SimHTTPError:
-    return SimHTTPError(404, {"detail": message})  # [I] body
 
 
 def _matches(batch: dict[str, Any], batch_id: str | None, tags: list[str]) -> bool:
@@ -185,55 +165,14 @@ class LucidSimulator(Simulator):
         form = req.form()
         files = [p for p in form.get("files", []) if p.filename is not None or p.data]
         if not files:
-            raise _unprocessable(["body", "files"], "Field required", "missing")
-        tags = self._form_tags(form.get("tags", []))
-        counted = [self._count_rows(part) for part in files]
+            raise unprocessable(["body", "files"], "Field required", "missing")
+        tags = form_tags(form.get("tags", []))
+        counted = [count_rows(part) for part in files]
         created = [
             self._new_batch(tags, entities, interactions, created=self.now()) for entities, interactions in counted
         ]
         self.save()
         return SimResponse(200, [self._batch_view(b) for b in created])
-
-    @staticmethod
-    def _form_tags(parts: list[FormPart]) -> list[str]:
-        # [D] `tags` is a str or a list of str: repeated fields, or one field holding a JSON list [I]
-        tags: list[str] = []
-        for part in parts:
-            text = part.text.strip()
-            if text.startswith("["):
-                try:
-                    values = json.loads(text)
-                except ValueError:
-                    raise _unprocessable(["body", "tags"], "tags must be a string or a list of strings") from None
-                if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                    raise _unprocessable(["body", "tags"], "tags must be a string or a list of strings")
-                tags.extend(values)
-            elif text:
-                tags.append(text)
-        return tags
-
-    @staticmethod
-    def _count_rows(part: FormPart) -> tuple[int, int]:
-        """(entities, interactions) in one CSV file; 422 for a file Lucid would refuse [D rules]."""
-        name = part.filename or "files"
-        if len(part.data) > MAX_FILE_BYTES:
-            raise SimHTTPError(413, {"detail": f"{name}: files must be 1 GB or smaller"})
-        reader = csv.reader(io.StringIO(part.text))
-        header = [c.strip().lower() for c in next(reader, [])]
-        if not header:
-            raise _unprocessable(["body", "files"], f"{name}: a header row is required")
-        rows = sum(1 for row in reader if any(cell.strip() for cell in row))
-        if rows > MAX_ROWS:
-            raise _unprocessable(["body", "files"], f"{name}: at most {MAX_ROWS} rows per file")
-        if "source_id" in header and "target_id" in header:
-            return 0, rows
-        if "id" in header:
-            return rows, 0
-        raise _unprocessable(
-            ["body", "files"],
-            f"{name}: unknown file kind; entity columns are {','.join(ENTITY_COLUMNS)}, "
-            f"interaction columns {','.join(INTERACTION_COLUMNS)}",
-        )
 
     @route("GET", _V1 + r"/data_batch")
     def batch_info(self, req: SimRequest) -> SimResponse:
@@ -248,7 +187,7 @@ class LucidSimulator(Simulator):
         tags = req.query.get("tags", [])
         if batch_id is None and not tags:
             # [I] refusing an unfiltered delete rather than wiping every batch
-            raise _unprocessable(["query", "batch_id"], "give batch_id or tags")
+            raise unprocessable(["query", "batch_id"], "give batch_id or tags")
         found = self._batches(batch_id, tags)
         for batch in found:
             del self.world["batches"][batch["batch_id"]]
@@ -262,8 +201,8 @@ class LucidSimulator(Simulator):
         """[D] JSON, every field optional; [I] answers the status object of the new training."""
         body = req.json(default={})
         if not isinstance(body, dict):
-            raise _unprocessable(["body"], "expected a JSON object", "dict_type")
-        options = self._train_options(body)
+            raise unprocessable(["body"], "expected a JSON object", "dict_type")
+        options = train_options(body)
         model_id = options.pop("model_id") or str(uuid.uuid4())  # [I] an id is made up when omitted
         latest = self._latest(model_id)
         if latest is not None and self.training_state(latest).active:
@@ -271,7 +210,7 @@ class LucidSimulator(Simulator):
             raise SimHTTPError(409, {"detail": f"Model {model_id} is already training"})
         batch_ids = [b["batch_id"] for b in self._batches(None, options["data_tags"] or [])]
         if not batch_ids:
-            raise _unprocessable(["body", "data_tags"], "no data batch matches all data_tags")  # [I]
+            raise unprocessable(["body", "data_tags"], "no data batch matches all data_tags")  # [I]
         record = self.new_training(model_id=model_id, data_batch_ids=batch_ids, callback_sent=False, **options)
         self.world.setdefault("models", {}).setdefault(model_id, {"trainings": []})["trainings"].append(record)
         self.save()
@@ -279,44 +218,15 @@ class LucidSimulator(Simulator):
             self._schedule_callback(float(record["duration"]))
         return SimResponse(200, self._status_view(record))
 
-    @staticmethod
-    def _train_options(body: dict[str, Any]) -> dict[str, Any]:
-        known = ("model_id", "maximum_interaction_age_days", "data_tags", "data_filters", "callback_url")
-        for key in body:
-            if key not in known:
-                raise _unprocessable(["body", key], "Extra inputs are not permitted", "extra_forbidden")  # [I]
-        model_id = body.get("model_id")
-        if model_id is not None and (not isinstance(model_id, str) or not model_id):
-            raise _unprocessable(["body", "model_id"], "Input should be a non-empty string", "string_type")
-        age = body.get("maximum_interaction_age_days")
-        if age is not None and (not isinstance(age, int) or isinstance(age, bool) or age < 1):
-            raise _unprocessable(["body", "maximum_interaction_age_days"], "Input should be an integer >= 1")
-        tags = body.get("data_tags")
-        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
-            raise _unprocessable(["body", "data_tags"], "Input should be a list of strings", "list_type")
-        filters = body.get("data_filters")
-        if filters is not None and not isinstance(filters, dict):
-            raise _unprocessable(["body", "data_filters"], "Input should be an object", "dict_type")
-        callback = body.get("callback_url")
-        if callback is not None and (not isinstance(callback, str) or not callback.startswith(("http://", "https://"))):
-            raise _unprocessable(["body", "callback_url"], "Input should be an http(s) URL", "url_parsing")
-        return {
-            "model_id": model_id,
-            "maximum_interaction_age_days": age,
-            "data_tags": tags,
-            "data_filters": filters,
-            "callback_url": callback,
-        }
-
     @route("GET", _V1 + r"/status")
     def status(self, req: SimRequest) -> SimResponse:
         """[D] the status object; [I] GET with `?model_id=`, 404 for an unknown model."""
         model_id = req.q("model_id")
         if not model_id:
-            raise _unprocessable(["query", "model_id"], "Field required", "missing")
+            raise unprocessable(["query", "model_id"], "Field required", "missing")
         latest = self._latest(model_id)
         if latest is None:
-            raise _not_found(f"Model {model_id} not found")
+            raise not_found_error(f"Model {model_id} not found")
         return SimResponse(200, self._status_view(latest))
 
     # -- completion callbacks [I]: POST of the status object, best effort ----------------------

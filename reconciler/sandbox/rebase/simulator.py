@@ -26,13 +26,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from reconciler.sandbox.server import (
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    route,
+from reconciler.sandbox.rebase.validation import (
+    INVALID_KEY_BODY,
+    MISSING_KEY_BODY,
+    SITE_TYPES,
+    actuals_request,
+    detail_error,
+    site_request,
+    train_request,
+    validation_error,
 )
+from reconciler.sandbox.simulator import Simulator
+from reconciler.sandbox.wire import SimHTTPError, SimRequest, SimResponse, route
 
 V2 = "/platform/v2"
 _SITE = V2 + r"/sites/(?P<site_id>[^/]+)"
@@ -42,8 +47,6 @@ SOLAR_SITE = "a923653c-26f1-1b29-955d-ffde5d182276"  # the id in the docs' Creat
 WIND_SITE = "0f7c2d9e-4b1a-4e8f-a3c5-6d2e9b1f4a70"
 LOAD_SITE = "5b8e1c3a-9d7f-4a2e-b6c1-3f4d5e6a7b8c"  # no actuals uploaded yet: no models
 
-SITE_TYPES = ("solar", "wind", "load")
-
 #: [I] the "set of preconfigured ML models" an actuals upload creates, per site type:
 #: (name, model_type). Physical models exist when settings.usePhysicalModels is true.
 PRECONFIGURED: dict[str, tuple[tuple[str, str], ...]] = {
@@ -51,10 +54,6 @@ PRECONFIGURED: dict[str, tuple[tuple[str, str], ...]] = {
     "wind": (("LightGBM", "ai"), ("Neural network", "ai"), ("Physical wind", "physical")),
     "load": (("LightGBM", "ai"), ("Neural network", "ai")),
 }
-
-#: [I] FastAPI's APIKeyHeader answers for a missing key; the wrong-key wording is a guess.
-MISSING_KEY_BODY: dict[str, Any] = {"detail": "Not authenticated"}
-INVALID_KEY_BODY: dict[str, Any] = {"detail": "Invalid API key"}
 
 # TrainingState phases -> the inferred status words of `state[]` [I].
 _WORDS = {
@@ -69,29 +68,6 @@ _WORDS = {
 def iso(ts: float) -> str:
     """Epoch seconds as the API prints times: `2024-09-13T13:49:14.448761Z` [D]."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def validation_error(*errors: tuple[str, str]) -> SimHTTPError:
-    """[D] 400 ValidationResponse `{"errors": [{"field", "message"}]}`."""
-    return SimHTTPError(400, {"errors": [{"field": f, "message": m} for f, m in errors]})
-
-
-def _detail(status: int, message: str) -> SimHTTPError:
-    return SimHTTPError(status, {"detail": message})
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class RebaseSimulator(Simulator):
@@ -162,7 +138,7 @@ class RebaseSimulator(Simulator):
     def _site(self, site_id: str) -> dict[str, Any]:
         site = self.world.get("sites", {}).get(site_id)
         if site is None:
-            raise _detail(404, "Site not found")  # [I]
+            raise detail_error(404, "Site not found")  # [I]
         assert isinstance(site, dict)
         return site
 
@@ -273,16 +249,7 @@ class RebaseSimulator(Simulator):
     @route("POST", V2 + r"/sites/models/train")
     def train(self, req: SimRequest) -> SimResponse:
         """[D] train the ML models of several sites with one set of splits: `{"message"}`."""
-        body = req.json()
-        if not isinstance(body, dict):
-            raise validation_error(("body", "Request body must be a JSON object"))
-        site_ids = body.get("site_ids")
-        if not isinstance(site_ids, list) or not site_ids or not all(isinstance(s, str) for s in site_ids):
-            raise validation_error(("site_ids", "site_ids must be a non-empty list of site ids"))
-        splits = self._splits(body.get("splits"))
-        backtest = body.get("output_backtest_data", False)
-        if not isinstance(backtest, bool):
-            raise validation_error(("output_backtest_data", "output_backtest_data must be a boolean"))
+        site_ids, splits, backtest = train_request(req.json())
         errors: list[tuple[str, str]] = []
         sites = self.world.get("sites", {})
         for i, site_id in enumerate(site_ids):
@@ -295,7 +262,7 @@ class RebaseSimulator(Simulator):
             raise validation_error(*errors)
         for site_id in site_ids:
             if self._active_job(sites[site_id]) is not None:
-                raise _detail(409, f"A training is already in progress for site {site_id}")  # [I]
+                raise detail_error(409, f"A training is already in progress for site {site_id}")  # [I]
         job_id = str(uuid.uuid4())
         job = self.new_training(
             job_id=job_id,
@@ -310,27 +277,6 @@ class RebaseSimulator(Simulator):
         self.save()
         return SimResponse(200, {"message": "Training started"})
 
-    def _splits(self, raw: Any) -> list[dict[str, str]] | None:
-        """[D] optional list of `{"start_date", "end_date"}`; omitted = all data."""
-        if raw is None:
-            return None
-        if not isinstance(raw, list):
-            raise validation_error(("splits", "splits must be a list of {start_date, end_date}"))
-        errors: list[tuple[str, str]] = []
-        for i, split in enumerate(raw):
-            if not isinstance(split, dict):
-                errors.append((f"splits.{i}", "a split must be an object with start_date and end_date"))
-                continue
-            start, end = _parse_time(split.get("start_date")), _parse_time(split.get("end_date"))
-            for key, value in (("start_date", start), ("end_date", end)):
-                if value is None:
-                    errors.append((f"splits.{i}.{key}", f"{key} must be an ISO 8601 date-time"))
-            if start is not None and end is not None and start >= end:
-                errors.append((f"splits.{i}", "start_date must be before end_date"))
-        if errors:
-            raise validation_error(*errors)
-        return [{"start_date": s["start_date"], "end_date": s["end_date"]} for s in raw]
-
     @route("GET", V2 + r"/sites")
     def list_sites(self, req: SimRequest) -> SimResponse:
         """[D] a plain JSON array of site items, no pagination."""
@@ -341,26 +287,7 @@ class RebaseSimulator(Simulator):
     @route("POST", V2 + r"/sites")
     def create_site(self, req: SimRequest) -> SimResponse:
         """[D] `{"site_id"}` ([?] 200 or 201: 200 here, FastAPI's default)."""
-        body = req.json()
-        if not isinstance(body, dict):
-            raise validation_error(("body", "Request body must be a JSON object"))
-        errors: list[tuple[str, str]] = []
-        if body.get("type") not in SITE_TYPES:
-            errors.append(("type", "type must be one of: solar, wind, load"))
-        if not isinstance(body.get("name"), str) or not body["name"]:
-            errors.append(("name", "name is required"))
-        for key, limit in (("latitude", 90), ("longitude", 180)):
-            value = body.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not -limit <= value <= limit:
-                errors.append((key, f"{key} must be a number between -{limit} and {limit}"))
-        settings = body.get("settings", {})
-        if not isinstance(settings, dict):
-            errors.append(("settings", "settings must be an object"))
-        assets = body.get("assets", [])
-        if not isinstance(assets, list):
-            errors.append(("assets", "assets must be a list"))
-        if errors:
-            raise validation_error(*errors)
+        body, assets = site_request(req.json())
         capacity = sum(float(a.get("capacity", 0)) for a in assets if isinstance(a, dict))
         site_id = str(uuid.uuid4())
         self._add_site(site_id, body, capacity_kw=capacity, created=self.now())
@@ -384,28 +311,8 @@ class RebaseSimulator(Simulator):
     def upload_actual(self, req: SimRequest, site_id: str) -> SimResponse:
         """[D] `{"type": "power", "data": [{"valid_time", "value"}]}`; power in kW."""
         self._site(site_id)
-        body = req.json()
-        if not isinstance(body, dict):
-            raise validation_error(("body", "Request body must be a JSON object"))
-        kind = body.get("type", "power")
-        if not isinstance(kind, str) or not kind:
-            raise validation_error(("type", "type must be a string such as power"))
-        data = body.get("data")
-        if not isinstance(data, list) or not data:
-            raise validation_error(("data", "data must be a non-empty list of {valid_time, value}"))
-        times: list[str] = []
-        errors: list[tuple[str, str]] = []
-        for i, point in enumerate(data):
-            when = _parse_time(point.get("valid_time")) if isinstance(point, dict) else None
-            if when is None:
-                errors.append((f"data.{i}.valid_time", "valid_time must be an ISO 8601 date-time"))
-            else:
-                times.append(when.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            if isinstance(point, dict) and point.get("value") is not None and not _is_number(point.get("value")):
-                errors.append((f"data.{i}.value", "value must be a number"))
-        if errors:
-            raise validation_error(*errors)
-        self._record_actuals(site_id, kind, len(data), min(times), max(times), self.now())
+        kind, count, times = actuals_request(req.json())
+        self._record_actuals(site_id, kind, count, min(times), max(times), self.now())
         self.save()
         return SimResponse(200, {"message": "Actuals uploaded successfully"})
 
@@ -415,7 +322,7 @@ class RebaseSimulator(Simulator):
         site = self._site(site_id)
         model_type = req.q("model_type")
         if model_type is not None and model_type not in ("ai", "physical"):
-            raise _detail(422, "model_type must be one of: ai, physical")  # [I]
+            raise detail_error(422, "model_type must be one of: ai, physical")  # [I]
         models = [m for m in site["models"] if model_type is None or m["model_type"] == model_type]
         return SimResponse(200, [self._model_view(site, m) for m in models])
 

@@ -18,48 +18,31 @@ from the clock on every request: new -> queued [I an intermediate backend state]
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from reconciler.sandbox.server import (
-    FormPart,
-    SimHTTPError,
-    SimRequest,
-    SimResponse,
-    Simulator,
-    route,
+from reconciler.sandbox.photogpt.validation import (
+    API_VERSION,
+    IMAGE_FILTERS,
+    MAX_INPUTS,
+    MIN_INPUTS,
+    model_request,
+    nok,
+    page_params,
+    upload_request,
 )
+from reconciler.sandbox.simulator import Simulator
+from reconciler.sandbox.wire import SimRequest, SimResponse, route
 
 #: The model the quickstart manifest (specs/photogpt.yaml) trains; the docs' example modelID [D].
 SEED_MODEL_ID = "018f5f29-7c2b-7b4e-9a8c-4f8b4c2d1e0f"
 
-API_VERSION = "1"  # [D] the `API-Version` header every request carries
-MIN_INPUTS, MAX_INPUTS = 12, 20  # [D] 12-20 modelInput images to train; at most 20 of each type
-MAX_REQUEST_BYTES = 20 * 1024 * 1024  # [D] "at most 20 MB" per request ([I] read as MiB)
-FORMATS = ("jpg", "jpeg", "webp", "png", "heic")  # [D]
-IMAGE_TYPES = ("modelInput", "auxiliaryType")  # [D] upload `type` values
-#: [D] imageType filter of the model image list -> stored image type ("output" [I] for generations)
-IMAGE_FILTERS: dict[str, tuple[str, ...]] = {
-    "all": ("modelInput", "auxiliaryType", "output"),
-    "input": ("modelInput",),
-    "output": ("output",),
-    "auxiliaryType": ("auxiliaryType",),
-}
-DEFAULT_PAGE_SIZE = 20  # [D] the example list answers pageSize 20
-MAX_PAGE_SIZE = 100  # [I]
 MODEL_TYPE = "custom"  # [I] the `modelType` of a model made by POST /models
-GENDERS = ("Male", "Female")  # [D]
 
 _ID = r"(?P<model_id>[^/]+)"
 _IMG = r"(?P<image_id>[^/]+)"
-
-
-def nok(status: int, message: str, err: str | None = None) -> SimHTTPError:
-    """[D] the error envelope `{"status": "NOK", "message", "err", "result": null}`."""
-    return SimHTTPError(status, {"status": "NOK", "message": message, "err": err or message, "result": None})
 
 
 def ok(result: Any, **extra: Any) -> dict[str, Any]:
@@ -77,10 +60,6 @@ def _uuid7(epoch: float) -> str:
     ms = int(epoch * 1000) & ((1 << 48) - 1)
     value = (ms << 80) | (0x7 << 76) | (secrets.randbits(12) << 64) | (0b10 << 62) | secrets.randbits(62)
     return str(uuid.UUID(int=value))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class PhotoGPTSimulator(Simulator):
@@ -243,20 +222,7 @@ class PhotoGPTSimulator(Simulator):
     @route("POST", r"/models")
     def create_or_update_model(self, req: SimRequest) -> SimResponse:
         """[D] create, or update when `id` is given; answers id, modelType, status, dates."""
-        body = req.json(default=None)
-        if not isinstance(body, dict):
-            raise nok(400, "Request body must be a JSON object", "invalid payload")
-        fields = {k: body[k] for k in ("name", "age", "gender", "ethnicity", "eyeColor") if k in body}
-        if "name" in fields and (not isinstance(fields["name"], str) or not fields["name"].strip()):
-            raise nok(400, "name must be a non-empty string", "invalid payload")
-        if "age" in fields and (not _is_number(fields["age"]) or not 0 < fields["age"] < 150):
-            raise nok(400, "age must be a number", "invalid payload")
-        if "gender" in fields and fields["gender"] not in GENDERS:
-            raise nok(400, "gender must be Male or Female", "invalid payload")
-        for key in ("ethnicity", "eyeColor"):
-            if key in fields and fields[key] is not None and not isinstance(fields[key], str):
-                raise nok(400, f"{key} must be a string", "invalid payload")
-        model_id = body.get("id")
+        fields, model_id = model_request(req.json(default=None))
         if model_id is not None:
             model = self._live_model(str(model_id))
             model.update(fields)
@@ -277,7 +243,7 @@ class PhotoGPTSimulator(Simulator):
         views = [self._model_view(m) for m in sorted(self._models().values(), key=lambda m: (m["created"], m["id"]))]
         if req.q("pageNum") is None and req.q("pageSize") is None:
             return SimResponse(200, ok(views))
-        page, size = self._page(req)
+        page, size = page_params(req)
         return SimResponse(200, ok(views[(page - 1) * size : page * size], page=page, pageSize=size))
 
     @route("GET", r"/models/" + _ID)
@@ -293,16 +259,6 @@ class PhotoGPTSimulator(Simulator):
         self.save()
         return SimResponse(200, ok("Model deleted"))
 
-    def _page(self, req: SimRequest) -> tuple[int, int]:
-        try:
-            page = int(req.q("pageNum") or 1)
-            size = int(req.q("pageSize") or DEFAULT_PAGE_SIZE)
-        except ValueError:
-            raise nok(400, "pageNum and pageSize must be integers", "invalid query") from None
-        if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
-            raise nok(400, f"pageNum must be >= 1 and pageSize 1-{MAX_PAGE_SIZE}", "invalid query")
-        return page, size
-
     @route("GET", r"/models/" + _ID + r"/images")
     def list_model_images(self, req: SimRequest, model_id: str) -> SimResponse:
         """[D] `{"page", "pageSize", "result": [Image...], "status": "OK"}`, filtered by imageType."""
@@ -311,7 +267,7 @@ class PhotoGPTSimulator(Simulator):
         types = IMAGE_FILTERS.get(image_type)
         if types is None:
             raise nok(400, f"imageType must be one of {', '.join(IMAGE_FILTERS)}", "invalid query")
-        page, size = self._page(req)
+        page, size = page_params(req)
         found = [i for t in types for i in self._inputs(model_id, t)]
         found.sort(key=lambda i: (i["created"], i["id"]))
         chunk = found[(page - 1) * size : page * size]
@@ -322,30 +278,7 @@ class PhotoGPTSimulator(Simulator):
     @route("POST", r"/images/upload")
     def upload_image(self, req: SimRequest) -> SimResponse:
         """[D] multipart `file` + `data` ({"modelID", "type"}); formats, 20 MB and 20-per-type caps."""
-        if len(req.body) > MAX_REQUEST_BYTES:
-            raise nok(400, "Request is larger than 20 MB", "payload too large")  # [I] status 400
-        form = req.form()
-        files: list[FormPart] = form.get("file", [])
-        datas: list[FormPart] = form.get("data", [])
-        if len(files) != 1 or not files[0].filename:
-            raise nok(400, "Exactly one `file` part is required", "invalid payload")
-        if len(datas) != 1:
-            raise nok(400, "A `data` part is required", "invalid payload")
-        try:
-            data = json.loads(datas[0].text)
-        except ValueError:
-            raise nok(400, "`data` must be a JSON string", "invalid payload") from None
-        if not isinstance(data, dict) or not isinstance(data.get("modelID"), str):
-            raise nok(400, "`data` must name a modelID", "invalid payload")
-        image_type = data.get("type")
-        if image_type not in IMAGE_TYPES:
-            raise nok(400, f"type must be one of {', '.join(IMAGE_TYPES)}", "invalid payload")
-        part = files[0]
-        filename = str(part.filename)
-        ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-        if ext not in FORMATS or not part.data:
-            raise nok(400, f"Unsupported image format; use one of {', '.join(FORMATS)}", "invalid file")
-        model_id = data["modelID"]
+        part, filename, model_id, image_type = upload_request(req)
         self._live_model(model_id)
         if len(self._inputs(model_id, image_type)) >= MAX_INPUTS:
             raise nok(400, f"A model can have at most {MAX_INPUTS} {image_type} images", "too many images")

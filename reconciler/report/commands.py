@@ -1,0 +1,223 @@
+"""One report per command: it is told what happened, writes the output and decides the exit code.
+
+The CLI gathers data (manifests, plans, apply results) and hands it over; the `--output` format
+only picks the renderer, so no command branches on it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from reconciler.report import exits, renderer
+from reconciler.report.base import ApplyRun, Console
+from reconciler.report.failures import problem_lines
+from reconciler.report.github import (
+    Annotation,
+    GitHub,
+    annotation_lines,
+    append_summary,
+    plan_annotations,
+    problem_annotations,
+)
+from reconciler.report.text import (
+    adopted_by_hand_line,
+    adopted_line,
+    fresh_state_warning,
+    no_history_line,
+    not_succeeded_line,
+    outcome_line,
+    progress_line,
+)
+from reconciler.report.views import by_name, status_entry
+
+if TYPE_CHECKING:
+    from reconciler.domain import HistoryEvent, ModelRecord, Observation
+    from reconciler.engine import ApplyResult
+    from reconciler.errors import ProviderError, ReconcilerError
+    from reconciler.plan import ModelPlan
+
+
+class Report:
+    """What every command's report has: the renderer of `--output` and where to write."""
+
+    def __init__(self, output: str = "text", console: Console | None = None, github: GitHub | None = None) -> None:
+        self.renderer = renderer(output)
+        self.console = console or Console()
+        self.github = github or GitHub()
+
+    def annotate(self, annotations: Sequence[Annotation]) -> None:
+        """Under GitHub Actions (or `--annotations github`): errors and warnings as workflow commands."""
+        if self.github.annotations:
+            for line in annotation_lines(annotations, self.github.workspace):
+                self.console.err(line)
+
+    def invalid(self, exc: ReconcilerError) -> None:
+        """Bad manifests or a failed run: annotate its problems (`main()` still reports them)."""
+        from reconciler.errors import ManifestError
+
+        if isinstance(exc, ManifestError):
+            self.annotate(problem_annotations(exc.problems))
+        else:
+            self.annotate([Annotation("error", str(exc))])
+
+    def summarize(self, markdown: str) -> None:
+        """Append to $GITHUB_STEP_SUMMARY when it is set."""
+        if self.github.step_summary is not None:
+            append_summary(self.github.step_summary, markdown)
+
+    def _out(self, text: str | None) -> None:
+        if text is not None:
+            self.console.out(text)
+
+    def notices(self, lines: Sequence[str]) -> None:
+        """What the manifests do that the operator should know (a Provider replacing a type's defaults)."""
+        for line in lines:
+            self.console.err(line)
+
+    def _failed(self, exc: ReconcilerError, document: Callable[[Sequence[str]], str | None]) -> int:
+        problems = problem_lines(exc)
+        doc = document(problems)
+        if doc is None:
+            raise exc
+        self.console.out(doc)
+        for line in problems:
+            self.console.err(line)
+        return exits.FAILED
+
+    def state_opened(self, url: str, created: bool, env: Mapping[str, str] | None = None) -> None:
+        """Warn on CI when this run created the state: an ephemeral runner forgets it."""
+        env = os.environ if env is None else env
+        if created and env.get("CI"):
+            self.console.err(fresh_state_warning(url))
+
+
+class ValidateReport(Report):
+    """`validate`: invalid manifests never get here (ManifestError: see `failures`)."""
+
+    def valid(self, models: Collection[str], providers: Collection[str]) -> int:
+        """The manifests are valid: say what they declare."""
+        self._out(self.renderer.validate(models, providers))
+        return exits.OK
+
+
+class PlanReport(Report):
+    """`plan`: the plan, exit 0/2/1."""
+
+    def planned(self, plans: Sequence[ModelPlan]) -> int:
+        """Show the plan; its exit code."""
+        from reconciler.report.markdown import render_markdown
+
+        self._out(self.renderer.plan(plans))
+        self.annotate(plan_annotations(plans))
+        if self.github.step_summary is not None:
+            self.summarize(render_markdown(plans, self.renderer.extras))
+        return exits.plan_exit_code(plans)
+
+    def failed(self, exc: ReconcilerError) -> int:
+        """No plan could be made. A format with an error document prints it (and the problems on
+        stderr) and exits 1; otherwise the error is re-raised for `main()` to report."""
+        from reconciler.report.markdown import render_failed_markdown
+
+        problems = problem_lines(exc)
+        self.invalid(exc)
+        if self.github.step_summary is not None:
+            self.summarize(render_failed_markdown(problems))
+        doc = self.renderer.plan_failed(problems)
+        if doc is None:
+            raise exc
+        self.console.out(doc)
+        for line in problems:
+            self.console.err(line)
+        return exits.FAILED
+
+
+class ApplyReport(Report):
+    """`apply`: the plan first, each trigger's outcome as it comes, `--wait` progress, the result."""
+
+    def __init__(
+        self, output: str = "text", console: Console | None = None, *, wait: bool = False, github: GitHub | None = None
+    ) -> None:
+        super().__init__(output, console, github)
+        self.wait = wait
+        self.plans: list[ModelPlan] = []
+        self.result: ApplyResult | None = None
+        self.final: dict[str, ModelRecord | None] = {}
+        self.followed_records: list[ModelRecord | None] = []
+        self._last_progress: dict[str, str] = {}
+
+    def planned(self, plans: Sequence[ModelPlan]) -> None:
+        """The plan about to be applied."""
+        self.plans = list(plans)
+        self._out(self.renderer.apply_planned(plans))
+
+    def applied(self, result: ApplyResult) -> None:
+        """The triggers are done: say what each did, and which models were adopted."""
+        self.result = result
+        self.annotate(plan_annotations(self.plans))
+        for name, o in sorted(result.outcomes.items()):
+            self.console.err(outcome_line(name, o))
+        for name in result.adopted:
+            self.console.err(adopted_line(name))
+
+    def progress(self, name: str, obs: Observation | ProviderError, record: ModelRecord | None) -> None:
+        """`engine.follow`'s callback: a line each time a training's state changes."""
+        line = progress_line(obs, record)
+        if self._last_progress.get(name) != line:
+            self._last_progress[name] = line
+            self.console.err(f"{name}: {line}")
+
+    def followed(self, names: Sequence[str], final: Mapping[str, ModelRecord | None]) -> None:
+        """The followed trainings are over (or the timeout came): name those that did not succeed."""
+        self.final = dict(final)
+        for name in names:
+            record = final.get(name)
+            self.followed_records.append(record)
+            if not exits.succeeded(record):
+                self.console.err(not_succeeded_line(name, record))
+
+    def finish(self) -> int:
+        """Print the result document (formats that have one); the exit code."""
+        from reconciler.report.markdown import render_apply_markdown
+
+        outcomes = self.result.outcomes if self.result is not None else {}
+        if self.github.step_summary is not None:
+            self.summarize(render_apply_markdown(self.plans, outcomes, self.renderer.extras))
+        self._out(self.renderer.applied(ApplyRun(self.plans, outcomes, self.final if self.wait else None)))
+        return exits.apply_exit_code(self.plans, outcomes.values(), self.followed_records)
+
+
+class StatusReport(Report):
+    """`status`: every model's provider state, last training and next action."""
+
+    def shown(self, plans: Sequence[ModelPlan]) -> int:
+        """Show the models; exit 1 when any could not be observed."""
+        self._out(self.renderer.status([status_entry(p) for p in by_name(plans)]))
+        return exits.status_exit_code(plans)
+
+    def failed(self, exc: ReconcilerError) -> int:
+        """No status could be made: as `PlanReport.failed` (JSON prints a document with `errors`)."""
+        return self._failed(exc, self.renderer.status_failed)
+
+
+class HistoryReport(Report):
+    """`history NAME`: that model's recorded events."""
+
+    def shown(self, name: str, events: Sequence[HistoryEvent]) -> int:
+        """Show the events; exit 1 when the format has nothing to show."""
+        doc = self.renderer.history(name, events)
+        if doc is None:
+            self.console.err(no_history_line(name))
+            return exits.FAILED
+        self.console.out(doc)
+        return exits.OK
+
+
+class AdoptReport(Report):
+    """`adopt NAME`: refusals are `Failure`s (see `failures`)."""
+
+    def adopted(self, name: str) -> int:
+        """The provider's model of `name` is now recorded as matching its spec."""
+        self.console.out(adopted_by_hand_line(name))
+        return exits.OK
