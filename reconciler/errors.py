@@ -4,7 +4,7 @@
     ├── ManifestError                bad manifests: carries a list of `Problem(file, line, col, message)`
     ├── ConfigError                  bad configuration: missing key variable, bad --state URL, missing base URL
     ├── StateError                   the state store cannot be opened, migrated or written
-    │   └── LockHeldError            another apply/daemon holds the state lock (names the holder)
+    │   └── LockHeldError            the leader lease is held by another process (names the holder)
     └── ProviderError                a provider call failed; carries `provider` and optionally `model`
         ├── TemporaryProviderError   retry later: 429, 5xx, timeouts, connection errors, 409 "busy"
         │   └── RequestNotSentError  the request provably never left (connection refused): safe to resend a train call
@@ -59,7 +59,7 @@ class StateError(ReconcilerError):
 
 
 class LockHeldError(StateError):
-    """Another process holds the state lock."""
+    """Another process holds the state lease (`StateStore.lock`)."""
 
     def __init__(self, holder: str, waited: float) -> None:
         self.holder = holder
