@@ -230,7 +230,7 @@ def apply(
             raise  # main() reports it
 
     async def applied() -> int:
-        async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox, _seams(), notify=True) as (manifests, engine):
             models = manifests.select(targets, selector)
             plans = await engine.plan(models)
             report.planned(plans)

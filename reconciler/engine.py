@@ -41,6 +41,7 @@ from reconciler.errors import (
     RequestNotSentError,
     TemporaryProviderError,
 )
+from reconciler.notify import Announcer, EventSink
 from reconciler.plan import (
     Action,
     ModelPlan,
@@ -107,13 +108,15 @@ class Engine:
         trust: TrustPolicy | None = None,
         http_timeout: float = DEFAULT_HTTP_TIMEOUT,
         seams: Seams | None = None,
+        events: EventSink | None = None,
     ) -> None:
         """`env` holds the provider key variables and `RECONCILER_<TYPE>_BASE_URL` (runtime passes
         the process environment; nothing else is read from it). `endpoints` maps a provider type
         to (base URL, key) that replace the configured ones: how `--sandbox` points every provider
         instance of a type at its simulator. `trust` (default: from `env`) is where keys may go,
         the endpoints' origins included. `seams` replaces the clock, backoff sleep, HTTP
-        transport, request observers and trigger-step hook (tests)."""
+        transport, request observers and trigger-step hook (tests). `events` receives each
+        transition as a `Notice` (notifications); it must never block."""
         self.manifests = manifests
         self.state = state
         self.env = dict(env or {})
@@ -125,6 +128,7 @@ class Engine:
         endpoint_urls = {t: url for t, (url, _) in self.endpoints.items()}
         self.trust = (trust or TrustPolicy.from_env(self.env, base_urls())).allowing(endpoint_urls)
         self.http_timeout = http_timeout
+        self.announce = Announcer(events, git_commit, self.clock)
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
         self._train_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -309,6 +313,8 @@ class Engine:
                 if not await self.state.save_if(p.record, p.record.version, *p.events):
                     lost.add(p.name)
                     await self.replan(p, "while storing what observing learned")
+                else:
+                    self.announce.ended(p)
         return lost
 
     async def adopt(
@@ -372,6 +378,7 @@ class Engine:
         for group in outcomes:
             for o in group:
                 result.outcomes[o.name] = o
+        self.announce.holds(plans)
         return result
 
     async def _trigger_group(self, plans: list[ModelPlan], fence: Fence | None) -> list[TriggerOutcome]:
@@ -476,6 +483,7 @@ class Engine:
             )
             p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
             outcomes.append(TriggerOutcome(p.name, True, res.message or "training started"))
+            self.announce.started(p)
         return outcomes
 
     async def _train_failed(
@@ -497,6 +505,7 @@ class Engine:
             )
             ev = self._event(p.name, "refused", type(exc).__name__, rec.fingerprint, message=str(exc))
             p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
+            self.announce.refused(p, exc)
             return TriggerOutcome(p.name, False, str(exc), exc)
         if not_executed:
             # nothing started at the provider: forget the intent, plan again next time
@@ -535,6 +544,7 @@ class Engine:
             models = [self.manifests.models[n] for n in sorted(pending)]
             plans = await self.plan(models)
             await self.persist_refresh(plans)
+            self.announce.holds(plans)
             for p in plans:
                 obs: Observation | ProviderError = p.error or p.observation  # type: ignore[assignment]
                 if on_progress:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
+    from reconciler.notify import EventSink, Notifier, ResultObserver
     from reconciler.providers.origins import TrustPolicy
     from reconciler.report.github import GitHub
     from reconciler.sandbox.server import Sandbox
@@ -34,6 +35,8 @@ POLL_INTERVAL_ENV = "RECONCILER_POLL_INTERVAL"
 SANDBOX_TRAINING_SECONDS_ENV = "RECONCILER_SANDBOX_TRAINING_SECONDS"
 #: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
 HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
+#: Comma-separated URLs that receive a JSON POST per transition (secrets: never shown).
+NOTIFY_URL_ENV = "RECONCILER_NOTIFY_URL"
 
 
 def state_url(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -159,17 +162,58 @@ def http_timeout(env: Mapping[str, str] | None = None) -> float:
     return seconds
 
 
+def notify_urls(env: Mapping[str, str] | None = None) -> list[str]:
+    """`RECONCILER_NOTIFY_URL`'s URLs (none: no notifications). ConfigError names the variable and
+    the URL's position, never the URL: it is a secret (a Slack webhook URL is its own key)."""
+    from reconciler.errors import ConfigError
+    from reconciler.providers.origins import endpoint_url_problem
+
+    env = os.environ if env is None else env
+    urls = [u.strip() for u in env.get(NOTIFY_URL_ENV, "").split(",") if u.strip()]
+    # masked in every log line, whatever quotes it
+    redactor().add_values(urls)
+    for i, url in enumerate(urls, 1):
+        if (problem := endpoint_url_problem(url)) is not None:
+            where = f"URL {i} of {len(urls)}" if len(urls) > 1 else "the URL"
+            raise ConfigError(f"{NOTIFY_URL_ENV}: {where} {problem} (write comma-separated https://... URLs)")
+    return urls
+
+
+def notifier(
+    state: StateStore,
+    seams: Seams | None = None,
+    *,
+    on_result: ResultObserver | None = None,
+    redact: Redactor | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Notifier | None:
+    """The started background notifier of `RECONCILER_NOTIFY_URL` over this state, or None when
+    the variable is unset. Its backoff waits through `seams.sleep`; `on_result` counts outcomes;
+    `redact` (default: the process's redactor) masks key values in bodies."""
+    from reconciler.notify import Notifier
+    from reconciler.seams import Seams
+
+    urls = notify_urls(env)
+    if not urls:
+        return None
+    redact = redact or redactor()
+    redact.add_values(urls)
+    return Notifier(urls, state, redact=redact, sleep=(seams or Seams()).sleep, on_result=on_result).start()
+
+
 def build_engine(
     manifests: ManifestSet,
     state: StateStore,
     sandbox: Sandbox | None,
     paths: Sequence[str],
     seams: Seams | None = None,
+    events: EventSink | None = None,
 ) -> Engine:
     """The engine for these manifests and this state, pointed at the sandbox when it runs.
 
     It reads provider keys and base URLs from the process environment; `seams` (tests) replace
-    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook.
+    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook; `events`
+    receives its transitions (`Notifier.emit`).
     """
     from reconciler.engine import Engine
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
@@ -191,6 +235,7 @@ def build_engine(
         trust=policy,
         http_timeout=http_timeout(),
         seams=seams,
+        events=events,
     )
 
 
@@ -201,19 +246,29 @@ def holder(command: str) -> str:
 
 @asynccontextmanager
 async def session(
-    paths: Sequence[str], url: str, sandbox: bool, seams: Seams | None = None
+    paths: Sequence[str], url: str, sandbox: bool, seams: Seams | None = None, *, notify: bool = False
 ) -> AsyncIterator[tuple[ManifestSet, Engine]]:
-    """Manifests, an open state and an engine (with the sandbox when asked); always closed."""
+    """Manifests, an open state and an engine (with the sandbox when asked); always closed.
+
+    `notify` (apply): the engine's transitions go to `RECONCILER_NOTIFY_URL` in the background;
+    at the end, what is still undelivered gets a bounded wait (`notify.DRAIN_SECONDS`)."""
     from reconciler.state import open_state
 
+    if notify:
+        notify_urls()  # a bad URL stops the command before anything runs
     manifests = load(paths)
     with sandbox_for(sandbox, url) as sb:
         state = await open_state(url)
         try:
-            engine = build_engine(manifests, state, sb, paths, seams)
+            notices = notifier(state, seams) if notify else None
             try:
-                yield manifests, engine
+                engine = build_engine(manifests, state, sb, paths, seams, notices.emit if notices else None)
+                try:
+                    yield manifests, engine
+                finally:
+                    await engine.aclose()
             finally:
-                await engine.aclose()
+                if notices is not None:
+                    await notices.aclose()
         finally:
             await state.close()

@@ -43,6 +43,7 @@ from reconciler.seams import Seams
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine
+    from reconciler.notify import Notifier
     from reconciler.sandbox.server import Sandbox
     from reconciler.spec import ManifestSet
     from reconciler.state.base import Lease, StateStore
@@ -102,6 +103,7 @@ class Daemon:
         self.state: StateStore | None = None
         self.sandbox: Sandbox | None = None
         self.engine: Engine | None = None
+        self.notifier: Notifier | None = None
         self._engine_stale = True
         self._essential: list[asyncio.Task[None]] = []
 
@@ -166,8 +168,15 @@ class Daemon:
                     return 1
                 http.start()
                 stack.push_async_callback(http.stop)
+                # a bad RECONCILER_NOTIFY_URL stops the start; the URLs are secrets, masked in logs
+                self.redactor.add_values(runtime.notify_urls(self.env))
                 self.state = await open_state(opts.state_url)
                 stack.push_async_callback(self.state.close)
+                self.notifier = runtime.notifier(
+                    self.state, on_result=self.metrics.on_notification, redact=self.redactor, env=self.env
+                )
+                if self.notifier is not None:
+                    stack.push_async_callback(self.notifier.aclose)  # before the state closes
                 self.redactor.add_values(_url_passwords(opts.state_url))
                 self.lease = self.state.lease(runtime.holder("daemon"))
                 stack.push_async_callback(self._step_down_on_exit)
@@ -319,7 +328,8 @@ class Daemon:
         old = self.engine
         # the metrics observe every provider request through the engine's HTTP clients
         seams = Seams(request_observers=(self.metrics.on_request,))
-        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams)
+        events = self.notifier.emit if self.notifier is not None else None
+        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams, events)
         self._engine_stale = False
         if old is not None:
             await old.aclose()

@@ -9,6 +9,8 @@ It owns what every adapter needs and none should write again:
   was refused or never opened. Anything after sending is reported, to be settled by observing;
 - status codes mapped onto the error tree in reconciler.errors, with the provider's own message;
 - API keys redacted from every message, and never put in a URL that is logged.
+
+`post_json` (notifications) is apart from all that: one POST to an operator's endpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -35,7 +38,7 @@ from reconciler.errors import (
     RequestNotSentError,
     TemporaryProviderError,
 )
-from reconciler.providers.origins import origin_or_none, origin_refusal
+from reconciler.providers.origins import endpoint_url_problem, origin_or_none, origin_refusal
 from reconciler.providers.policy import Auth, RetryPolicy
 from reconciler.seams import RequestObserver, Sleep
 
@@ -365,3 +368,44 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+# ---------------------------------------------------------------- notifications
+
+
+@dataclass(frozen=True)
+class PostOutcome:
+    """What one notification POST came to: the HTTP status, or why there was none."""
+
+    status: int | None
+    error: str = ""
+    #: refused before sending (the URL breaks the rule): retrying cannot help
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+async def post_json(url: str, body: Any, *, timeout: float, user_agent: str = "reconciler/0.1") -> PostOutcome:
+    """POST `body` as JSON to an operator's endpoint (a notification): one attempt, at most
+    `timeout` seconds in all. Never raises for the network, and no outcome quotes the URL (it
+    is a secret: a Slack webhook URL is its own credential). A URL outside the providers' rule
+    (https, or plain http to loopback only) is refused without sending."""
+    if (problem := endpoint_url_problem(url)) is not None:
+        return PostOutcome(None, f"the URL {problem}; nothing was sent", refused=True)
+    content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    headers = {"Content-Type": "application/json", "User-Agent": user_agent}
+    try:
+        # httpx's timeout is per phase; the outer one bounds an endpoint that answers byte by byte
+        async with asyncio.timeout(timeout):
+            async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False) as client:
+                raw = await client.post(url, content=content, headers=headers)
+    except TimeoutError:
+        return PostOutcome(None, f"no answer within {timeout:g}s")
+    except httpx.HTTPError as exc:
+        # the exception's text may quote the URL: only its kind is reported
+        return PostOutcome(None, type(exc).__name__)
+    if 200 <= raw.status_code < 300:
+        return PostOutcome(raw.status_code)
+    return PostOutcome(raw.status_code, f"HTTP {raw.status_code}")

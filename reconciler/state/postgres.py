@@ -84,6 +84,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE reconciler_models ADD COLUMN version integer NOT NULL DEFAULT 1",),
+    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert.
+    (
+        """CREATE TABLE reconciler_notifications (
+            model text NOT NULL,
+            fingerprint text NOT NULL,
+            event text NOT NULL,
+            body jsonb NOT NULL,
+            result text NOT NULL,
+            detail text NOT NULL DEFAULT '',
+            claimed_at timestamptz NOT NULL,
+            finished_at timestamptz,
+            PRIMARY KEY (model, fingerprint, event)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

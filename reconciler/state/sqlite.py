@@ -76,6 +76,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE models ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
+    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert.
+    (
+        """CREATE TABLE notifications (
+            model TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            event TEXT NOT NULL,
+            body TEXT NOT NULL,
+            result TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            claimed_at TEXT NOT NULL,
+            finished_at TEXT,
+            PRIMARY KEY (model, fingerprint, event)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
