@@ -50,7 +50,7 @@ from reconciler.plan import (
     limit_concurrency,
     plan_model,
 )
-from reconciler.providers.base import ProviderAdapter, ProviderContext
+from reconciler.providers.base import ProviderAdapter, ProviderContext, redacted
 from reconciler.providers.catalog import adapter_class, base_urls, provider_type
 from reconciler.providers.origins import TrustPolicy, base_url_env, check_base_url
 from reconciler.seams import Seams
@@ -115,8 +115,7 @@ class Engine:
         to (base URL, key) that replace the configured ones: how `--sandbox` points every provider
         instance of a type at its simulator. `trust` (default: from `env`) is where keys may go,
         the endpoints' origins included. `seams` replaces the clock, backoff sleep, HTTP
-        transport, request observers and trigger-step hook (tests). `events` receives each
-        transition as a `Notice` (notifications); it must never block."""
+        transport, request observers and trigger-step hook (tests). `events` gets each transition."""
         self.manifests = manifests
         self.state = state
         self.env = dict(env or {})
@@ -582,17 +581,6 @@ def unexpected_error(provider: str, doing: str, exc: Exception, redact: Callable
         redact(f"unexpected answer while {doing} ({type(exc).__name__}: {exc}); run with -vv for the traceback"),
         provider=provider,
     )
-
-
-def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
-    """A copy of `obs` with the key masked in the provider's words (a provider may echo it back)."""
-    texts: dict[str, Any] = {
-        name: redact(value)
-        for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle")
-        if isinstance(value := getattr(obs, name), str)
-    }
-    texts["observed_training"] = {k: redact(v) if isinstance(v, str) else v for k, v in obs.observed_training.items()}
-    return dataclasses.replace(obs, **texts)
 
 
 __all__ = [

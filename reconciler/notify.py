@@ -324,7 +324,9 @@ class Notifier:
         try:
             claimed = await self.state.claim_notification(model, fingerprint, event, body)
         except StateError as exc:
-            # without a claim, sending could repeat what another writer sent: not sent
+            # without a claim, sending could repeat what another writer sent: not sent now, and
+            # not taken as handled, so this process's next pass over the same decision tries again
+            self._seen.discard(notice.key)
             self.on_result(event, "failed")
             log.warning("%s notification of %s not sent: cannot claim it in the state: %s", event, model, exc)
             return

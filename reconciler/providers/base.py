@@ -11,8 +11,9 @@ retries, rate limits, error classification and secret redaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic
@@ -127,3 +128,14 @@ def path_segment(value: str | int) -> str:
         # (httpx does it), which would climb out of the path: send them as %2E instead
         return segment.replace(".", "%2E")
     return segment
+
+
+def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
+    """A copy of `obs` with the key masked in the provider's words (a provider may echo it back)."""
+    texts: dict[str, Any] = {
+        name: redact(value)
+        for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle")
+        if isinstance(value := getattr(obs, name), str)
+    }
+    texts["observed_training"] = {k: redact(v) if isinstance(v, str) else v for k, v in obs.observed_training.items()}
+    return dataclasses.replace(obs, **texts)
