@@ -170,8 +170,9 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def text_of(notice: Notice) -> str:
-    """The one line a Slack incoming webhook shows: what happened, why, and the commit."""
+def text_of(notice: Notice, redact: Callable[[str], str] = str) -> str:
+    """The one line a Slack incoming webhook shows: what happened, why, and the commit. Masked
+    before it is cut (half a key is still a secret) and before Slack's escapes (which would hide it)."""
     line = f"reconciler: {_PHRASES.get(notice.event, notice.event + ' for {model}').format(model=notice.model)}"
     line += f" ({notice.provider})"
     why = "; ".join(f"{code}: {detail}" if detail else code for code, detail in notice.reasons)
@@ -179,7 +180,7 @@ def text_of(notice: Notice) -> str:
         line += f" - {why}"
     if notice.commit:
         line += f" [commit {notice.commit[:12]}]"
-    line = one_line(line)
+    line = redact(one_line(line))
     if len(line) > MAX_TEXT:
         line = line[: MAX_TEXT - 3] + "..."
     return slack_escape(line)
@@ -196,7 +197,7 @@ def body_of(notice: Notice, redact: Callable[[str], str] = str) -> dict[str, Any
         "fingerprint": notice.fingerprint,
         "commit": notice.commit,
         "time": notice.time.isoformat().replace("+00:00", "Z"),
-        "text": redact(text_of(notice)),
+        "text": text_of(notice, redact),
     }
 
 

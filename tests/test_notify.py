@@ -282,6 +282,23 @@ def test_a_bad_url_stops_apply_naming_the_variable_not_the_url(workspace: Worksp
     assert not train_calls(workspace)
 
 
+def test_a_bad_url_stops_the_daemon_at_start(workspace: Workspace, daemons: list[DaemonProcess]) -> None:
+    workspace.write("m.yaml", roboflow_model())
+    d = DaemonProcess(workspace, env=notify_env(workspace, f"http://hooks.example.com/{TOKEN}"))
+    daemons.append(d)
+    assert d.proc.wait(timeout=30) == 1
+    assert "RECONCILER_NOTIFY_URL: the URL uses plain http to a non-local host" in d.stderr()
+    assert TOKEN not in d.stderr() and not train_calls(workspace)
+
+
+def test_a_key_is_masked_before_the_text_is_cut_or_escaped() -> None:
+    key = "k<&>" + "x" * 30
+    long = Notice("held", "m", "roboflow", (("budget", "y" * 535 + key),), "fp", None, datetime(2026, 1, 1, tzinfo=UTC))
+    body = body_of(long, lambda t: t.replace(key, "***"))
+    assert "k&lt;&amp;&gt;" not in body["text"] and "kx" not in body["text"] and "xxxxx" not in body["text"]
+    assert body["reasons"][0]["detail"].endswith("y***")
+
+
 def test_the_url_rule_is_the_providers() -> None:
     assert endpoint_url_problem("https://hooks.slack.com/services/T/B/x") is None
     for loopback in ("http://127.0.0.1:9/x", "http://localhost:8080/hook", "http://[::1]:80/"):
