@@ -1,4 +1,4 @@
-"""Notifications (design.md "Notifications"): every test posts to a listener on 127.0.0.1.
+"""Notifications (design.md "Notifications"): every test posts to a `Receiver` on 127.0.0.1.
 
 `apply` and the daemon send a JSON body per transition to `RECONCILER_NOTIFY_URL`, at most once per
 (model, fingerprint, event) across writers (claimed in the state), in the background: a dead, slow
@@ -8,12 +8,9 @@ or failing endpoint never delays a training, and the URL (a secret) is never sho
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,72 +21,21 @@ from reconciler.notify import EVENTS, Notice, Notifier, body_of, hold_notices
 from reconciler.plan import Action, ModelPlan, Reason
 from reconciler.providers.http import PostOutcome
 from reconciler.providers.origins import endpoint_url_problem
+from reconciler.sandbox.receiver import TOKEN, Receiver
 from reconciler.sandbox.roboflow.simulator import RoboflowSimulator
 from reconciler.state import open_state
 
-#: the secret part of the endpoint's URL, as in a Slack webhook URL
-TOKEN = "XyzSecretToken0123456789"
 BODY_KEYS = {"format_version", "event", "model", "provider", "reasons", "fingerprint", "commit", "time", "text"}
 MODEL = "hardhat-detector"
 
 
-class Listener:
-    """An HTTP endpoint on 127.0.0.1 that records every POSTed body; `status` is its answer, given
-    after `delay` seconds (cut short when the listener closes)."""
-
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
-        self.status, self.delay = status, delay
-        self.bodies: list[bytes] = []
-        self.changed = threading.Condition()
-        self.closing = threading.Event()
-        listener = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with listener.changed:
-                    listener.bodies.append(body)
-                    listener.changed.notify_all()
-                listener.closing.wait(listener.delay)
-                self.send_response(listener.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0/B0/{TOKEN}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def docs(self) -> list[dict[str, Any]]:
-        with self.changed:
-            return [json.loads(b) for b in self.bodies]
-
-    def events(self) -> list[tuple[str, str]]:
-        return [(d["model"], d["event"]) for d in self.docs()]
-
-    def wait_for(self, n: int, timeout: float = 10) -> list[dict[str, Any]]:
-        """Until at least `n` bodies arrived (fails after `timeout`)."""
-        with self.changed:
-            if not self.changed.wait_for(lambda: len(self.bodies) >= n, timeout):
-                raise AssertionError(f"timed out after {timeout}s waiting for {n} notifications, got {self.events()}")
-        return self.docs()
-
-    def close(self) -> None:
-        self.closing.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def listen() -> Iterator[Callable[..., Listener]]:
-    started: list[Listener] = []
+def listen() -> Iterator[Callable[..., Receiver]]:
+    """Receivers on 127.0.0.1 (`Receiver(status, delay)`), closed at the end."""
+    started: list[Receiver] = []
 
-    def make(status: int = 200, delay: float = 0.0) -> Listener:
-        started.append(Listener(status, delay))
+    def make(status: int = 200, delay: float = 0.0) -> Receiver:
+        started.append(Receiver(status, delay))
         return started[-1]
 
     yield make
@@ -125,7 +71,7 @@ def secrets(ws: Workspace) -> list[str]:
 # ---------------------------------------------------------------- what is sent
 
 
-def test_apply_wait_sends_started_then_succeeded_once(workspace: Workspace, listen: Callable[..., Listener]) -> None:
+def test_apply_wait_sends_started_then_succeeded_once(workspace: Workspace, listen: Callable[..., Receiver]) -> None:
     li = listen()
     workspace.write("m.yaml", roboflow_model())
     res = workspace.run("apply", "--wait", env=notify_env(workspace, li.url))
@@ -151,7 +97,7 @@ def test_apply_wait_sends_started_then_succeeded_once(workspace: Workspace, list
     assert len(li.docs()) == 2
 
 
-def test_a_failed_training_is_told_once(workspace: Workspace, listen: Callable[..., Listener]) -> None:
+def test_a_failed_training_is_told_once(workspace: Workspace, listen: Callable[..., Receiver]) -> None:
     li = listen()
     workspace.write("m.yaml", roboflow_model())
     sim(workspace, "roboflow", RoboflowSimulator).fail_next_trainings(1, "out of GPU memory")
@@ -165,7 +111,7 @@ def test_a_failed_training_is_told_once(workspace: Workspace, listen: Callable[.
     assert len(li.docs()) == 2
 
 
-def test_retries_exhausted_is_told(workspace: Workspace, listen: Callable[..., Listener]) -> None:
+def test_retries_exhausted_is_told(workspace: Workspace, listen: Callable[..., Receiver]) -> None:
     li = listen()
     workspace.write("m.yaml", model_with("max_retries: 0"))
     sim(workspace, "roboflow", RoboflowSimulator).fail_next_trainings(1)
@@ -183,7 +129,7 @@ def test_retries_exhausted_is_told(workspace: Workspace, listen: Callable[..., L
     ]
 
 
-def test_warn_mode_drift_is_told_once(workspace: Workspace, listen: Callable[..., Listener]) -> None:
+def test_warn_mode_drift_is_told_once(workspace: Workspace, listen: Callable[..., Receiver]) -> None:
     li = listen()
     workspace.write("m.yaml", model_with("drift: warn"))
     for _ in range(2):
@@ -200,7 +146,7 @@ def test_warn_mode_drift_is_told_once(workspace: Workspace, listen: Callable[...
     assert not train_calls(workspace)
 
 
-def test_plan_sends_nothing(workspace: Workspace, listen: Callable[..., Listener]) -> None:
+def test_plan_sends_nothing(workspace: Workspace, listen: Callable[..., Receiver]) -> None:
     """`plan` writes nothing anywhere, notifications included (it may run on a pull request)."""
     li = listen()
     workspace.write("m.yaml", model_with("drift: warn"))
@@ -236,7 +182,7 @@ def test_a_budget_hold_is_told_as_held(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- secrets
 
 
-def test_no_key_value_in_any_body(workspace: Workspace, listen: Callable[..., Listener]) -> None:
+def test_no_key_value_in_any_body(workspace: Workspace, listen: Callable[..., Receiver]) -> None:
     li = listen()
     keys = secrets(workspace)
     workspace.write("m.yaml", roboflow_model())
@@ -249,7 +195,7 @@ def test_no_key_value_in_any_body(workspace: Workspace, listen: Callable[..., Li
     assert not any(k in raw for k in keys)
 
 
-def test_the_url_is_never_shown(workspace: Workspace, listen: Callable[..., Listener]) -> None:
+def test_the_url_is_never_shown(workspace: Workspace, listen: Callable[..., Receiver]) -> None:
     li = listen(status=500)
     workspace.write("m.yaml", roboflow_model())
     env = notify_env(workspace, li.url)
@@ -313,7 +259,7 @@ def test_the_url_rule_is_the_providers() -> None:
 
 @pytest.mark.parametrize("endpoint", ["down", "slow", "500"])
 def test_a_dead_slow_or_failing_endpoint_leaves_trainings_unaffected(
-    workspace: Workspace, listen: Callable[..., Listener], endpoint: str
+    workspace: Workspace, listen: Callable[..., Receiver], endpoint: str
 ) -> None:
     if endpoint == "down":
         url = f"http://127.0.0.1:{free_port()}/{TOKEN}"
@@ -337,7 +283,7 @@ def test_a_dead_slow_or_failing_endpoint_leaves_trainings_unaffected(
 
 
 def test_no_repeat_across_a_daemon_and_an_apply(
-    workspace: Workspace, listen: Callable[..., Listener], daemons: list[DaemonProcess]
+    workspace: Workspace, listen: Callable[..., Receiver], daemons: list[DaemonProcess]
 ) -> None:
     li = listen()
     workspace.write("m.yaml", roboflow_model())
