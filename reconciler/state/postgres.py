@@ -84,9 +84,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE reconciler_models ADD COLUMN version integer NOT NULL DEFAULT 1",),
-    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert.
+    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert;
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
     (
-        """CREATE TABLE reconciler_notifications (
+        """CREATE TABLE IF NOT EXISTS reconciler_notifications (
             model text NOT NULL,
             fingerprint text NOT NULL,
             event text NOT NULL,

@@ -76,9 +76,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE models ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
-    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert.
+    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert;
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
     (
-        """CREATE TABLE notifications (
+        """CREATE TABLE IF NOT EXISTS notifications (
             model TEXT NOT NULL,
             fingerprint TEXT NOT NULL,
             event TEXT NOT NULL,
