@@ -39,6 +39,7 @@ from reconciler.errors import (
     PermanentProviderError,
     ProviderError,
     RequestNotSentError,
+    SpecRefusedError,
     TemporaryProviderError,
 )
 from reconciler.plan import (
@@ -46,6 +47,7 @@ from reconciler.plan import (
     ModelPlan,
     Reason,
     count_in_flight,
+    error_code,
     limit_concurrency,
     plan_model,
 )
@@ -148,36 +150,61 @@ class Engine:
         self._adapters[provider] = adapter
         return adapter
 
-    def _where(self, cfg: ProviderConfig) -> str:
+    def _where(self, cfg: ProviderConfig, model: DesiredModel | None = None) -> str:
+        """The provider instance as a user finds it: a Provider manifest's place, or the models
+        that use a type's defaults (`model` alone when the message is about that model)."""
         if cfg.source:
             return f"Provider {cfg.name!r} ({cfg.source})"
-        users = [m for m in self.manifests.models.values() if m.provider == cfg.name]
-        used = f" used by {users[0].name!r} at {users[0].source}" if users else ""
-        return f"the default {cfg.type} provider{used}"
+        users = (
+            [model]
+            if model is not None
+            else sorted((m for m in self.manifests.models.values() if m.provider == cfg.name), key=lambda m: m.name)
+        )
+        shown = ", ".join(f"{m.name!r} at {m.source}" for m in users[:3])
+        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+        return f"the default {cfg.type} provider" + (f" used by {shown}{more}" if users else "")
 
-    def _make_adapter(self, cfg: ProviderConfig) -> ProviderAdapter:
-        from reconciler.providers.http import HttpClient
+    def _unusable(self, cfg: ProviderConfig, model: DesiredModel, exc: ConfigError) -> PermanentProviderError:
+        """`exc` (the provider instance cannot be used) said of `model`: its own name and place."""
+        problem = self._config_problem(cfg)
+        message = f"{self._where(cfg, model)}: {problem}" if problem else str(exc)
+        return PermanentProviderError(message, provider=cfg.name, model=model.name)
 
-        cls = adapter_class(cfg.type)
-        ptype = provider_type(cfg.type)
-        env_url = self.env.get(base_url_env(cfg.type)) or None
-        base_url = cfg.base_url or env_url or ptype.default_base_url
-        key = self.env.get(cfg.api_key_env, "")
+    def _endpoint(self, cfg: ProviderConfig) -> tuple[str, str]:
+        """The base URL and key a provider instance uses (either may be empty)."""
         if cfg.type in self.endpoints:
-            base_url, key = self.endpoints[cfg.type]
+            return self.endpoints[cfg.type]
+        env_url = self.env.get(base_url_env(cfg.type)) or None
+        base_url = cfg.base_url or env_url or provider_type(cfg.type).default_base_url or ""
+        return base_url, self.env.get(cfg.api_key_env, "")
+
+    def _config_problem(self, cfg: ProviderConfig) -> str | None:
+        """What keeps a provider instance from being used (and what to set), or None."""
+        base_url, key = self._endpoint(cfg)
         if not base_url:
-            raise ConfigError(
-                f"{self._where(cfg)}: {cfg.type} has no public host; set base_url on a Provider manifest "
+            return (
+                f"{cfg.type} has no public host; set base_url on a Provider manifest "
                 f"or {base_url_env(cfg.type)}=https://your-{cfg.type}-host"
             )
         problem = check_base_url(base_url, cfg.allow_insecure_http) or self.trust.base_url_problem(cfg.type, base_url)
         if problem:
-            raise ConfigError(f"{self._where(cfg)}: {problem}")
+            return problem
         if not key:
-            raise ConfigError(
-                f"{self._where(cfg)}: the environment variable {cfg.api_key_env} is not set; "
+            return (
+                f"the environment variable {cfg.api_key_env} is not set; "
                 f"export it with the {cfg.type} API key (keys are never read from manifests)"
             )
+        return None
+
+    def _make_adapter(self, cfg: ProviderConfig) -> ProviderAdapter:
+        from reconciler.providers.http import HttpClient
+
+        problem = self._config_problem(cfg)
+        if problem:
+            raise ConfigError(f"{self._where(cfg)}: {problem}")
+        cls = adapter_class(cfg.type)
+        ptype = provider_type(cfg.type)
+        base_url, key = self._endpoint(cfg)
         http = HttpClient(
             cfg.name,
             base_url,
@@ -188,6 +215,7 @@ class Engine:
             timeout=self.http_timeout,
             retry=cls.retry,
             allowed_origins=self.trust.origins_for(cfg.type),
+            key_env=cfg.api_key_env,
             transport=self.seams.transport,
             sleep=self.seams.sleep,
             observers=self.seams.request_observers,
@@ -236,8 +264,9 @@ class Engine:
             try:
                 adapter = self.adapter(provider)
             except ConfigError as exc:
-                err = PermanentProviderError(str(exc), provider=provider)
-                return {m.name: err for m in ms}
+                # each model's error names that model, not the first one using the provider
+                cfg = self.provider_config(provider)
+                return {m.name: self._unusable(cfg, m, exc) for m in ms}
             found: dict[str, Observation | ProviderError]
             try:
                 found = dict(await adapter.observe_many(ms, dict(records)))
@@ -483,8 +512,11 @@ class Engine:
     ) -> TriggerOutcome:
         """Record why a trigger did not start a training. `sent=False`: the train call was never made."""
         exc = exc.with_model(p.name)
-        refused = isinstance(exc, PermanentProviderError)
-        not_executed = not sent or isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
+        # refused for the spec or its data (Lucid's 422): nothing trained, so no attempt is counted
+        # and no backoff set; the model is reported as an error with the provider's message
+        spec_refused = isinstance(exc, SpecRefusedError)
+        refused = isinstance(exc, PermanentProviderError) and not spec_refused
+        not_executed = not sent or spec_refused or isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
         if refused:
             # the provider said no: count it as a failed attempt, retried with backoff up to max_retries
             from reconciler.plan import retry_delay
@@ -495,12 +527,13 @@ class Engine:
                 attempts=intent.attempts + 1,
                 next_attempt_at=self.clock() + retry_delay(intent.attempts + 1, p.model.policy.retry_backoff),
             )
-            ev = self._event(p.name, "refused", type(exc).__name__, rec.fingerprint, message=str(exc))
+            ev = self._event(p.name, "refused", error_code(exc), rec.fingerprint, message=str(exc))
             p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
             return TriggerOutcome(p.name, False, str(exc), exc)
         if not_executed:
             # nothing started at the provider: forget the intent, plan again next time
-            ev = self._event(p.name, "not-started", type(exc).__name__, intent.fingerprint, message=str(exc))
+            event = "refused" if spec_refused else "not-started"
+            ev = self._event(p.name, event, error_code(exc), intent.fingerprint, message=str(exc))
             # only over our own intent: a newer record (another writer's) is never overwritten
             restored = dataclasses.replace(previous) if previous is not None else None
             p.record = await cas.write_after_call(self.state, p.name, intent.version, restored, ev)
@@ -510,7 +543,7 @@ class Engine:
             self._event(
                 p.name,
                 "unconfirmed",
-                type(exc).__name__,
+                error_code(exc),
                 intent.fingerprint,
                 message=str(exc) + "; the next run settles it by observing the provider",
             )
