@@ -51,9 +51,10 @@ from reconciler.plan import (
     limit_concurrency,
     plan_model,
 )
+from reconciler.providers.access import Access, where
 from reconciler.providers.base import ProviderAdapter, ProviderContext
 from reconciler.providers.catalog import adapter_class, base_urls, provider_type
-from reconciler.providers.origins import TrustPolicy, base_url_env, check_base_url
+from reconciler.providers.origins import TrustPolicy, base_url_env
 from reconciler.seams import Seams
 from reconciler.spec import ManifestSet
 from reconciler.state.base import StateStore
@@ -126,6 +127,7 @@ class Engine:
         self.endpoints = dict(endpoints or {})
         endpoint_urls = {t: url for t, (url, _) in self.endpoints.items()}
         self.trust = (trust or TrustPolicy.from_env(self.env, base_urls())).allowing(endpoint_urls)
+        self.access = Access(self.env, self.endpoints, self.trust)
         self.http_timeout = http_timeout
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
@@ -150,61 +152,21 @@ class Engine:
         self._adapters[provider] = adapter
         return adapter
 
-    def _where(self, cfg: ProviderConfig, model: DesiredModel | None = None) -> str:
-        """The provider instance as a user finds it: a Provider manifest's place, or the models
-        that use a type's defaults (`model` alone when the message is about that model)."""
-        if cfg.source:
-            return f"Provider {cfg.name!r} ({cfg.source})"
-        users = (
-            [model]
-            if model is not None
-            else sorted((m for m in self.manifests.models.values() if m.provider == cfg.name), key=lambda m: m.name)
-        )
-        shown = ", ".join(f"{m.name!r} at {m.source}" for m in users[:3])
-        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
-        return f"the default {cfg.type} provider" + (f" used by {shown}{more}" if users else "")
-
     def _unusable(self, cfg: ProviderConfig, model: DesiredModel, exc: ConfigError) -> PermanentProviderError:
         """`exc` (the provider instance cannot be used) said of `model`: its own name and place."""
-        problem = self._config_problem(cfg)
-        message = f"{self._where(cfg, model)}: {problem}" if problem else str(exc)
+        problem = self.access.problem(cfg)
+        message = f"{where(cfg, [model])}: {problem}" if problem else str(exc)
         return PermanentProviderError(message, provider=cfg.name, model=model.name)
-
-    def _endpoint(self, cfg: ProviderConfig) -> tuple[str, str]:
-        """The base URL and key a provider instance uses (either may be empty)."""
-        if cfg.type in self.endpoints:
-            return self.endpoints[cfg.type]
-        env_url = self.env.get(base_url_env(cfg.type)) or None
-        base_url = cfg.base_url or env_url or provider_type(cfg.type).default_base_url or ""
-        return base_url, self.env.get(cfg.api_key_env, "")
-
-    def _config_problem(self, cfg: ProviderConfig) -> str | None:
-        """What keeps a provider instance from being used (and what to set), or None."""
-        base_url, key = self._endpoint(cfg)
-        if not base_url:
-            return (
-                f"{cfg.type} has no public host; set base_url on a Provider manifest "
-                f"or {base_url_env(cfg.type)}=https://your-{cfg.type}-host"
-            )
-        problem = check_base_url(base_url, cfg.allow_insecure_http) or self.trust.base_url_problem(cfg.type, base_url)
-        if problem:
-            return problem
-        if not key:
-            return (
-                f"the environment variable {cfg.api_key_env} is not set; "
-                f"export it with the {cfg.type} API key (keys are never read from manifests)"
-            )
-        return None
 
     def _make_adapter(self, cfg: ProviderConfig) -> ProviderAdapter:
         from reconciler.providers.http import HttpClient
 
-        problem = self._config_problem(cfg)
-        if problem:
-            raise ConfigError(f"{self._where(cfg)}: {problem}")
+        if problem := self.access.problem(cfg):
+            users = [m for m in self.manifests.models.values() if m.provider == cfg.name]
+            raise ConfigError(f"{where(cfg, users)}: {problem}")
         cls = adapter_class(cfg.type)
         ptype = provider_type(cfg.type)
-        base_url, key = self._endpoint(cfg)
+        base_url, key = self.access.endpoint(cfg)
         http = HttpClient(
             cfg.name,
             base_url,
