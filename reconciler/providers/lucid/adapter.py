@@ -10,7 +10,10 @@ API used (kept in the constants below because several facts are inferred, see pr
   sharing the same `data_tags` share one batch query per `observe_many` call;
 - drift in data: the status object's `data_batch_ids` (the batches the model was trained on) [D]
   versus the current batches matching all `data_tags`;
-- train: `POST /v1/recommender/train` with a JSON body [D path in the guide; I method].
+- train: `POST /v1/recommender/train` with a JSON body [D path in the guide; I method]. A 422
+  (no data batch carries all `data_tags` [I]) is the spec's or the data's problem, not a failed
+  training: `SpecRefusedError`, never an attempt. Observing already reports a model whose tags
+  select no batch, so that call is not even made.
 
 Lucid does not echo `maximum_interaction_age_days`, `data_tags` or `data_filters` back [?], so
 those are known only from the state's record of the training reconciler started.
