@@ -182,7 +182,7 @@ class Engine:
             sleep=self.seams.sleep,
             observers=self.seams.request_observers,
         )
-        return cls(ProviderContext(config=cfg, http=http, state=self.state, clock=self.clock))
+        return cls(ProviderContext(config=cfg, http=http, state=self.state, clock=self.clock, env=self.env))
 
     @property
     def settle_window(self) -> timedelta:
