@@ -12,7 +12,6 @@ operator's `TrustPolicy` (built by `runtime` from the environment; this module n
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -572,28 +571,3 @@ def json_schema(paths: Iterable[str | Path] = ()) -> dict[str, Any]:
         }
     )
     return schema
-
-
-def git_commit(paths: Sequence[str]) -> str | None:
-    """The HEAD commit of the git repo holding the manifests, if any (recorded in history)."""
-    start = Path(paths[0]).resolve() if paths else Path.cwd()
-    d = start if start.is_dir() else start.parent
-    for cand in (d, *d.parents):
-        head = cand / ".git" / "HEAD"
-        if head.is_file():
-            try:
-                ref = head.read_text().strip()
-                if ref.startswith("ref: "):
-                    ref_path = cand / ".git" / ref[5:]
-                    if ref_path.is_file():
-                        return ref_path.read_text().strip()
-                    packed = cand / ".git" / "packed-refs"
-                    if packed.is_file():
-                        for line in packed.read_text().splitlines():
-                            if line.endswith(" " + ref[5:]):
-                                return line.split()[0]
-                    return None
-                return ref
-            except OSError:
-                return None
-    return os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
