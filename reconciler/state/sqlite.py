@@ -76,6 +76,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE models ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
+    # Spend guards: every training a writer started, per provider instance (what budgets count).
+    (
+        """CREATE TABLE starts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            writer TEXT NOT NULL,
+            at TEXT NOT NULL
+        )""",
+        "CREATE INDEX starts_provider_at ON starts (provider, at)",
+        "CREATE INDEX starts_at ON starts (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
