@@ -84,17 +84,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE reconciler_models ADD COLUMN version integer NOT NULL DEFAULT 1",),
-    # Spend guards: every training a writer started, per provider instance (what budgets count).
+    # Spend guards: every training a writer started, per provider instance (what budgets count);
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
     (
-        """CREATE TABLE reconciler_starts (
+        """CREATE TABLE IF NOT EXISTS reconciler_starts (
             id bigserial PRIMARY KEY,
             provider text NOT NULL,
             model text NOT NULL,
             writer text NOT NULL,
             at timestamptz NOT NULL
         )""",
-        "CREATE INDEX reconciler_starts_provider_at ON reconciler_starts (provider, at)",
-        "CREATE INDEX reconciler_starts_at ON reconciler_starts (at)",
+        "CREATE INDEX IF NOT EXISTS reconciler_starts_provider_at ON reconciler_starts (provider, at)",
+        "CREATE INDEX IF NOT EXISTS reconciler_starts_at ON reconciler_starts (at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
