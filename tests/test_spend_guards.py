@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import test_many_writers
 from helpers import Gate, Workspace, by_name, codes, train_calls
+from test_daemon_parts import MODEL
 
 from reconciler.budget import DAY, Limits
 from reconciler.daemon import DaemonOptions
@@ -31,6 +33,8 @@ from reconciler.seams import Seams
 from reconciler.spec import load_manifests
 from reconciler.state import open_state
 
+#: the state fixture of the many-writers tests: SQLite and a fresh PostgreSQL schema
+state_url = test_many_writers.state_url
 SANDBOX_TRAINING_SECONDS = 30  # trainings stay in flight: nothing ends during a test
 
 PROVIDER = """\
@@ -38,16 +42,6 @@ apiVersion: reconciler/v1
 kind: Provider
 metadata: {{name: roboflow}}
 spec: {{type: roboflow, requests_per_second: 1000, max_concurrent_trainings: 100{extra}}}
-"""
-MODEL = """\
----
-apiVersion: reconciler/v1
-kind: TrainedModel
-metadata: {{name: {name}}}
-spec:
-  provider: roboflow
-  model: {{workspace: acme, project: {name}}}
-  training: {{version: 1, model_type: rfdetr-nano, epochs: 10}}
 """
 
 
@@ -58,7 +52,7 @@ def names(n: int) -> list[str]:
 def manifests(specs: Path, n: int, *, per_day: int | None = None) -> list[str]:
     """`n` Roboflow models (a project each) under one Provider manifest, in `specs/models.yaml`."""
     extra = f", max_trainings_per_day: {per_day}" if per_day is not None else ""
-    text = PROVIDER.format(extra=extra) + "".join(MODEL.format(name=name) for name in names(n))
+    text = PROVIDER.format(extra=extra) + "".join("---\n" + MODEL.format(name=name, epochs=10) for name in names(n))
     specs.mkdir(parents=True, exist_ok=True)
     (specs / "models.yaml").write_text(text)
     return names(n)
@@ -69,7 +63,7 @@ def write_models(specs: Path, sb: Sandbox, n: int, *, per_day: int | None = None
     rf = sb.sim("roboflow")
     assert isinstance(rf, RoboflowSimulator)
     for name in names(n):
-        rf.add_project("acme", name)
+        rf.add_project("acme", name, versions=3)
     return manifests(specs, n, per_day=per_day)
 
 
@@ -233,14 +227,6 @@ class Project:
     def engine(self, state: object, writer: str = "apply") -> Engine:
         endpoints = {t: (self.sandbox.base_url(t), self.sandbox.sim(t).api_key) for t in self.sandbox.served}
         return Engine(load_manifests([self.specs]), state, env={}, endpoints=endpoints, limits=Limits(writer))  # type: ignore[arg-type]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 async def test_two_writers_racing_never_exceed_a_provider_budget(
