@@ -276,12 +276,12 @@ def codes_of(p: ModelPlan) -> list[str]:
     return [r.code for r in p.reasons]
 
 
-def test_two_apply_processes_share_a_provider_budget(workspace: Workspace, postgres_url: str) -> None:
-    """Two real `apply` processes at once on one PostgreSQL state, with latency at the simulator:
-    exactly the budget's train calls between them, the rest `hold budget`."""
+def test_two_apply_processes_share_a_provider_budget(workspace: Workspace, state_url: str) -> None:
+    """Two real `apply` processes at once on one state (PostgreSQL, SQLite), with latency at the
+    simulator: exactly the budget's train calls between them, the rest `hold budget`."""
     write_models(workspace.specs, workspace.sandbox, 6, per_day=3)
     workspace.sandbox.latency = 0.05
-    env = workspace.env(RECONCILER_STATE=postgres_url)
+    env = workspace.env(RECONCILER_STATE=state_url)
     procs = [workspace.start_process("apply", "--output", "json", env=env) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
