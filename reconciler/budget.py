@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 #: `apply --max-trainings` and `RECONCILER_MAX_TRAININGS` when not given.
 DEFAULT_MAX_TRAININGS = 20
-#: `daemon --max-trainings-per-hour` when not given.
-DEFAULT_MAX_TRAININGS_PER_HOUR = 20
 DAY = timedelta(hours=24)
 HOUR = timedelta(hours=1)
 
@@ -141,7 +139,6 @@ async def release(state: StateStore, intent: ModelRecord) -> None:
 
 __all__ = [
     "DEFAULT_MAX_TRAININGS",
-    "DEFAULT_MAX_TRAININGS_PER_HOUR",
     "BlastRadius",
     "Limits",
     "hold_over_budget",

@@ -39,7 +39,7 @@ def _duration(text: str, name: str) -> timedelta:
 @click.option(
     "--max-trainings-per-hour",
     type=click.IntRange(min=1),
-    default=20,
+    default=DaemonOptions.max_trainings_per_hour,
     show_default=True,
     metavar="N",
     help="beyond N trainings started by the daemons in a rolling hour, models hold (reason budget)",

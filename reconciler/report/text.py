@@ -138,6 +138,10 @@ def outcome_line(name: str, o: TriggerOutcome) -> str:
     return f"{name}: {verdict}" + (f" ({o.detail})" if o.detail and not o.started else "")
 
 
+def _trainings(n: int) -> str:
+    return f"{n} training" + ("" if n == 1 else "s")
+
+
 def _raise_hint(would_start: int) -> str:
     return f"if that is meant, raise it: --max-trainings {would_start} or RECONCILER_MAX_TRAININGS={would_start}"
 
@@ -146,7 +150,7 @@ def blast_radius_line(limit: Mapping[str, int]) -> str:
     """Above plan's table when `apply` would refuse it (`--max-trainings`)."""
     n = limit["would_start"]
     return (
-        f"apply would refuse: this plan would start {n} trainings, more than --max-trainings "
+        f"apply would refuse: this plan would start {_trainings(n)}, more than --max-trainings "
         f"{limit['limit']}; {_raise_hint(n)}"
     )
 
@@ -155,7 +159,7 @@ def refused_line(refusal: BlastRadius) -> str:
     """`apply` refused a plan that would start more than `--max-trainings` trainings."""
     n = refusal.would_start
     return (
-        f"apply refused: this plan would start {n} trainings, more than --max-trainings {refusal.limit} "
+        f"apply refused: this plan would start {_trainings(n)}, more than --max-trainings {refusal.limit} "
         f"(the blast radius of one commit); nothing was started; {_raise_hint(n)}"
     )
 
