@@ -358,3 +358,23 @@ async def test_count_and_insert_is_atomic_across_many_writers(state_url: str) ->
     finally:
         for w in writers:
             await w.close()
+
+
+def test_daemon_flag_sets_the_hourly_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import reconciler.daemon.command as command
+
+    seen: list[DaemonOptions] = []
+
+    def run(opts: DaemonOptions) -> int:
+        seen.append(opts)
+        return 0
+
+    monkeypatch.setattr(command, "run_daemon", run)
+    runner = CliRunner()
+    assert runner.invoke(command.daemon, ["specs", "--max-trainings-per-hour", "5"]).exit_code == 0
+    assert runner.invoke(command.daemon, ["specs"]).exit_code == 0
+    assert [o.max_trainings_per_hour for o in seen] == [5, 20]
+    refused = runner.invoke(command.daemon, ["specs", "--max-trainings-per-hour", "0"])
+    assert refused.exit_code != 0 and "--max-trainings-per-hour" in refused.output
