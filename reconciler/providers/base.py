@@ -14,8 +14,8 @@ import asyncio
 import dataclasses
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic
 from urllib.parse import quote
@@ -51,6 +51,9 @@ class ProviderContext:
     state: StateStore | None = None
     #: the engine's clock: an adapter that compares with "now" uses this, never the wall clock
     clock: Clock = utc_now
+    #: the operator's environment as the composition root read it (trusted, unlike manifests): an
+    #: adapter reads its operator settings here, never from `os.environ`
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class ProviderAdapter(ABC, Generic[M, T]):
