@@ -156,6 +156,15 @@ class Announcer:
         """The trainings observing saw end, once their record is stored."""
         self._tell(ended_notices(p, self.commit, self.clock()))
 
+    def blast_radius(self, plans: Iterable[ModelPlan], would_start: int, limit: int) -> None:
+        """`apply --max-trainings` refused the whole plan: each model it would have trained is held."""
+        why = Reason(
+            "max-trainings",
+            f"this plan would start {would_start} trainings, more than --max-trainings {limit}; nothing was started",
+        )
+        now = self.clock()
+        self._tell([notice("held", p.model, [*p.reasons, why], self.commit, now) for p in plans if p.triggers])
+
     def holds(self, plans: Iterable[ModelPlan]) -> None:
         """The holds to tell of: retries exhausted, drift in warn mode, a budget hold."""
         self._tell(hold_notices(plans, self.commit, self.clock()))

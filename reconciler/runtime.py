@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from reconciler.budget import Limits
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
     from reconciler.notify import EventSink, Notifier, ResultObserver
@@ -37,6 +38,8 @@ SANDBOX_TRAINING_SECONDS_ENV = "RECONCILER_SANDBOX_TRAINING_SECONDS"
 HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
 #: Comma-separated URLs that receive a JSON POST per transition (secrets: never shown).
 NOTIFY_URL_ENV = "RECONCILER_NOTIFY_URL"
+#: `apply --max-trainings` when the flag is not given (the blast radius of one commit).
+MAX_TRAININGS_ENV = "RECONCILER_MAX_TRAININGS"
 
 
 def state_url(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -201,19 +204,39 @@ def notifier(
     return Notifier(urls, state, redact=redact, sleep=(seams or Seams()).sleep, on_result=on_result).start()
 
 
+def max_trainings(flag: int | None, env: Mapping[str, str] | None = None) -> int:
+    """`--max-trainings`, else `RECONCILER_MAX_TRAININGS`, else 20: the most trainings one apply starts."""
+    from reconciler.budget import DEFAULT_MAX_TRAININGS
+    from reconciler.errors import ConfigError
+
+    if flag is not None:
+        return flag
+    env = os.environ if env is None else env
+    text = env.get(MAX_TRAININGS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_TRAININGS
+    if not text.isdigit():
+        raise ConfigError(
+            f"{MAX_TRAININGS_ENV} must be a whole number of trainings (0 or more), got {text!r}; "
+            f"e.g. {MAX_TRAININGS_ENV}={DEFAULT_MAX_TRAININGS}"
+        )
+    return int(text)
+
+
 def build_engine(
     manifests: ManifestSet,
     state: StateStore,
     sandbox: Sandbox | None,
     paths: Sequence[str],
     seams: Seams | None = None,
+    limits: Limits | None = None,
     events: EventSink | None = None,
 ) -> Engine:
     """The engine for these manifests and this state, pointed at the sandbox when it runs.
 
     It reads provider keys and base URLs from the process environment; `seams` (tests) replace
-    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook; `events`
-    receives its transitions (`Notifier.emit`).
+    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook; `limits`
+    (the daemon) say who writes and the hourly rate; `events` receives its transitions (`Notifier.emit`).
     """
     from reconciler.engine import Engine
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
@@ -234,6 +257,7 @@ def build_engine(
         trust=policy,
         http_timeout=http_timeout(),
         seams=seams,
+        limits=limits,
         events=events,
     )
 
@@ -261,7 +285,7 @@ async def session(
         try:
             notices = notifier(state, seams) if notify else None
             try:
-                engine = build_engine(manifests, state, sb, paths, seams, notices.emit if notices else None)
+                engine = build_engine(manifests, state, sb, paths, seams, events=notices.emit if notices else None)
                 try:
                     yield manifests, engine
                 finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 from typing_extensions import TypeVar
 
 from reconciler.domain import Observation, TrainResult
-from reconciler.errors import ProviderError
+from reconciler.errors import BadResponseError, ProviderError
 from reconciler.providers.policy import Auth, RetryPolicy
 from reconciler.providers.provider_type import ProviderType
 from reconciler.seams import Clock
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord, ProviderConfig
     from reconciler.providers.http import HttpClient
     from reconciler.state.base import StateStore
+
+#: the engine's logger: an adapter's unexpected exception is logged where the engine reports it
+log = logging.getLogger("reconciler.engine")
 
 M = TypeVar("M", bound=BaseModel, default=BaseModel)
 T = TypeVar("T", bound=BaseModel, default=BaseModel)
@@ -131,6 +135,21 @@ def path_segment(value: str | int) -> str:
         # (httpx does it), which would climb out of the path: send them as %2E instead
         return segment.replace(".", "%2E")
     return segment
+
+
+def unexpected_error(provider: str, doing: str, exc: Exception, redact: Callable[[str], str] = str) -> BadResponseError:
+    """An exception an adapter did not mean to raise, as a per-model error.
+
+    It comes from an answer the adapter could not read (wrong types, missing fields) or from a
+    bug: either way that provider's models are reported and the others go on. The traceback is
+    logged at debug level (-vv) only, so a provider answering garbage never prints one. `redact`
+    masks the key in the exception's text (it may quote the answer).
+    """
+    log.debug("%s: unexpected %s while %s", provider, type(exc).__name__, doing, exc_info=True)
+    return BadResponseError(
+        redact(f"unexpected answer while {doing} ({type(exc).__name__}: {exc}); run with -vv for the traceback"),
+        provider=provider,
+    )
 
 
 def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
