@@ -155,6 +155,53 @@ def test_plan_sends_nothing(workspace: Workspace, listen: Callable[..., Receiver
     assert stored(workspace) == [] and li.docs() == []
 
 
+def test_an_apply_refused_by_max_trainings_is_told_as_held(
+    workspace: Workspace, listen: Callable[..., Receiver]
+) -> None:
+    li = listen()
+    workspace.write("m.yaml", roboflow_model())
+    workspace.write(
+        "w.yaml", roboflow_model("forklift-detector", project="forklifts", version=2, model_type="yolov11s")
+    )
+    env = notify_env(workspace, li.url)
+    for _ in range(2):
+        res = workspace.run("apply", "--max-trainings", "1", env=env)
+        assert res.code == 1 and not train_calls(workspace), res.output
+    docs = li.wait_for(2)
+    assert sorted(li.events()) == [("forklift-detector", "held"), (MODEL, "held")]
+    refusal = "this plan would start 2 trainings, more than --max-trainings 1; nothing was started"
+    for doc in docs:
+        assert doc["reasons"][-1] == {"code": "max-trainings", "detail": refusal}
+        assert doc["reasons"][0]["code"] == "never-trained"
+    # allowed: the trainings start and are told; the refusal is not told again
+    res = workspace.run("apply", "--max-trainings", "2", env=env)
+    assert res.code == 0, res.output
+    li.wait_for(4)
+    assert sorted(e for _, e in li.events()) == ["held", "held", "training-started", "training-started"]
+
+
+def test_a_provider_budget_hold_in_an_apply_is_told_as_held(
+    workspace: Workspace, listen: Callable[..., Receiver]
+) -> None:
+    li = listen()
+    workspace.write(
+        "p.yaml",
+        "apiVersion: reconciler/v1\nkind: Provider\nmetadata: {name: roboflow}\n"
+        "spec: {type: roboflow, max_trainings_per_day: 1}\n",
+    )
+    workspace.write("m.yaml", roboflow_model())
+    workspace.write(
+        "w.yaml", roboflow_model("forklift-detector", project="forklifts", version=2, model_type="yolov11s")
+    )
+    res = workspace.run("apply", env=notify_env(workspace, li.url))
+    assert res.code == 0, res.output
+    li.wait_for(2)
+    # the budget goes in name order
+    assert sorted(li.events()) == [("forklift-detector", "training-started"), (MODEL, "held")]
+    held = next(d for d in li.docs() if d["event"] == "held")
+    assert held["reasons"][-1]["code"] == "budget"
+
+
 def test_a_budget_hold_is_told_as_held(tmp_path: Path) -> None:
     """Any model whose plan holds with a `budget` reason (the spend guards) is told as `held`."""
     from reconciler.spec import load_manifests
