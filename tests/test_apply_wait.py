@@ -1,0 +1,173 @@
+"""`apply --wait` with max_concurrent_trainings: held models start as slots free, in one apply;
+its progress as a live table on a terminal and as throttled lines in CI (a fake clock, no sleeps)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from datetime import timedelta
+
+from helpers import Workspace, roboflow_model, train_calls
+from test_report import AT, Captured, record, tick
+
+from reconciler import runtime
+from reconciler.domain import Observation, RecordStatus, TrainingStatus
+from reconciler.engine import ApplyResult, TriggerOutcome
+from reconciler.report.commands import ApplyReport
+from reconciler.report.progress import Lines, LiveTable
+from reconciler.slots import Phase, WaitResult
+
+ONE_AT_A_TIME = """\
+apiVersion: reconciler/v1
+kind: Provider
+metadata: {name: roboflow}
+spec: {type: roboflow, requests_per_second: 1000, max_concurrent_trainings: 1}
+"""
+#: three Roboflow models the simulator knows (workspace acme)
+THREE = {
+    "alpha": roboflow_model("alpha", project="hardhats", version=3),
+    "bravo": roboflow_model("bravo", project="hardhats", version=2),
+    "charlie": roboflow_model("charlie", project="forklifts", version=2),
+}
+
+
+def three_models_one_slot(ws: Workspace) -> None:
+    ws.write("provider.yaml", ONE_AT_A_TIME)
+    for name, text in THREE.items():
+        ws.write(f"{name}.yaml", text)
+
+
+def test_one_apply_wait_trains_three_models_through_one_slot(workspace: Workspace) -> None:
+    ws = workspace
+    three_models_one_slot(ws)
+    code, doc = ws.plan_json()
+    assert code == 2
+    assert {m["name"]: m["action"] for m in doc["models"]} == {"alpha": "train", "bravo": "hold", "charlie": "hold"}
+
+    applied = ws.run("apply", "--wait")
+    assert applied.code == 0, applied.output
+    assert len(train_calls(ws.sandbox)) == 3  # every model trained, each once
+    for name in THREE:
+        assert ws.story(name) == ["intent", "triggered", "succeeded"], name
+        assert f"{name}: succeeded" in applied.stderr
+    assert "bravo: waiting for a slot (1 trainings in flight at roboflow" in applied.stderr
+    # never two at once: each training started after the one before it had ended
+    spans = sorted(
+        (min(e["at"] for e in events if e["event"] == "intent"), max(e["at"] for e in events))
+        for events in (ws.events(n) for n in THREE)
+    )
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans)), spans
+
+    code, doc = ws.plan_json()
+    assert code == 0, doc  # no hold left for a second apply
+    assert {m["action"] for m in doc["models"]} == {"none"}
+
+
+def test_a_model_still_waiting_for_a_slot_at_the_timeout_fails_the_apply(workspace: Workspace) -> None:
+    ws = workspace
+    ws.sandbox.sim("roboflow").training_seconds = 60  # the one slot stays taken
+    three_models_one_slot(ws)
+    applied = ws.run("apply", "--wait", "--timeout", "0.3s", "--output", "json")
+    assert applied.code == 1, applied.output
+    outcomes = applied.json()["outcomes"]
+    assert outcomes["alpha"]["started"] is True
+    for name in ("bravo", "charlie"):
+        assert outcomes[name]["started"] is False
+        assert "no slot at roboflow freed before the --timeout came" in outcomes[name]["detail"]
+        assert "the next apply starts it" in applied.stderr
+    assert len(train_calls(ws.sandbox)) == 1
+
+
+def test_lines_say_each_change_and_progress_at_most_every_30_seconds() -> None:
+    said: list[str] = []
+    lines = Lines(said.append)
+    rec = record("a", RecordStatus.TRAINING, triggered_at=AT)
+
+    def at(seconds: float, progress: float | None, state: str = "training") -> None:
+        obs = Observation(TrainingStatus.RUNNING, provider_state=state, progress=progress)
+        lines.ticks([tick("a", Phase.RUNNING, obs, rec, AT + timedelta(seconds=seconds))])
+
+    at(0, 0.10)
+    at(10, 0.20)  # progress only, 10 s after the last line: not said
+    at(29.9, 0.30)
+    at(30, 0.40)  # 30 s: said
+    at(31, 0.40, "evaluating")  # the state changed: said at once
+    at(32, 0.50, "evaluating")
+    at(33, 0.50, "evaluating")
+    at(62, 0.90, "evaluating")
+    lines.ticks([tick("a", Phase.ENDED, Observation(TrainingStatus.SUCCEEDED), record("a", RecordStatus.SUCCEEDED))])
+    queued = tick("b", Phase.QUEUED, None, None, AT, detail="1 trainings in flight at roboflow")
+    lines.ticks([queued, queued])  # the same line is never repeated
+    assert said == [
+        "a: training 10%",
+        "a: training 40%",
+        "a: evaluating 40%",
+        "a: evaluating 90%",
+        "a: succeeded",
+        "b: waiting for a slot (1 trainings in flight at roboflow)",
+    ]
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_live_table_is_redrawn_in_place_on_a_terminal() -> None:
+    tty = FakeTty()
+    con = Captured()
+    report = ApplyReport("text", con, wait=True, terminal=tty, width=200)
+    assert isinstance(report.view, LiveTable)
+    report.applied(ApplyResult([], {"a": TriggerOutcome("a", True, "training started")}))
+    running = Observation(TrainingStatus.RUNNING, provider_state="training", progress=0.25)
+    started = record("a", RecordStatus.TRAINING, triggered_at=AT)
+    queued = tick("b", Phase.QUEUED, None, None, AT, since=AT, detail="1 trainings in flight at roboflow")
+    report.ticks([tick("a", Phase.RUNNING, running, started, AT + timedelta(seconds=5), since=AT), queued])
+    first = tty.getvalue()
+    assert first == (
+        "MODEL  PROVIDER  STATE               PROGRESS  ELAPSED\n"
+        "a      roboflow  training            25%       5s\n"
+        "b      roboflow  waiting for a slot  -         0s\n"
+    )
+    report.started(TriggerOutcome("b", True, "training started"))  # said above the table
+    done = record("a", RecordStatus.SUCCEEDED, triggered_at=AT)
+    later = AT + timedelta(seconds=65)
+    report.ticks(
+        [
+            tick("a", Phase.ENDED, Observation(TrainingStatus.SUCCEEDED), done, later, since=AT),
+            tick("b", Phase.RUNNING, running, started, later, since=AT + timedelta(seconds=60)),
+        ]
+    )
+    up = "\x1b[3A\r\x1b[J"  # back to the table's first line, erase it and what is below
+    assert tty.getvalue()[len(first) :] == (
+        up
+        + "b: training started\n"
+        + "MODEL  PROVIDER  STATE               PROGRESS  ELAPSED\n"
+        + "a      roboflow  training            25%       5s\n"
+        + "b      roboflow  waiting for a slot  -         0s\n"
+        + up
+        + "MODEL  PROVIDER  STATE      PROGRESS  ELAPSED\n"
+        + "a      roboflow  succeeded  -         1m05s\n"
+        + "b      roboflow  training   25%       5s\n"
+    )
+    drawn = tty.getvalue()
+    report.waited(WaitResult(followed=["a", "b"], final={"a": done, "b": done}))
+    assert tty.getvalue() == drawn  # the last table stays on the screen
+    assert report.finish() == 0
+    assert con.stderr == ["a: training started"]  # the rest was drawn on the terminal
+
+
+def test_live_table_rows_are_cut_to_the_terminal_width() -> None:
+    table = LiveTable(FakeTty(), width=40)
+    error = Observation(TrainingStatus.RUNNING, provider_state="x" * 100)
+    table.ticks([tick("a", Phase.RUNNING, error, None, AT)])
+    assert all(len(line) <= 39 for line in table.render())
+
+
+def test_progress_is_drawn_live_only_on_a_terminal_outside_ci() -> None:
+    tty, pipe = FakeTty(), io.StringIO()
+    assert runtime.live_terminal(tty, {}) is tty
+    assert runtime.live_terminal(pipe, {}) is None
+    assert runtime.live_terminal(tty, {"CI": "true"}) is None
+    assert runtime.live_terminal(tty, {"TERM": "dumb"}) is None
+    assert isinstance(ApplyReport("text", Captured(), wait=True).view, Lines)
