@@ -3,19 +3,29 @@ its progress as a live table on a terminal and as throttled lines in CI (a fake 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
+import threading
+from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
-from helpers import Workspace, roboflow_model, train_calls
+from helpers import Workspace, roboflow_model, train_calls, write_text
 from test_report import AT, Captured, record, tick
 
 from reconciler import runtime
 from reconciler.domain import Observation, RecordStatus, TrainingStatus
-from reconciler.engine import ApplyResult, TriggerOutcome
+from reconciler.engine import ApplyResult, Engine, TriggerOutcome
+from reconciler.plan import Action
 from reconciler.report.commands import ApplyReport
+from reconciler.report.exits import apply_exit_code
 from reconciler.report.progress import Lines, LiveTable
-from reconciler.slots import Phase, WaitResult
+from reconciler.sandbox.server import Sandbox
+from reconciler.slots import Phase, Tick, WaitResult, wait_for_all
+from reconciler.spec import load_manifests
+from reconciler.state import open_state
+from reconciler.state.base import StateStore
 
 ONE_AT_A_TIME = """\
 apiVersion: reconciler/v1
@@ -76,6 +86,57 @@ def test_a_model_still_waiting_for_a_slot_at_the_timeout_fails_the_apply(workspa
         assert "no slot at roboflow freed before the --timeout came" in outcomes[name]["detail"]
         assert "the next apply starts it" in applied.stderr
     assert len(train_calls(ws.sandbox)) == 1
+
+
+async def test_a_held_model_another_writer_starts_first_is_followed_never_trained_twice(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The slot frees; between this run's new plan of the held model and its intent, another
+    writer starts that model. The intent's compare-and-set fails: it re-plans, follows the other
+    writer's training and never sends a second train call."""
+    specs = tmp_path / "specs"
+    write_text(specs / "provider.yaml", ONE_AT_A_TIME)
+    for name in ("alpha", "bravo"):
+        write_text(specs / f"{name}.yaml", THREE[name])
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    endpoints = {t: (sandbox.base_url(t), sandbox.sim(t).api_key) for t in sandbox.served}
+
+    def engine(state: StateStore) -> Engine:
+        return Engine(
+            load_manifests([specs]), state, env={}, endpoints=endpoints, poll_interval=timedelta(seconds=0.05)
+        )
+
+    async def other_writer() -> None:  # its own process, as it were: its own loop and store
+        async with await open_state(url) as state, engine(state) as other:
+            bravo = other.manifests.models["bravo"]
+            result = await other.apply(await other.plan([bravo]))
+            assert result.outcomes["bravo"].started
+
+    class RaceWhenTheSlotFrees:
+        def ticks(self, ticks: Sequence[Tick]) -> None:
+            if any(t.name == "alpha" and t.phase is Phase.ENDED for t in ticks):
+                assert not any(t.name == "bravo" for t in ticks)  # about to be started by this run
+                racer = threading.Thread(target=lambda: asyncio.run(other_writer()))
+                racer.start()
+                racer.join()
+
+        def started(self, outcome: TriggerOutcome) -> None:
+            pass
+
+    async with await open_state(url) as state, engine(state) as mine:
+        plans = await mine.plan(list(mine.manifests.models.values()))
+        assert [p.action for p in plans] == [Action.TRAIN, Action.HOLD]
+        result = await mine.apply(plans)
+        waited = await wait_for_all(mine, plans, result, listener=RaceWhenTheSlotFrees())
+    bravo = waited.outcomes["bravo"]
+    assert not bravo.started and bravo.superseded and "another writer changed the record first" in bravo.detail
+    assert waited.followed == ["alpha", "bravo"]
+    assert {n: r.status if r else None for n, r in waited.final.items()} == {
+        "alpha": RecordStatus.SUCCEEDED,
+        "bravo": RecordStatus.SUCCEEDED,
+    }
+    assert apply_exit_code(plans, [*result.outcomes.values(), *waited.outcomes.values()], waited.final.values()) == 0
+    assert len(train_calls(sandbox)) == 2  # one per model: the other writer's for bravo
 
 
 def test_lines_say_each_change_and_progress_at_most_every_30_seconds() -> None:
