@@ -21,6 +21,7 @@ from reconciler.plan import Action
 from reconciler.report.commands import ApplyReport
 from reconciler.report.exits import apply_exit_code
 from reconciler.report.progress import Lines, LiveTable
+from reconciler.sandbox.faults import Fault
 from reconciler.sandbox.server import Sandbox
 from reconciler.slots import Phase, Tick, WaitResult, wait_for_all
 from reconciler.spec import load_manifests
@@ -86,6 +87,22 @@ def test_a_model_still_waiting_for_a_slot_at_the_timeout_fails_the_apply(workspa
         assert "no slot at roboflow freed before the --timeout came" in outcomes[name]["detail"]
         assert "the next apply starts it" in applied.stderr
     assert len(train_calls(ws.sandbox)) == 1
+
+
+def test_a_model_the_provider_refuses_for_now_is_started_once_one_of_ours_ends(workspace: Workspace) -> None:
+    """A 429 on a train call (the provider counts trainings its own way): with --wait, that model
+    is tried again when a followed training at the same provider ends, in the same apply."""
+    ws = workspace
+    ws.write("alpha.yaml", THREE["alpha"])
+    ws.write("bravo.yaml", THREE["bravo"])
+    ws.sandbox.inject(Fault(provider="roboflow", method="POST", path="/hardhats/2/train$", status=429, retry_after=0))
+    applied = ws.run("apply", "--wait")
+    assert applied.code == 0, applied.output
+    lines = applied.stderr.splitlines()
+    held = next(i for i, line in enumerate(lines) if line.startswith("bravo: held by the provider"))
+    assert held < lines.index("alpha: succeeded") < lines.index("bravo: training started")
+    assert [r.status for r in train_calls(ws.sandbox) if "/2/" in r.path] == [429, 200]
+    assert ws.story("bravo") == ["intent", "not-started", "intent", "triggered", "succeeded"]
 
 
 async def test_a_held_model_another_writer_starts_first_is_followed_never_trained_twice(
