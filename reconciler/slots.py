@@ -146,17 +146,8 @@ class _Wait:
                     self.following.discard(p.name)
                     self.out.final[p.name] = p.record
                     freed.add(p.model.provider)
-                ticks.append(
-                    Tick(
-                        p.name,
-                        p.model.provider,
-                        Phase.RUNNING if p.name in self.following else Phase.ENDED,
-                        now,
-                        obs,
-                        p.record,
-                        since,
-                    )
-                )
+                phase = Phase.RUNNING if p.name in self.following else Phase.ENDED
+                ticks.append(Tick(p.name, p.model.provider, phase, now, obs, p.record, since=since))
             elif p.name in self.counted and p.action is not Action.WAIT:
                 self.counted.discard(p.name)
                 freed.add(p.model.provider)
@@ -175,16 +166,7 @@ class _Wait:
             elif waits_for_slot(p) or (p.triggers and after_a_slot):
                 self.detail[p.name] = _slot_detail(p) if waits_for_slot(p) else self.detail.get(p.name, "")
                 ticks.append(
-                    Tick(
-                        p.name,
-                        p.model.provider,
-                        Phase.QUEUED,
-                        now,
-                        p.observation,
-                        p.record,
-                        self.start,
-                        self.detail[p.name],
-                    )
+                    Tick(p.name, p.model.provider, Phase.QUEUED, now, since=self.start, detail=self.detail[p.name])
                 )
             else:
                 self._left_queue(p)
