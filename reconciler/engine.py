@@ -1,4 +1,4 @@
-"""The engine: observe concurrently, plan, run actions, follow trainings, record everything.
+"""The engine: observe concurrently, plan, run actions, record everything (`slots` follows trainings).
 
 `Engine` is used by the CLI (one pass) and the daemon (many passes). It owns one adapter per
 provider instance (with its HttpClient), reads for many models concurrently under each provider's

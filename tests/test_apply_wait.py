@@ -34,15 +34,20 @@ kind: Provider
 metadata: {name: roboflow}
 spec: {type: roboflow, requests_per_second: 1000, max_concurrent_trainings: 1}
 """
-#: three Roboflow models the simulator knows (workspace acme)
+#: three Roboflow models, one per project of workspace acme (`with_pallets` adds the third)
 THREE = {
     "alpha": roboflow_model("alpha", project="hardhats", version=3),
-    "bravo": roboflow_model("bravo", project="hardhats", version=2),
+    "bravo": roboflow_model("bravo", project="pallets", version=2),
     "charlie": roboflow_model("charlie", project="forklifts", version=2),
 }
 
 
+def with_pallets(sandbox: Sandbox) -> None:
+    sandbox.sim("roboflow").add_project("acme", "pallets", versions=2)  # type: ignore[attr-defined]
+
+
 def three_models_one_slot(ws: Workspace) -> None:
+    with_pallets(ws.sandbox)
     ws.write("provider.yaml", ONE_AT_A_TIME)
     for name, text in THREE.items():
         ws.write(f"{name}.yaml", text)
@@ -93,15 +98,16 @@ def test_a_model_the_provider_refuses_for_now_is_started_once_one_of_ours_ends(w
     """A 429 on a train call (the provider counts trainings its own way): with --wait, that model
     is tried again when a followed training at the same provider ends, in the same apply."""
     ws = workspace
+    with_pallets(ws.sandbox)
     ws.write("alpha.yaml", THREE["alpha"])
     ws.write("bravo.yaml", THREE["bravo"])
-    ws.sandbox.inject(Fault(provider="roboflow", method="POST", path="/hardhats/2/train$", status=429, retry_after=0))
+    ws.sandbox.inject(Fault(provider="roboflow", method="POST", path="/pallets/2/train$", status=429, retry_after=0))
     applied = ws.run("apply", "--wait")
     assert applied.code == 0, applied.output
     lines = applied.stderr.splitlines()
     held = next(i for i, line in enumerate(lines) if line.startswith("bravo: held by the provider"))
     assert held < lines.index("alpha: succeeded") < lines.index("bravo: training started")
-    assert [r.status for r in train_calls(ws.sandbox) if "/2/" in r.path] == [429, 200]
+    assert [r.status for r in train_calls(ws.sandbox) if "/pallets/" in r.path] == [429, 200]
     assert ws.story("bravo") == ["intent", "not-started", "intent", "triggered", "succeeded"]
 
 
@@ -112,6 +118,7 @@ async def test_a_held_model_another_writer_starts_first_is_followed_never_traine
     writer starts that model. The intent's compare-and-set fails: it re-plans, follows the other
     writer's training and never sends a second train call."""
     specs = tmp_path / "specs"
+    with_pallets(sandbox)
     write_text(specs / "provider.yaml", ONE_AT_A_TIME)
     for name in ("alpha", "bravo"):
         write_text(specs / f"{name}.yaml", THREE[name])
