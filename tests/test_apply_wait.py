@@ -79,6 +79,20 @@ def test_one_apply_wait_trains_three_models_through_one_slot(workspace: Workspac
     assert {m["action"] for m in doc["models"]} == {"none"}
 
 
+def test_with_wait_the_models_held_for_a_slot_count_towards_max_trainings(workspace: Workspace) -> None:
+    """--max-trainings is the blast radius of one apply: with --wait, that apply also starts the
+    models held at max_concurrent_trainings, so 1 train + 2 holds is 3 > 2 and it starts none."""
+    ws = workspace
+    three_models_one_slot(ws)
+    refused = ws.run("apply", "--wait", "--max-trainings", "2", "--output", "json")
+    assert refused.code == 1, refused.output
+    assert refused.json()["max_trainings"] == {"would_start": 3, "limit": 2}
+    assert "nothing was started" in refused.stderr
+    assert train_calls(ws.sandbox) == []
+    assert ws.run("apply", "--wait", "--max-trainings", "3").code == 0
+    assert len(train_calls(ws.sandbox)) == 3
+
+
 def test_a_model_still_waiting_for_a_slot_at_the_timeout_fails_the_apply(workspace: Workspace) -> None:
     ws = workspace
     ws.sandbox.sim("roboflow").training_seconds = 60  # the one slot stays taken
