@@ -144,6 +144,11 @@ def sandbox_for(enabled: bool, url: str, env: Mapping[str, str] | None = None) -
         sb.stop()
 
 
+def _setting(name: str, env: Mapping[str, str] | None) -> str:
+    """An operator variable's value, stripped ("" when unset); `env` defaults to the process's."""
+    return (os.environ if env is None else env).get(name, "").strip()
+
+
 def sandbox_training_seconds(flag: float | None, env: Mapping[str, str] | None = None) -> float:
     """How long a simulated training takes: `--training-seconds`, else
     `RECONCILER_SANDBOX_TRAINING_SECONDS`, else 3."""
@@ -151,8 +156,7 @@ def sandbox_training_seconds(flag: float | None, env: Mapping[str, str] | None =
 
     if flag is not None:
         return flag
-    env = os.environ if env is None else env
-    text = env.get(SANDBOX_TRAINING_SECONDS_ENV, "").strip()
+    text = _setting(SANDBOX_TRAINING_SECONDS_ENV, env)
     if not text:
         return DEFAULT_SANDBOX_TRAINING_SECONDS
     try:
@@ -212,8 +216,7 @@ def max_trainings(flag: int | None, env: Mapping[str, str] | None = None) -> int
 
     if flag is not None:
         return flag
-    env = os.environ if env is None else env
-    text = env.get(MAX_TRAININGS_ENV, "").strip()
+    text = _setting(MAX_TRAININGS_ENV, env)
     if not text:
         return DEFAULT_MAX_TRAININGS
     if not text.isdigit():
