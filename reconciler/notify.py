@@ -157,13 +157,13 @@ class Announcer:
         self._tell(ended_notices(p, self.commit, self.clock()))
 
     def blast_radius(self, plans: Iterable[ModelPlan], would_start: int, limit: int) -> None:
-        """`apply --max-trainings` refused the whole plan: each model it would have trained is held."""
+        """`apply --max-trainings` refused the whole plan: each of `plans` (what it would have started) is held."""
         why = Reason(
             "max-trainings",
             f"this plan would start {would_start} trainings, more than --max-trainings {limit}; nothing was started",
         )
         now = self.clock()
-        self._tell([notice("held", p.model, [*p.reasons, why], self.commit, now) for p in plans if p.triggers])
+        self._tell([notice("held", p.model, [*p.reasons, why], self.commit, now) for p in plans])
 
     def holds(self, plans: Iterable[ModelPlan]) -> None:
         """The holds to tell of: retries exhausted, drift in warn mode, a budget hold."""

@@ -155,17 +155,19 @@ def test_plan_sends_nothing(workspace: Workspace, listen: Callable[..., Receiver
     assert stored(workspace) == [] and li.docs() == []
 
 
+@pytest.mark.parametrize("wait", [False, True])
 def test_an_apply_refused_by_max_trainings_is_told_as_held(
-    workspace: Workspace, listen: Callable[..., Receiver]
+    workspace: Workspace, listen: Callable[..., Receiver], wait: bool
 ) -> None:
     li = listen()
+    flags = ["--wait"] if wait else []
     workspace.write("m.yaml", roboflow_model())
     workspace.write(
         "w.yaml", roboflow_model("forklift-detector", project="forklifts", version=2, model_type="yolov11s")
     )
     env = notify_env(workspace, li.url)
     for _ in range(2):
-        res = workspace.run("apply", "--max-trainings", "1", env=env)
+        res = workspace.run("apply", *flags, "--max-trainings", "1", env=env)
         assert res.code == 1 and not train_calls(workspace), res.output
     docs = li.wait_for(2)
     assert sorted(li.events()) == [("forklift-detector", "held"), (MODEL, "held")]
@@ -174,10 +176,11 @@ def test_an_apply_refused_by_max_trainings_is_told_as_held(
         assert doc["reasons"][-1] == {"code": "max-trainings", "detail": refusal}
         assert doc["reasons"][0]["code"] == "never-trained"
     # allowed: the trainings start and are told; the refusal is not told again
-    res = workspace.run("apply", "--max-trainings", "2", env=env)
+    res = workspace.run("apply", *flags, "--max-trainings", "2", env=env)
     assert res.code == 0, res.output
-    li.wait_for(4)
-    assert sorted(e for _, e in li.events()) == ["held", "held", "training-started", "training-started"]
+    li.wait_for(6 if wait else 4)
+    told = ["held", "held", "training-started", "training-started"]
+    assert sorted(e for _, e in li.events()) == told + (["training-succeeded"] * 2 if wait else [])
 
 
 def test_a_provider_budget_hold_in_an_apply_is_told_as_held(
