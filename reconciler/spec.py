@@ -36,6 +36,7 @@ from reconciler.yamlpos import YamlDocument, YamlError, load_documents
 
 API_VERSION = "reconciler/v1"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # ---------------------------------------------------------------- the two kinds
 
@@ -78,7 +79,7 @@ class ProviderSpecBody(Strict):
     @field_validator("api_key_env")
     @classmethod
     def _env(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        if v is not None and not _ENV_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not an environment variable name; put the NAME here, never the key")
         return v
 
@@ -93,6 +94,41 @@ class ProviderManifest(Strict):
 # ---------------------------------------------------------------- validated, resolved results
 
 
+@dataclass(eq=False)
+class RawModel:
+    """A TrainedModel document as parsed: its envelope when valid, else the parts `assemble`
+    can still check (the provider reference, `model`, `training`), so one run reports them all."""
+
+    doc: YamlDocument
+    manifest: TrainedModelManifest | None
+    name: str | None
+    provider: str | None
+    model: dict[str, Any] | None
+    training: dict[str, Any] | None
+    #: provider type -> the validated model and training (None where invalid) and their problems:
+    #: each document is checked once per type however often `assemble` runs (the daemon reassembles)
+    checked: dict[str, tuple[BaseModel | None, BaseModel | None, list[Problem]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, data: dict[str, Any], doc: YamlDocument, manifest: TrainedModelManifest | None) -> RawModel:
+        if manifest is not None:
+            s = manifest.spec
+            return cls(doc, manifest, manifest.metadata.name, s.provider, s.model, s.training)
+        raw_meta, raw_spec = data.get("metadata"), data.get("spec")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+        name, provider = meta.get("name"), spec.get("provider")
+        model, training = spec.get("model"), spec.get("training", {})
+        return cls(
+            doc,
+            None,
+            name if isinstance(name, str) else None,
+            provider if isinstance(provider, str) else None,
+            model if isinstance(model, dict) else None,
+            training if isinstance(training, dict) else None,
+        )
+
+
 @dataclass
 class FileResult:
     """What one manifest file yields; problems do not stop the other documents."""
@@ -103,7 +139,10 @@ class FileResult:
     problems: list[Problem] = field(default_factory=list)
     #: model name -> provider reference and where it was written, resolved by `assemble`
     provider_refs: dict[str, tuple[str, Source]] = field(default_factory=dict)
-    raw_models: list[tuple[TrainedModelManifest, YamlDocument]] = field(default_factory=list)
+    raw_models: list[RawModel] = field(default_factory=list)
+    #: Provider manifests with problems: name -> type (None when not a known type); models naming
+    #: them are checked against that type but not blamed for an unknown provider
+    broken_providers: dict[str, str | None] = field(default_factory=dict)
     digest: str = ""
     #: the repository root its models' local files must stay inside
     root: Path | None = None
@@ -187,7 +226,7 @@ def _loc_message(err: dict[str, Any], doc: YamlDocument, base: tuple[str | int, 
         msg = f"missing required field {dotted!r}"
     else:
         msg = f"{dotted}: {err['msg'].removeprefix('Value error, ')}"
-        raw = doc.plain_scalars.get(path)
+        raw = doc.plain_scalar(path)
         if raw is not None and kind in ("string_type", "literal_error", "enum"):
             msg += f' (YAML read {raw!r} as {type(err.get("input")).__name__}; quote it: "{raw}")'
     return pos, msg
@@ -242,6 +281,10 @@ def manifest_root(file: Path, paths: Iterable[str | Path]) -> Path:
     return repository_root(real.parent, given)
 
 
+#: positions `assemble` asks for every model, looked up while the YAML nodes are at hand
+_REMEMBER = (("metadata", "name"),)
+
+
 def parse_file(path: Path, trust: TrustPolicy | None = None, root: Path | None = None) -> FileResult:
     """Parse and validate one file; every problem is collected, none raised.
 
@@ -259,13 +302,15 @@ def parse_file(path: Path, trust: TrustPolicy | None = None, root: Path | None =
         return result
     result.digest = _digest(text)
     try:
-        docs = load_documents(text)
+        docs = load_documents(text, _REMEMBER)
     except YamlError as exc:
         result.problems.append(Problem(file, exc.line, exc.col, exc.message))
         return result
     for doc in docs:
         result.problems.extend(Problem(file, e.line, e.col, e.message) for e in doc.problems)
         _parse_document(doc, result, trust)
+    for doc in docs[:1]:
+        doc.release()  # the nodes of the whole file: composed again only if assemble finds a problem
     return result
 
 
@@ -284,53 +329,70 @@ def _parse_document(doc: YamlDocument, result: FileResult, trust: TrustPolicy) -
         return
     if kind == "TrainedModel":
         manifest = _validate(TrainedModelManifest, data, doc, (), file, result.problems)
-        if manifest is not None:
-            result.raw_models.append((manifest, doc))
-        else:
-            _check_provider_fields(data, doc, file, result.problems)
+        # an invalid envelope still has its provider, model and training checked by `assemble`
+        result.raw_models.append(RawModel.of(data, doc, manifest))
     elif kind == "Provider":
         pm = _validate(ProviderManifest, data, doc, (), file, result.problems)
-        if pm is not None:
-            _add_provider(pm, doc, result, trust)
+        _add_provider(pm, data, doc, result, trust)
     else:
         line, col = doc.where(("kind",))
         result.problems.append(Problem(file, line, col, f"unknown kind {kind!r}: expected TrainedModel or Provider"))
 
 
-def _check_provider_fields(data: dict[str, Any], doc: YamlDocument, file: str, problems: list[Problem]) -> None:
-    """Report model/training problems too when the envelope is invalid: all problems in one run."""
-    spec = data.get("spec")
-    if not isinstance(spec, dict) or spec.get("provider") not in known_types():
-        return
-    ptype = provider_type(spec["provider"])
-    if isinstance(spec.get("model"), dict):
-        _validate(ptype.model_schema, spec["model"], doc, ("spec", "model"), file, problems)
-    if isinstance(spec.get("training", {}), dict):
-        _validate(ptype.training_schema, spec.get("training", {}), doc, ("spec", "training"), file, problems)
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices` to a misspelt `word`, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult, trust: TrustPolicy) -> None:
+def _add_provider(
+    pm: ProviderManifest | None, data: dict[str, Any], doc: YamlDocument, result: FileResult, trust: TrustPolicy
+) -> None:
+    """Check a Provider's type, base_url and key variable (from the raw fields when its envelope is
+    invalid: every problem in one run); add it to `result` when its envelope is valid."""
     file = result.path
-    if pm.spec.type not in known_types():
+    spec = data.get("spec")
+    raw: dict[str, Any] = spec if isinstance(spec, dict) else {}
+    type_name = pm.spec.type if pm is not None else raw.get("type")
+    url = pm.spec.base_url if pm is not None else raw.get("base_url")
+    key_env = pm.spec.api_key_env if pm is not None else raw.get("api_key_env")
+    insecure = pm.spec.allow_insecure_http if pm is not None else raw.get("allow_insecure_http") is True
+    known_type = type_name if isinstance(type_name, str) and type_name in known_types() else None
+    known = known_type is not None
+    problems = result.problems
+    if isinstance(type_name, str) and not known:
         line, col = doc.where(("spec", "type"))
-        result.problems.append(
-            Problem(file, line, col, f"unknown provider type {pm.spec.type!r}; known: {', '.join(known_types())}")
+        problems.append(
+            Problem(
+                file,
+                line,
+                col,
+                f"unknown provider type {type_name!r}{did_you_mean(type_name, known_types())}; "
+                f"known: {', '.join(known_types())}",
+            )
         )
-        return
-    ptype = provider_type(pm.spec.type)
-    line, col = doc.where(("metadata", "name"))
-    if pm.spec.base_url is not None:
+    if isinstance(url, str):
         # one problem per base_url: its form first, then whether the operator allows its origin
-        url = pm.spec.base_url
-        problem = check_base_url(url, pm.spec.allow_insecure_http) or trust.base_url_problem(pm.spec.type, url)
+        problem = check_base_url(url, insecure) or (trust.base_url_problem(known_type, url) if known_type else None)
         if problem:
             bl, bc = doc.where(("spec", "base_url"))
-            result.problems.append(Problem(file, bl, bc, problem))
-    if pm.spec.api_key_env is not None:
-        problem = trust.key_env_problem(pm.spec.type, pm.spec.api_key_env)
+            problems.append(Problem(file, bl, bc, problem))
+    if isinstance(key_env, str) and known_type and (pm is not None or _ENV_NAME.fullmatch(key_env)):
+        problem = trust.key_env_problem(known_type, key_env)
         if problem:
             kl, kc = doc.where(("spec", "api_key_env"))
-            result.problems.append(Problem(file, kl, kc, problem))
+            problems.append(Problem(file, kl, kc, problem))
+    if pm is None or not known:
+        meta = data.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if isinstance(name, str):
+            result.broken_providers[name] = known_type
+        return
+    # a refused base_url or key variable still names a provider: its models are checked too
+    ptype = provider_type(pm.spec.type)
+    line, col = doc.where(("metadata", "name"))
     result.providers.append(
         ProviderConfig(
             name=pm.metadata.name,
@@ -359,24 +421,40 @@ def default_provider(type_name: str) -> ProviderConfig:
     )
 
 
+def _check_fields(raw: RawModel, type_name: str, file: str) -> tuple[BaseModel | None, BaseModel | None, list[Problem]]:
+    """`model` and `training` validated by the schemas of `type_name`, once per document and type."""
+    done = raw.checked.get(type_name)
+    if done is None:
+        ptype = provider_type(type_name)
+        problems: list[Problem] = []
+        model = training = None
+        if raw.model is not None:
+            model = _validate(ptype.model_schema, raw.model, raw.doc, ("spec", "model"), file, problems)
+        if raw.training is not None:
+            training = _validate(ptype.training_schema, raw.training, raw.doc, ("spec", "training"), file, problems)
+        done = raw.checked[type_name] = (model, training, problems)
+    return done
+
+
 def _resolve_model(
-    manifest: TrainedModelManifest, doc: YamlDocument, r: FileResult, provider: ProviderConfig, problems: list[Problem]
+    raw: RawModel, r: FileResult, provider: ProviderConfig, problems: list[Problem]
 ) -> DesiredModel | None:
     file = r.path
-    ptype = provider_type(provider.type)
-    before = len(problems)
-    model = _validate(ptype.model_schema, manifest.spec.model, doc, ("spec", "model"), file, problems)
-    training = _validate(ptype.training_schema, manifest.spec.training, doc, ("spec", "training"), file, problems)
-    if model is None or training is None:
+    model, training, found = _check_fields(raw, provider.type, file)
+    problems.extend(found)
+    manifest = raw.manifest
+    if model is None or training is None or manifest is None:
         return None
     manifest_dir = Path(file).parent
     root = r.root or repository_root(manifest_dir)
+    before = len(problems)
+    ptype = provider_type(provider.type)
     for loc, message in ptype.local_problems(model, training, manifest_dir, root):
-        line, col = doc.where(("spec", *loc))
+        line, col = raw.doc.where(("spec", *loc))
         problems.append(Problem(file, line, col, message))
-    if len(problems) > before:
+    if len(problems) > before or found:
         return None
-    line, col = doc.where(("metadata", "name"))
+    line, col = raw.doc.where(("metadata", "name"))
     snap = spec_snapshot(provider.type, model, training)
     return DesiredModel(
         name=manifest.metadata.name,
@@ -398,7 +476,9 @@ def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]
     """Cross-file checks: unique names, provider references resolved, provider specs validated."""
     problems: list[Problem] = [p for r in results for p in r.problems]
     providers: dict[str, ProviderConfig] = {}
+    broken: dict[str, str | None] = {}
     for r in results:
+        broken.update(r.broken_providers)
         for pc in r.providers:
             if pc.name in providers:
                 first = providers[pc.name].source
@@ -409,37 +489,48 @@ def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]
                 continue
             providers[pc.name] = pc
     models: dict[str, DesiredModel] = {}
+    first_at: dict[str, Source] = {}
     for r in results:
-        for manifest, doc in r.raw_models:
-            name = manifest.metadata.name
-            line, col = doc.where(("metadata", "name"))
-            if name in models:
-                problems.append(
-                    Problem(
-                        r.path,
-                        line,
-                        col,
-                        f"duplicate model name {name!r} (first at {models[name].source}); names must be unique across all files",
+        for raw in r.raw_models:
+            name = raw.name
+            if name is not None:
+                line, col = raw.doc.where(("metadata", "name"))
+                if name in first_at:
+                    problems.append(
+                        Problem(
+                            r.path,
+                            line,
+                            col,
+                            f"duplicate model name {name!r} (first at {first_at[name]}); names must be unique across all files",
+                        )
                     )
-                )
-                continue
-            ref = manifest.spec.provider
+                    continue
+                first_at[name] = Source(r.path, line, col)
+            ref = raw.provider
+            if ref is None:
+                continue  # missing or not a string: the envelope's problem says so
             provider = providers.get(ref)
-            if provider is None and ref in known_types():
+            if provider is None and ref in known_types() and ref not in broken:
                 provider = providers.setdefault(ref, default_provider(ref))
             if provider is None:
-                pl, pc_ = doc.where(("spec", "provider"))
+                if ref in broken:  # its Provider manifest's problems are reported; check what its type can
+                    type_name = broken[ref]
+                    if type_name is not None:
+                        problems.extend(_check_fields(raw, type_name, r.path)[2])
+                    continue
+                pl, pc_ = raw.doc.where(("spec", "provider"))
+                hint = did_you_mean(ref, [*known_types(), *providers, *broken])
                 problems.append(
                     Problem(
                         r.path,
                         pl,
                         pc_,
-                        f"unknown provider {ref!r}: use a type ({', '.join(known_types())}) or the name of a Provider manifest",
+                        f"unknown provider {ref!r}{hint}: use a type ({', '.join(known_types())}) or the name of a Provider manifest",
                     )
                 )
                 continue
-            desired = _resolve_model(manifest, doc, r, provider, problems)
-            if desired is not None:
+            desired = _resolve_model(raw, r, provider, problems)
+            if desired is not None and name is not None:
                 models[name] = desired
     used = {m.provider for m in models.values()}
     for name in [n for n, p in providers.items() if p.source is None and n not in used]:
