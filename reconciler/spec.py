@@ -11,10 +11,12 @@ operator's `TrustPolicy` (built by `runtime` from the environment; this module n
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +33,7 @@ from reconciler.errors import ManifestError, Problem
 from reconciler.providers.catalog import base_urls, known_types, provider_type
 from reconciler.providers.origins import TrustPolicy, check_base_url
 from reconciler.selectors import Requirement, matches
-from reconciler.values import Duration, Strict, fingerprint, spec_snapshot
+from reconciler.values import Duration, Strict
 from reconciler.yamlpos import YamlDocument, YamlError, load_documents
 
 API_VERSION = "reconciler/v1"
@@ -455,7 +457,6 @@ def _resolve_model(
     if len(problems) > before or found:
         return None
     line, col = raw.doc.where(("metadata", "name"))
-    snap = spec_snapshot(provider.type, model, training)
     return DesiredModel(
         name=manifest.metadata.name,
         labels=dict(manifest.metadata.labels),
@@ -464,7 +465,6 @@ def _resolve_model(
         model=model,
         training=training,
         policy=manifest.spec.policy,
-        fingerprint=fingerprint(snap),
         source=Source(file, line, col),
         manifest_dir=manifest_dir,
         file=file,
@@ -553,6 +553,20 @@ def replaced_defaults(providers: Iterable[ProviderConfig]) -> list[str]:
     return notices
 
 
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: loading builds many small objects that live on (no
+    cycles among them), and each collection would walk them all again; 10,000 manifests load
+    about twice as fast. Collection resumes (and catches up) afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_manifests(paths: Iterable[str | Path], trust: TrustPolicy | None = None) -> ManifestSet:
     """Load every manifest under `paths`; raise ManifestError with all problems found.
 
@@ -561,8 +575,9 @@ def load_manifests(paths: Iterable[str | Path], trust: TrustPolicy | None = None
     """
     paths = list(paths)
     files, problems = find_manifest_files(paths)
-    results = [parse_file(f, trust, manifest_root(f, paths)) for f in files]
-    manifests, more = assemble(results)
+    with collector_paused():
+        results = [parse_file(f, trust, manifest_root(f, paths)) for f in files]
+        manifests, more = assemble(results)
     problems.extend(more)
     if problems:
         raise ManifestError(problems)

@@ -37,9 +37,32 @@ _MERGE = "tag:yaml.org,2002:merge"
 MAX_VALUES = 50_000
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: PyYAML's implicit resolvers by first character ('' for the empty scalar); none are wildcards
+_RESOLVERS = {first: tuple(found) for first, found in _Base.yaml_implicit_resolvers.items()}
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
     """libyaml's SafeLoader (the pure-Python one without libyaml), only used to compose nodes:
     aliases still resolve, no Python objects. Its plain scalars have style '' (Python's: None)."""
+
+    def resolve(self, kind: type[Node], value: str | None, implicit: tuple[bool, bool]) -> str:
+        """`Resolver.resolve`'s tags, without its path resolvers (none are registered): it runs
+        for every node, and composing is most of `validate`'s time."""
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in _RESOLVERS.get(value[:1] if value else "", ()):
+                    if regexp.match(value):
+                        return tag
+            return _STR
+        return _SEQ if kind is SequenceNode else _MAP
+
+    def descend_resolver(self, current_node: Node | None, current_index: Any) -> None:
+        """Nothing to track without path resolvers."""
+
+    def ascend_resolver(self) -> None:
+        """Nothing to track without path resolvers."""
 
 
 class YamlError(Exception):
