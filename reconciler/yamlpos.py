@@ -39,7 +39,9 @@ MAX_VALUES = 50_000
 
 _Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: PyYAML's implicit resolvers by first character ('' for the empty scalar); none are wildcards
-_RESOLVERS = {first: tuple(found) for first, found in _Base.yaml_implicit_resolvers.items()}
+_RESOLVERS: dict[str, tuple[tuple[str, re.Pattern[str]], ...]] = {
+    first: tuple(found) for first, found in _Base.yaml_implicit_resolvers.items()
+}
 _SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
 
 
