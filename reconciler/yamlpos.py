@@ -53,8 +53,8 @@ class _Loader(_Base):  # type: ignore[valid-type,misc]
         """`Resolver.resolve`'s tags, without its path resolvers (none are registered): it runs
         for every node, and composing is most of `validate`'s time."""
         if kind is ScalarNode:
-            if implicit[0]:
-                for tag, regexp in _RESOLVERS.get(value[:1] if value else "", ()):
+            if implicit[0] and value is not None:
+                for tag, regexp in _RESOLVERS.get(value[:1], ()):
                     if regexp.match(value):
                         return tag
             return _STR
