@@ -383,7 +383,7 @@ def schema(paths: tuple[str, ...]) -> None:
     """Print the JSON Schema of manifests (for yaml-language-server and editors); Provider manifests
     under PATHS give their names their type's model/training fields."""
     from reconciler.report.json import dumps
-    from reconciler.spec import json_schema
+    from reconciler.schema import json_schema
 
     click.echo(dumps(json_schema(paths)))
 

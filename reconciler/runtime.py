@@ -8,6 +8,7 @@ layers below (engine, providers, state) get plain values and can be tested witho
 from __future__ import annotations
 
 import functools
+import gc
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -100,6 +101,9 @@ def load(paths: Sequence[str]) -> ManifestSet:
     from reconciler.spec import load_manifests
 
     manifests = load_manifests(paths_or_default(paths), trust=trust())
+    # the manifests live as long as the command: out of the cyclic collector's sight, no later
+    # collection (nor the one at exit) walks their objects again (0.1 s per walk at 10,000)
+    gc.freeze()
     # a Provider may name any variable for its key: mask its value in log lines too
     redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
     return manifests

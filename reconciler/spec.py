@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,12 @@ from pydantic import (
 
 from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source
 from reconciler.errors import ManifestError, Problem
+
+# re-exported: the daemon and runtime find manifest files through `spec`
+from reconciler.manifest_files import find_manifest_files as find_manifest_files
+from reconciler.manifest_files import git_commit as git_commit
+from reconciler.manifest_files import manifest_root as manifest_root
+from reconciler.manifest_files import repository_root as repository_root
 from reconciler.providers.catalog import base_urls, known_types, provider_type
 from reconciler.providers.origins import TrustPolicy, check_base_url
 from reconciler.selectors import Requirement, matches
@@ -187,34 +192,6 @@ class ManifestSet:
 # ---------------------------------------------------------------- loading
 
 
-def find_manifest_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
-    files: list[Path] = []
-    problems: list[Problem] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.suffix in (".yaml", ".yml")
-                and f.is_file()
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            problems.append(Problem(str(p), 0, 0, "no such file or directory"))
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique, problems
-
-
 def _loc_message(err: dict[str, Any], doc: YamlDocument, base: tuple[str | int, ...]) -> tuple[tuple[int, int], str]:
     loc = (*base, *err["loc"])
     # pydantic adds a union/tag member to loc for some errors; keep only what is in the document
@@ -255,36 +232,13 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: positions `assemble` asks for every model, looked up while the YAML nodes are at hand
+_REMEMBER = (("metadata", "name"),)
+
+
 def builtin_trust() -> TrustPolicy:
     """The policy of an empty operator environment: only the types' built-in origins and key names."""
     return TrustPolicy.from_env({}, base_urls())
-
-
-def repository_root(folder: Path, fallback: Path | None = None) -> Path:
-    """The git top-level holding `folder` (a `.git` folder or file), else `fallback` (else `folder`)."""
-    start = folder.resolve()
-    for cand in (start, *start.parents):
-        if (cand / ".git").exists():
-            return cand
-    return (fallback if fallback is not None else folder).resolve()
-
-
-def manifest_root(file: Path, paths: Iterable[str | Path]) -> Path:
-    """The repository root of a manifest file: its git top-level, else the path on the command
-    line that holds it (a folder, or a file's own folder)."""
-    real = file.resolve()
-    given = real.parent
-    for raw in paths:
-        p = Path(raw).resolve()
-        folder = p if p.is_dir() else p.parent
-        if real.is_relative_to(folder):
-            given = folder
-            break
-    return repository_root(real.parent, given)
-
-
-#: positions `assemble` asks for every model, looked up while the YAML nodes are at hand
-_REMEMBER = (("metadata", "name"),)
 
 
 def parse_file(path: Path, trust: TrustPolicy | None = None, root: Path | None = None) -> FileResult:
@@ -584,119 +538,3 @@ def load_manifests(paths: Iterable[str | Path], trust: TrustPolicy | None = None
     if not files:
         raise ManifestError([Problem(",".join(str(p) for p in paths), 0, 0, "no *.yaml or *.yml manifests found")])
     return manifests
-
-
-#: `values.parse_duration`'s grammar: a number of seconds, or amounts with units (`1h30m`, `30d`).
-DURATION_PATTERN = r"^\s*(?:\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?\s*(?:[mM][sS]|[sSmMhHdDwW])\s*)+)$"
-#: What `values.parse_timestamp` reads (`datetime.fromisoformat`): `2023-01-01T00:00Z`, seconds, offsets.
-TIMESTAMP_PATTERN = (
-    r"^\s*\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d{1,6})?)?)?)?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?\s*$"
-)
-SCHEMA_LIMITS = (
-    "What a schema cannot express, and only `reconciler validate` checks: model and Provider names unique "
-    "across all files; a `provider` naming a Provider manifest in another file than the paths given to "
-    "`reconciler schema`; input_images globs matching 12-20 files inside the repository; base_url origins "
-    "and api_key_env names the operator allows; start_date before end_date."
-)
-
-
-def _agree(node: Any) -> Any:
-    """Replace pydantic's `format: duration/date-time` (ISO 8601, which validate does not read) with
-    the patterns of what validate accepts."""
-    if isinstance(node, list):
-        return [_agree(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _agree(v) for k, v in node.items()}
-    fmt = out.get("format")
-    if fmt == "duration":
-        out.pop("format")
-        out.pop("type", None)
-        default = out.get("default")
-        if isinstance(default, str) and default.startswith("P"):
-            out.pop("default")  # pydantic's ISO spelling of the default, which validate rejects
-        out["anyOf"] = [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0}]
-    elif fmt == "date-time":
-        out.pop("format")
-        out["type"] = "string"
-        out["pattern"] = TIMESTAMP_PATTERN
-    return out
-
-
-def _type_variant(key: str, type_name: str, defs: dict[str, Any]) -> dict[str, Any]:
-    ptype = provider_type(type_name)
-    m = ptype.model_schema.model_json_schema(ref_template="#/$defs/{model}")
-    tr = ptype.training_schema.model_json_schema(ref_template="#/$defs/{model}")
-    for sch in (m, tr):
-        defs.update(sch.pop("$defs", {}))
-    return {
-        "if": {"properties": {"provider": {"const": key}}, "required": ["provider"]},
-        "then": {"properties": {"model": m, "training": tr}},
-    }
-
-
-def named_providers(paths: Iterable[str | Path]) -> dict[str, str]:
-    """Provider manifests under `paths` (those that parse): name -> type."""
-    files, _ = find_manifest_files(paths)
-    out: dict[str, str] = {}
-    for f in files:
-        for pc in parse_file(f).providers:
-            out.setdefault(pc.name, pc.type)
-    return out
-
-
-def json_schema(paths: Iterable[str | Path] = ()) -> dict[str, Any]:
-    """JSON Schema of both kinds, with per-provider `model`/`training` (for yaml-language-server);
-    Provider manifests found under `paths` give their names their type's fields too."""
-    defs: dict[str, Any] = {}
-    named = named_providers(paths) if paths else {}
-    keys = {t: t for t in known_types()}
-    keys.update({name: t for name, t in named.items()})  # a Provider named like a type keeps that type
-    variants = [_type_variant(key, t, defs) for key, t in keys.items()]
-    tm = TrainedModelManifest.model_json_schema(ref_template="#/$defs/{model}")
-    pm = ProviderManifest.model_json_schema(ref_template="#/$defs/{model}")
-    for sch in (tm, pm):
-        defs.update(sch.pop("$defs", {}))
-    if "TrainedModelSpec" in defs:
-        defs["TrainedModelSpec"]["allOf"] = variants
-        defs["TrainedModelSpec"]["properties"]["provider"]["enum"] = sorted(keys)
-    if "Metadata" in defs:
-        defs["Metadata"]["properties"]["name"]["pattern"] = NAME_RE.pattern
-    if "ProviderSpecBody" in defs:
-        defs["ProviderSpecBody"]["properties"]["type"]["enum"] = list(known_types())
-    schema: dict[str, Any] = _agree(
-        {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://reconciler.dev/schema/v1.json",
-            "title": "reconciler manifests",
-            "description": SCHEMA_LIMITS,
-            "oneOf": [tm, pm],
-            "$defs": defs,
-        }
-    )
-    return schema
-
-
-def git_commit(paths: Sequence[str]) -> str | None:
-    """The HEAD commit of the git repo holding the manifests, if any (recorded in history)."""
-    start = Path(paths[0]).resolve() if paths else Path.cwd()
-    d = start if start.is_dir() else start.parent
-    for cand in (d, *d.parents):
-        head = cand / ".git" / "HEAD"
-        if head.is_file():
-            try:
-                ref = head.read_text().strip()
-                if ref.startswith("ref: "):
-                    ref_path = cand / ".git" / ref[5:]
-                    if ref_path.is_file():
-                        return ref_path.read_text().strip()
-                    packed = cand / ".git" / "packed-refs"
-                    if packed.is_file():
-                        for line in packed.read_text().splitlines():
-                            if line.endswith(" " + ref[5:]):
-                                return line.split()[0]
-                    return None
-                return ref
-            except OSError:
-                return None
-    return os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")
