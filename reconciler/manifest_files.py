@@ -1,10 +1,9 @@
-"""Where manifests are: the files under the paths given, the repository root that bounds what
-they may read, and the git commit they were read at (recorded in history)."""
+"""Where manifests are: the files under the paths given, and the repository root that bounds
+what their models may read."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from reconciler.errors import Problem
@@ -59,28 +58,3 @@ def manifest_root(file: Path, paths: Iterable[str | Path]) -> Path:
             given = folder
             break
     return repository_root(real.parent, given)
-
-
-def git_commit(paths: Sequence[str]) -> str | None:
-    """The HEAD commit of the git repo holding the manifests, if any (recorded in history)."""
-    start = Path(paths[0]).resolve() if paths else Path.cwd()
-    d = start if start.is_dir() else start.parent
-    for cand in (d, *d.parents):
-        head = cand / ".git" / "HEAD"
-        if head.is_file():
-            try:
-                ref = head.read_text().strip()
-                if ref.startswith("ref: "):
-                    ref_path = cand / ".git" / ref[5:]
-                    if ref_path.is_file():
-                        return ref_path.read_text().strip()
-                    packed = cand / ".git" / "packed-refs"
-                    if packed.is_file():
-                        for line in packed.read_text().splitlines():
-                            if line.endswith(" " + ref[5:]):
-                                return line.split()[0]
-                    return None
-                return ref
-            except OSError:
-                return None
-    return os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")

@@ -176,7 +176,6 @@ def build_engine(
     """
     from reconciler.engine import Engine
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
-    from reconciler.spec import git_commit
 
     policy = trust()
     endpoints = {}
@@ -188,7 +187,7 @@ def build_engine(
         manifests,
         state,
         env=os.environ,
-        git_commit=git_commit(paths_or_default(paths)),
+        git_commit=git_commit(paths_or_default(paths), os.environ),
         endpoints=endpoints,
         poll_interval=poll_override(sandbox),
         trust=policy,
@@ -222,3 +221,29 @@ async def session(
                 await engine.aclose()
         finally:
             await state.close()
+
+
+def git_commit(paths: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """The HEAD commit of the git repo holding the manifests, else the CI's commit variable (recorded in
+    history)."""
+    start = Path(paths[0]).resolve() if paths else Path.cwd()
+    d = start if start.is_dir() else start.parent
+    for cand in (d, *d.parents):
+        head = cand / ".git" / "HEAD"
+        if head.is_file():
+            try:
+                ref = head.read_text().strip()
+                if ref.startswith("ref: "):
+                    ref_path = cand / ".git" / ref[5:]
+                    if ref_path.is_file():
+                        return ref_path.read_text().strip()
+                    packed = cand / ".git" / "packed-refs"
+                    if packed.is_file():
+                        for line in packed.read_text().splitlines():
+                            if line.endswith(" " + ref[5:]):
+                                return line.split()[0]
+                    return None
+                return ref
+            except OSError:
+                return None
+    return env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA")

@@ -19,7 +19,8 @@ TIMESTAMP_PATTERN = (
 )
 SCHEMA_LIMITS = (
     "What a schema cannot express, and only `reconciler validate` checks: model and Provider names unique "
-    "across all files; a `provider` naming a Provider manifest in another file than the paths given to "
+    "across all files; one TrainedModel per provider model (workspace/project, model or site id) and "
+    "host; a `provider` naming a Provider manifest in another file than the paths given to "
     "`reconciler schema`; input_images globs matching 12-20 files inside the repository; base_url origins "
     "and api_key_env names the operator allows; start_date before end_date."
 )

@@ -32,10 +32,10 @@ from reconciler.errors import ManifestError, Problem
 
 # re-exported: the daemon and runtime find manifest files through `spec`
 from reconciler.manifest_files import find_manifest_files as find_manifest_files
-from reconciler.manifest_files import git_commit as git_commit
 from reconciler.manifest_files import manifest_root as manifest_root
 from reconciler.manifest_files import repository_root as repository_root
 from reconciler.providers.catalog import base_urls, known_types, provider_type
+from reconciler.providers.identity import provider_model_clashes
 from reconciler.providers.origins import TrustPolicy, check_base_url
 from reconciler.selectors import Requirement, matches
 from reconciler.values import Duration, Strict
@@ -489,6 +489,7 @@ def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]
     used = {m.provider for m in models.values()}
     for name in [n for n, p in providers.items() if p.source is None and n not in used]:
         del providers[name]
+    problems.extend(provider_model_clashes(models.values(), providers))
     manifests = ManifestSet(models=models, providers=providers, files=[r.path for r in results])
     manifests.notices = replaced_defaults(providers.values())
     return manifests, problems
