@@ -100,10 +100,16 @@ def load(paths: Sequence[str]) -> ManifestSet:
     from reconciler.logs import provider_key_envs
     from reconciler.spec import load_manifests
 
-    manifests = load_manifests(paths_or_default(paths), trust=trust())
-    # the manifests live as long as the command: out of the cyclic collector's sight, no later
-    # collection (nor the one at exit) walks their objects again (0.1 s per walk at 10,000)
-    gc.freeze()
+    # the manifests live as long as the command: frozen out of the cyclic collector's sight before
+    # it resumes, no collection (nor the one at exit) walks their objects (0.1 s a walk at 10,000)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        manifests = load_manifests(paths_or_default(paths), trust=trust())
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
     # a Provider may name any variable for its key: mask its value in log lines too
     redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
     return manifests
