@@ -459,6 +459,11 @@ class PredictHQSimulator(PredictHQState):
             if days > 0:
                 self._put_demand(model_id, self._synthetic_demand(model_id, end, days))
 
+    def set_max_depth(self, depth: int) -> None:
+        """The plan's maximum list depth (offset + limit), past which the list answers 400 [D]."""
+        with self.transaction():
+            self.world.setdefault("_sandbox", {})["max_depth"] = depth
+
     def make_stale(self, model_id: str) -> None:
         """Flag the model stale, as PredictHQ does after a training-relevant change."""
         with self.transaction():
