@@ -319,6 +319,7 @@ class Daemon:
         old = self.engine
         # the metrics observe every provider request through the engine's HTTP clients
         seams = Seams(request_observers=(self.metrics.on_request,))
+        runtime.settle_heap(freeze=False)
         self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams)
         self._engine_stale = False
         if old is not None:

@@ -148,6 +148,7 @@ class Traffic:
         self._now: dict[str, int] = {}
         self._peak: dict[str, int] = {}
         self._count: dict[str, int] = {}
+        self._busy: dict[str, float] = {}
 
     def enter(self, provider: str) -> None:
         with self._lock:
@@ -157,19 +158,28 @@ class Traffic:
             if now > self._peak.get(provider, 0):
                 self._peak[provider] = now
 
-    def leave(self, provider: str) -> None:
+    def leave(self, provider: str, seconds: float) -> None:
+        """A request `enter`ed `seconds` ago was answered."""
         with self._lock:
             self._now[provider] -= 1
+            self._busy[provider] = self._busy.get(provider, 0.0) + seconds
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        """{provider: {"requests", "peak_in_flight", "in_flight"}} since the last `reset`."""
+    def stats(self) -> dict[str, dict[str, float]]:
+        """{provider: {"requests", "peak_in_flight", "in_flight", "busy_seconds"}} since the last `reset`
+        (busy_seconds: the answered requests' time in the simulator, the injected latency included)."""
         with self._lock:
             return {
-                p: {"requests": n, "peak_in_flight": self._peak.get(p, 0), "in_flight": self._now.get(p, 0)}
+                p: {
+                    "requests": n,
+                    "peak_in_flight": self._peak.get(p, 0),
+                    "in_flight": self._now.get(p, 0),
+                    "busy_seconds": round(self._busy.get(p, 0.0), 6),
+                }
                 for p, n in self._count.items()
             }
 
     def reset(self) -> None:
         with self._lock:
             self._count.clear()
+            self._busy.clear()
             self._peak = {p: n for p, n in self._now.items() if n}

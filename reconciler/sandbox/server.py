@@ -432,10 +432,11 @@ class Sandbox:
                 return answer
             sub = sub[len(base) :] or "/"
         self.traffic.enter(first)
+        entered = time.monotonic()
         try:
             return self._answer(sim, first, handler, method, sub, query, headers, body)
         finally:
-            self.traffic.leave(first)
+            self.traffic.leave(first, time.monotonic() - entered)
 
     def _answer(
         self,

@@ -113,14 +113,13 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
             return await super().observe_many(models, records)
         by_id = await self._listed()
         out: dict[str, Observation | ProviderError] = {}
-        missing = []
-        for m in models:
-            entry = by_id.get(self._model_id(m))
-            if entry is None:
-                missing.append(m)
-                continue
+        missing = [m for m in models if self._model_id(m) not in by_id]
+        shown = [m for m in models if self._model_id(m) in by_id]
+        # the declared images of every listed model, read in one worker thread (not a thread hop each)
+        local = await asyncio.to_thread(self._local_all, shown)
+        for m in shown:
             try:
-                out[m.name] = await self._observation(m, records.get(m.name), entry)
+                out[m.name] = await self._observation(m, records.get(m.name), by_id[self._model_id(m)], local[m.name])
             except ProviderError as exc:
                 out[m.name] = exc.with_model(m.name)
         out.update(await super().observe_many(missing, records))
@@ -149,8 +148,24 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
             params = {"pageNum": page + 1, "pageSize": size}
         return by_id
 
+    @classmethod
+    def _local_all(cls, models: Sequence[DesiredModel[PhotoGPTModel, PhotoGPTTraining]]) -> dict[str, list[LocalImage]]:
+        """`_local` of each model by name; models declaring the same glob in the same folder share one scan."""
+        scans: dict[tuple[str, Any, Any], list[LocalImage]] = {}
+        out = {}
+        for m in models:
+            key = (m.training.input_images, m.manifest_dir, m.root)
+            if key not in scans:
+                scans[key] = cls._local(m)
+            out[m.name] = scans[key]
+        return out
+
     async def _observation(
-        self, m: DesiredModel[PhotoGPTModel, PhotoGPTTraining], record: ModelRecord | None, model: dict[str, Any]
+        self,
+        m: DesiredModel[PhotoGPTModel, PhotoGPTTraining],
+        record: ModelRecord | None,
+        model: dict[str, Any],
+        local: list[LocalImage] | None = None,
     ) -> Observation:
         from reconciler.domain import RecordStatus
 
@@ -168,7 +183,8 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
             ).with_model(m.name)
         updated = model.get("updatedAt")
         marker = f"{updated}|{word}"
-        local = await asyncio.to_thread(self._local, m)
+        if local is None:
+            local = await asyncio.to_thread(self._local, m)
         hashes = sorted(img.sha256 for img in local)
         obs = Observation(
             status=TrainingStatus.RUNNING,
