@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.domain import DesiredModel, TrainingStatus
-from reconciler.providers.base import ProviderContext
+from reconciler.providers.base import ProviderAdapter, ProviderContext
 from reconciler.providers.concurrency import ConcurrencyController, ConcurrencyGate
 from reconciler.providers.http import HttpClient
 from reconciler.providers.lucid.adapter import LucidAdapter
@@ -171,7 +171,7 @@ def manifests(tmp_path: Path, provider: str, models: list[str]) -> list[DesiredM
     return list(load_manifests([path]).models.values())
 
 
-def adapter_for(cls: type, sb: Sandbox, provider: str, tmp_path: Path) -> Any:
+def adapter_for(cls: type[ProviderAdapter[Any, Any]], sb: Sandbox, provider: str, tmp_path: Path) -> Any:
     path = tmp_path / "provider.yaml"
     path.write_text(
         f"apiVersion: reconciler/v1\nkind: Provider\nmetadata: {{name: {provider}}}\n"
