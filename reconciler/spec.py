@@ -29,6 +29,7 @@ from pydantic import (
 from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source
 from reconciler.errors import ManifestError, Problem
 from reconciler.providers.catalog import base_urls, known_types, provider_type
+from reconciler.providers.identity import provider_model_clashes
 from reconciler.providers.origins import TrustPolicy, check_base_url
 from reconciler.selectors import Requirement, matches
 from reconciler.values import Duration, Strict, fingerprint, spec_snapshot
@@ -444,6 +445,7 @@ def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]
     used = {m.provider for m in models.values()}
     for name in [n for n, p in providers.items() if p.source is None and n not in used]:
         del providers[name]
+    problems.extend(provider_model_clashes(models.values(), providers))
     manifests = ManifestSet(models=models, providers=providers, files=[r.path for r in results])
     manifests.notices = replaced_defaults(providers.values())
     return manifests, problems
@@ -488,7 +490,8 @@ TIMESTAMP_PATTERN = (
 )
 SCHEMA_LIMITS = (
     "What a schema cannot express, and only `reconciler validate` checks: model and Provider names unique "
-    "across all files; a `provider` naming a Provider manifest in another file than the paths given to "
+    "across all files; one TrainedModel per provider model (workspace/project, model or site id) and "
+    "host; a `provider` naming a Provider manifest in another file than the paths given to "
     "`reconciler schema`; input_images globs matching 12-20 files inside the repository; base_url origins "
     "and api_key_env names the operator allows; start_date before end_date."
 )

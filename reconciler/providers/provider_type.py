@@ -50,11 +50,28 @@ class ProviderType(Generic[M, T]):
     #: offline checks that read files beside the manifest (PhotoGPT's image glob), confined to the
     #: repository root (the last argument)
     check_local: Callable[[M, T, Path, Path], LocalProblems] | None = None
+    #: the `model` fields that name the provider's model (Roboflow: workspace and project), in
+    #: order; () means every field of `model_schema`. Two TrainedModels with the same identity on
+    #: one provider host train the same model at the provider, which `validate` refuses.
+    identity_fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.identity_fields if f not in self.model_schema.model_fields]
+        if unknown:
+            raise TypeError(f"{self.name}: identity_fields {unknown} are not fields of {self.model_schema.__name__}")
 
     @property
     def reads_local_files(self) -> bool:
         """Whether a change to files beside the manifest can change what a model of this type is."""
         return self.check_local is not None
+
+    def model_identity(self, model: BaseModel) -> str:
+        """The provider's model a `model` value names, as a stable string (`"acme/hardhats"`).
+
+        Made of the `identity_fields` values in order, joined by `/`: equal exactly when two
+        manifests name the same model at the provider (on the same host)."""
+        fields = self.identity_fields or tuple(self.model_schema.model_fields)
+        return "/".join(str(getattr(model, f)) for f in fields)
 
     def local_problems(self, model: Any, training: Any, manifest_dir: Path, root: Path) -> LocalProblems:
         """Problems `check_local` finds in files under `root` (none for types without local files)."""

@@ -36,6 +36,7 @@ PHOTOGPT = ProviderType(
     name="photogpt",
     model_schema=PhotoGPTModel,
     training_schema=PhotoGPTTraining,
+    identity_fields=("model_id",),
     key_env="PHOTOGPT_API_KEY",
     default_base_url="https://developer.photogptai.com/api",  # [D] includes /api
     adapter="reconciler.providers.photogpt.adapter:PhotoGPTAdapter",

@@ -52,6 +52,7 @@ PREDICTHQ = ProviderType(
     default_base_url="https://api.predicthq.com",
     model_schema=PredictHQModel,
     training_schema=PredictHQTraining,
+    identity_fields=("model_id",),  # [D] the forecast model's id names it
     max_concurrent_trainings=2,
     # [D] the per-organisation rate depends on the plan and "keep concurrency low"; these are
     # conservative defaults a Provider manifest can raise [I]

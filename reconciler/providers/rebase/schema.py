@@ -44,6 +44,7 @@ REBASE = ProviderType(
     default_base_url="https://api.rebase.energy",
     model_schema=RebaseModel,
     training_schema=RebaseTraining,
+    identity_fields=("site_id",),  # [D] a site's models are trained together, by site id
     # [?] no limits are documented: a batch train call counts one training per site here, so the
     # default allows a handful of sites in flight; a Provider manifest can change both.
     max_concurrent_trainings=10,

@@ -32,6 +32,8 @@ ROBOFLOW = ProviderType(
     default_base_url="https://api.roboflow.com",
     model_schema=RoboflowModel,
     training_schema=RoboflowTraining,
+    # [D] the project is the model; a version is its (immutable) dataset, a spec change like any other
+    identity_fields=("workspace", "project"),
     max_concurrent_trainings=2,
     requests_per_second=10.0,
     poll_interval=timedelta(seconds=30),
