@@ -5,7 +5,7 @@ and what a full resync costs. Every figure is printed beside its target:
 - an edit of one manifest reaches its train call in <= 2 s;
 - a full resync costs no more requests than a plan of the same models.
 
-    python benchmarks/daemon_scale.py [--models 2000] [--resync 2s] [--cycles 12] [--latency 0]
+    python benchmarks/daemon_scale.py [--models 2000] [--resync 10s] [--cycles 12] [--latency 0]
 
 The worlds, manifests and adopted state are those of benchmarks/plan_scale.py (2,000 models on
 each of the five providers by default). The daemon runs as `reconciler daemon` in its own
@@ -76,7 +76,7 @@ def wait_for(check: Any, timeout: float, what: str, interval: float = 0.05) -> A
 
 def edit_one(specs: Path) -> str:
     """Change the epochs of the first Roboflow model; returns the project whose train call follows."""
-    path = specs / "roboflow.yaml"
+    path = specs / "roboflow-000.yaml"
     text = path.read_text()
     first = "model: {workspace: bench, project: p00000}\n  training: {version: 1, model_type: rfdetr-nano, epochs: 10}"
     assert first in text
@@ -176,7 +176,7 @@ def run(n: int, resync: str, cycles: int, latency: float, workdir: Path | None) 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=2000, help="models per provider")
-    ap.add_argument("--resync", default="2s", help="the daemon's full resync interval")
+    ap.add_argument("--resync", default="10s", help="the daemon's full resync interval (longer than one resync)")
     ap.add_argument("--cycles", type=int, default=12, help="full resyncs before memory is measured")
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--workdir", type=Path, help="keep the worlds, manifests and state here and reuse them")

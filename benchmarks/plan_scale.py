@@ -55,6 +55,7 @@ TYPES = ("roboflow", "predicthq", "rebase", "lucid", "photogpt")
 LISTING = ("predicthq", "photogpt")  # the providers with a list endpoint
 IMAGES_PER_SET, MODELS_PER_IMAGE_SET = 12, 20
 LUCID_TAG_GROUPS = 10
+DOCS_PER_FILE = 100
 # a 1x1 PNG; each image differs in a trailing comment so that the hashes differ
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -200,7 +201,10 @@ async def prepare(root: Path, n: int) -> tuple[ManifestSet, StateStore]:
         specs.mkdir(parents=True)
         ids = seed_worlds(root, n)
         for t in TYPES:
-            (specs / f"{t}.yaml").write_text("---\n".join(manifest(t, i, ids) for i in range(n)))
+            # files of 100 manifests, as a repository holding 10,000 would be laid out
+            for start in range(0, n, DOCS_PER_FILE):
+                docs = (manifest(t, i, ids) for i in range(start, min(n, start + DOCS_PER_FILE)))
+                (specs / f"{t}-{start // DOCS_PER_FILE:03d}.yaml").write_text("---\n".join(docs))
             (specs / f"provider-{t}.yaml").write_text(PROVIDER.format(type=t))
     manifests = load_manifests([specs])
     settle_heap(freeze=True)  # as `reconciler plan` does once its manifests are loaded
