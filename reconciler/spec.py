@@ -12,7 +12,6 @@ operator's `TrustPolicy` (built by `runtime` from the environment; this module n
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +71,8 @@ class ProviderSpecBody(Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     max_concurrent_trainings: int | None = Field(default=None, ge=1, le=1000)
+    #: at most this many trainings started here in any 24 h, by all writers on the state
+    max_trainings_per_day: int | None = Field(default=None, ge=1, le=1_000_000)
     requests_per_second: float | None = Field(default=None, gt=0, le=10000)
     poll_interval: Duration | None = None
     allow_insecure_http: bool = False
@@ -339,6 +340,7 @@ def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult, t
             base_url=pm.spec.base_url,
             api_key_env=pm.spec.api_key_env or ptype.key_env,
             max_concurrent_trainings=pm.spec.max_concurrent_trainings or ptype.max_concurrent_trainings,
+            max_trainings_per_day=pm.spec.max_trainings_per_day,
             requests_per_second=pm.spec.requests_per_second or ptype.requests_per_second,
             poll_interval=max(pm.spec.poll_interval or ptype.poll_interval, ptype.min_poll_interval),
             allow_insecure_http=pm.spec.allow_insecure_http,
@@ -572,28 +574,3 @@ def json_schema(paths: Iterable[str | Path] = ()) -> dict[str, Any]:
         }
     )
     return schema
-
-
-def git_commit(paths: Sequence[str]) -> str | None:
-    """The HEAD commit of the git repo holding the manifests, if any (recorded in history)."""
-    start = Path(paths[0]).resolve() if paths else Path.cwd()
-    d = start if start.is_dir() else start.parent
-    for cand in (d, *d.parents):
-        head = cand / ".git" / "HEAD"
-        if head.is_file():
-            try:
-                ref = head.read_text().strip()
-                if ref.startswith("ref: "):
-                    ref_path = cand / ".git" / ref[5:]
-                    if ref_path.is_file():
-                        return ref_path.read_text().strip()
-                    packed = cand / ".git" / "packed-refs"
-                    if packed.is_file():
-                        for line in packed.read_text().splitlines():
-                            if line.endswith(" " + ref[5:]):
-                                return line.split()[0]
-                    return None
-                return ref
-            except OSError:
-                return None
-    return os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")

@@ -15,7 +15,7 @@ import pytest
 from helpers import Workspace, codes, one_simulator, train_calls, wait_until
 
 from reconciler import runtime
-from reconciler.providers.lucid.schema import LucidTraining
+from reconciler.providers.lucid.schema import LucidModel, LucidTraining
 from reconciler.sandbox.faults import Fault, LoggedRequest
 from reconciler.sandbox.lucid.simulator import LucidSimulator
 from reconciler.sandbox.lucid.validation import UNAUTHORIZED_BODY
@@ -439,3 +439,33 @@ def test_sim_training_state_machine_and_status(sandbox: Sandbox) -> None:
         assert failed["status"] == "error" and failed["message"] == "bad data"
         # no data_tags: every batch
         assert failed["data_batch_ids"] == sim(sandbox).batch_ids()
+
+
+async def test_callback_url_comes_from_the_operator_env_given_to_the_adapter(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The providers layer never reads `os.environ`: the composition root hands the adapter its env."""
+    from reconciler.providers.base import ProviderContext
+    from reconciler.providers.http import HttpClient
+    from reconciler.providers.lucid.adapter import CALLBACK_ENV, LucidAdapter
+
+    (tmp_path / "provider.yaml").write_text(PROVIDER)
+    (tmp_path / "m.yaml").write_text(manifest())
+    loaded = load_manifests([tmp_path])
+    sim(sandbox).add_batch(["shop"])
+    monkeypatch.setenv(CALLBACK_ENV, "https://from-the-process-env.example/hook")
+    given = "https://given-by-the-runtime.example/hooks/lucid"
+    http = HttpClient(
+        "lucid",
+        sandbox.base_url("lucid"),
+        api_key=SANDBOX_API_KEYS["lucid"],
+        auth=LucidAdapter.auth,
+        requests_per_second=0,
+    )
+    adapter = LucidAdapter(ProviderContext(config=loaded.providers["lucid-test"], http=http, env={CALLBACK_ENV: given}))
+    try:
+        await adapter.train([loaded.models["shop-recs"].typed(LucidModel, LucidTraining)])
+    finally:
+        await http.aclose()
+    (call,) = train_calls(sandbox, "lucid", path=r"^/v1/recommender/train$")
+    assert call.json()["callback_url"] == given

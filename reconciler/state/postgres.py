@@ -84,6 +84,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE reconciler_models ADD COLUMN version integer NOT NULL DEFAULT 1",),
+    # Spend guards: every training a writer started, per provider instance (what budgets count);
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
+    (
+        """CREATE TABLE IF NOT EXISTS reconciler_starts (
+            id bigserial PRIMARY KEY,
+            provider text NOT NULL,
+            model text NOT NULL,
+            writer text NOT NULL,
+            at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS reconciler_starts_provider_at ON reconciler_starts (provider, at)",
+        "CREATE INDEX IF NOT EXISTS reconciler_starts_at ON reconciler_starts (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -145,7 +158,7 @@ class PostgresStateStore(SQLStateStore):
         self.created = False  # shared state, never a fresh local file
         self._params = params
         self._where = _describe(params)
-        self._conn = conn
+        self._conn: _Conn = conn
         self._schema = schema
         # Keyed by schema: two deployments sharing a database in separate schemas do not collide.
         self._lock_key = _key(f"reconciler:{schema}")
@@ -215,6 +228,11 @@ class PostgresStateStore(SQLStateStore):
                     (str(SCHEMA_VERSION),),
                 )
         return str(schema)
+
+    def _budget_lock(self, provider: str) -> list[RowWrite]:
+        # READ COMMITTED alone would let two writers count the same starts: the advisory lock,
+        # held to the end of the transaction, makes count-and-insert one step per provider
+        return [RowWrite("SELECT pg_advisory_xact_lock(%s)", (_key(f"reconciler-budget:{self._schema}:{provider}"),))]
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -305,20 +323,6 @@ class PostgresStateStore(SQLStateStore):
     def lease(self, holder: str) -> AdvisoryLease:
         """The leader lease: a session advisory lock on a dedicated, unpooled connection."""
         return AdvisoryLease(self, holder)
-
-    async def close(self) -> None:
-        """Release any lease still held and close the connections; safe to call twice."""
-        for lease in list(self._leases):
-            await lease.release()
-        if self._closed:
-            return
-        self._closed = True
-        async with self._mutex:
-            await self._conn.close()
-
-    async def ping(self) -> None:
-        """Raise StateError when the database cannot be reached."""
-        await self._fetchall("SELECT 1")
 
 
 class AdvisoryLease(Lease):

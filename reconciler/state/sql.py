@@ -11,15 +11,16 @@ whether a row was touched, so the check and the write are one statement in one t
 
 from __future__ import annotations
 
+import asyncio
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import StateError
-from reconciler.state.base import StateStore, dump_json
+from reconciler.state.base import Start, StateStore, dump_json
 from reconciler.values import as_utc, utc_now
 
 RECORD_FIELDS = (
@@ -63,10 +64,30 @@ def record_status(value: str, name: str) -> RecordStatus:
 class SQLStateStore(StateStore):
     """Row mapping and the read/write entry points, over a dialect given by the subclass."""
 
+    #: set by the subclass: its connection, the mutex serialising its use, the leases it handed out
+    _conn: Any
+    _mutex: asyncio.Lock
+    _leases: set[Any]
+    _closed: bool
+
     TABLE_PREFIX: ClassVar[str] = ""
     PARAM: ClassVar[str] = "?"
     #: the placeholder of a JSON column (PostgreSQL casts text to jsonb)
     JSON_PARAM: ClassVar[str] = "?"
+
+    async def close(self) -> None:
+        """Release any lease still held and close the connection; safe to call twice."""
+        for lease in list(self._leases):
+            await lease.release()
+        if self._closed:
+            return
+        self._closed = True
+        async with self._mutex:
+            await self._conn.close()
+
+    async def ping(self) -> None:
+        """Raise StateError when the database cannot be read."""
+        await self._fetchall("SELECT 1")
 
     # -- the dialect -----------------------------------------------------------------------
 
@@ -220,6 +241,63 @@ class SQLStateStore(StateStore):
         """Compare-and-set: write the record and append the events only when the stored version is
         `expected_version` (None or 0: only when there is no record). False: nothing written."""
         return await self._save(record, events, expected_version, conditional=True)
+
+    def _budget_lock(self, provider: str) -> list[RowWrite]:
+        """What makes counting a provider's starts and inserting one atomic across writers. SQLite:
+        nothing more, `BEGIN IMMEDIATE` already serialises every write transaction."""
+        return []
+
+    async def save_intent(
+        self,
+        record: ModelRecord,
+        expected_version: int | None,
+        *events: HistoryEvent,
+        writer: str,
+        daily_limit: int | None = None,
+    ) -> bool:
+        """Compare-and-set the intent and record its start in one transaction; with `daily_limit`,
+        only while the provider's starts in the last 24 h are fewer (see `StateStore.save_intent`)."""
+        assert record.triggered_at is not None, "an intent has its trigger time"
+        t, p = self._table("starts"), self.PARAM
+        at = self._time_in(as_utc(record.triggered_at))
+        writes: list[RowWrite] = []
+        if daily_limit is not None:
+            since = self._time_in(as_utc(record.triggered_at) - timedelta(hours=24))
+            writes += self._budget_lock(record.provider)
+            # a row only while the budget has room: `required` voids the transaction otherwise
+            writes.append(
+                RowWrite(
+                    f"SELECT 1 AS room WHERE (SELECT count(*) FROM {t} WHERE provider = {p} AND at > {p}) < {p}",
+                    (record.provider, since, daily_limit),
+                    required=True,
+                )
+            )
+        writes.append(self._record_write(record, expected_version, conditional=True))
+        writes.append(
+            RowWrite(
+                f"INSERT INTO {t} (provider, model, writer, at) VALUES ({p}, {p}, {p}, {p})",
+                (record.provider, record.name, writer, at),
+            )
+        )
+        written = await self._write(events, writes)
+        if written is None:
+            return False
+        record.version = int(written[len(writes) - 2]["version"])
+        return True
+
+    async def starts_since(self, since: datetime) -> list[Start]:
+        """Every writer's training starts at or after `since`, oldest first."""
+        rows = await self._fetchall(
+            f"SELECT provider, model, writer, at FROM {self._table('starts')} WHERE at >= {self.PARAM} ORDER BY at, id",
+            (self._time_in(as_utc(since)),),
+        )
+        return [Start(row["provider"], row["model"], row["writer"], self._time_out(row["at"])) for row in rows]
+
+    async def release_start(self, model: str, at: datetime) -> None:
+        """Forget a start whose train call provably started nothing."""
+        p = self.PARAM
+        sql = f"DELETE FROM {self._table('starts')} WHERE model = {p} AND at = {p}"
+        await self._write((), [RowWrite(sql, (model, self._time_in(as_utc(at))))])
 
     async def delete(self, name: str, *events: HistoryEvent) -> None:
         """Remove a model's record (history stays) and append the events, in one transaction."""

@@ -76,6 +76,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE models ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
+    # Spend guards: every training a writer started, per provider instance (what budgets count);
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
+    (
+        """CREATE TABLE IF NOT EXISTS starts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            writer TEXT NOT NULL,
+            at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS starts_provider_at ON starts (provider, at)",
+        "CREATE INDEX IF NOT EXISTS starts_at ON starts (at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -126,7 +139,7 @@ class SQLiteStateStore(SQLStateStore):
         self.path = path
         self.url = f"sqlite:///{path}"
         self.created = created
-        self._conn = conn
+        self._conn: aiosqlite.Connection = conn
         # One connection: coroutines must not interleave statements of each other's transactions.
         self._mutex = asyncio.Lock()
         self._leases: set[FileLease] = set()
@@ -298,20 +311,6 @@ class SQLiteStateStore(SQLStateStore):
     def lease(self, holder: str) -> FileLease:
         """The leader lease: an flock on `<db>.lock`, so leadership is per machine."""
         return FileLease(self, self.path.with_name(self.path.name + ".lock"), holder)
-
-    async def close(self) -> None:
-        """Release any lease still held and close the database; safe to call twice."""
-        for lease in list(self._leases):
-            await lease.release()
-        if self._closed:
-            return
-        self._closed = True
-        async with self._mutex:
-            await self._conn.close()
-
-    async def ping(self) -> None:
-        """Raise StateError when the database cannot be read."""
-        await self._fetchall("SELECT 1")
 
 
 class FileLease(Lease):

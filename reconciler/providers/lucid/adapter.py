@@ -22,7 +22,6 @@ those are known only from the state's record of the training reconciler started.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -313,7 +312,7 @@ class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
 
     async def train(self, models: Sequence[DesiredModel[LucidModel, LucidTraining]]) -> dict[str, TrainResult]:
         """POST the training; reusing the model_id replaces that model once it completes [D]."""
-        callback = os.environ.get(CALLBACK_ENV) or None
+        callback = self.ctx.env.get(CALLBACK_ENV) or None
         results = {}
         for m in models:
             t = m.training
