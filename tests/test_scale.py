@@ -319,3 +319,34 @@ async def test_lucid_asks_per_tag_set_when_the_batch_list_hides_the_tags(tmp_pat
             assert many["m000"].data_marker == sorted(s.batch_ids(["shop"]))  # type: ignore[union-attr]
         finally:
             await adapter.http.aclose()
+
+
+async def test_a_plan_of_a_few_models_reads_only_their_records(tmp_path: Path) -> None:
+    from reconciler.engine import Engine
+    from reconciler.state import open_state
+
+    with one_simulator(tmp_path / "world", "predicthq") as sb:
+        s = sim(sb, "predicthq", PredictHQSimulator)
+        ids = [s.add_model(name=f"m{i}") for i in range(33)]
+        specs = [f"  model: {{model_id: {i}}}\n  training: {{forecast_window: 7d}}\n" for i in ids]
+        models = manifests(tmp_path, "predicthq", specs)
+        state = await open_state(f"sqlite:///{tmp_path / 'state.db'}")
+        read_all = 0
+        real_all = state.all
+
+        async def counting_all() -> Any:
+            nonlocal read_all
+            read_all += 1
+            return await real_all()
+
+        state.all = counting_all  # type: ignore[method-assign]
+        try:
+            loaded = load_manifests([tmp_path / "predicthq.yaml"])
+            endpoints = {"predicthq": (sb.base_url("predicthq"), SANDBOX_API_KEYS["predicthq"])}
+            async with Engine(loaded, state, endpoints=endpoints) as engine:
+                plans = await engine.plan(models[:1])
+                assert read_all == 0 and [p.name for p in plans] == ["m000"]
+                await engine.plan(models)  # past FEW_RECORDS: one read of every record
+                assert read_all == 1
+        finally:
+            await state.close()
