@@ -8,9 +8,13 @@ stops triggering at once, says so in its log and stands by.
 
 `Daemon` wires the parts together: a `ManifestTracker` (what is declared), a `WorkQueue` and a
 `Schedule` (what to reconcile when), a `PlanBook` (what was decided), `Metrics` and the HTTP
-app. One worker reconciles queued model names in batches (a saved change, a full resync, a poll
-of in-flight trainings at each provider's own interval, a Lucid callback), so trainings are never
-triggered twice concurrently and a shutdown waits for exactly one batch. Everything it decides
+app. Two workers reconcile queued model names in batches: one takes saved changes and Lucid
+callbacks, the other full resyncs, polls of in-flight trainings (at each provider's own interval)
+and retries, so a person's edit never waits behind a resync of every model. When both lanes plan
+one model at once they are two writers on the state: the intent's compare-and-set lets one
+trigger and makes the other re-plan (it then sees the intent), so a training is never triggered
+twice; each lane's plans count against the other's concurrency limits, and a shutdown waits for
+the batch in flight in each lane. Everything it decides
 comes from `Engine.plan` and everything it writes goes through `Engine.apply` /
 `Engine.persist_refresh`.
 """
