@@ -50,57 +50,62 @@ class Ticks:
 
 def test_in_flight_follows_littles_law_capped_by_what_the_provider_allows() -> None:
     c = ConcurrencyController(ceiling=16, requests_per_second=5.0, clock=Ticks())
-    assert c.limit == 16  # nothing measured yet: what the provider allows
+    assert c.allowed() == 16  # nothing measured yet: what the provider allows
     c.answered(0.02)
-    assert c.limit == 1  # 5/s x 20 ms = 0.1 in flight: one is enough
+    assert c.allowed() == 1  # 5/s x 20 ms = 0.1 in flight: one is enough
+    # a request in flight for 0.5 s stands for that latency: 5/s x 0.5 s, it holds nothing back
+    assert c.allowed(oldest_age=0.5) == 3
     fast = ConcurrencyController(ceiling=16, requests_per_second=400.0, clock=Ticks())
     fast.answered(0.02)
-    assert fast.limit == 8  # 400/s x 20 ms
+    assert fast.allowed() == 8  # 400/s x 20 ms
     unlimited = ConcurrencyController(ceiling=16, requests_per_second=10_000.0, clock=Ticks())
     unlimited.answered(0.02)
-    assert unlimited.limit == 16  # 200 wanted, 16 allowed
+    assert unlimited.allowed() == 16  # 200 wanted, 16 allowed
 
 
 def test_a_429_halves_the_limit_once_per_round_trip_and_successes_add_one_per_round_trip() -> None:
     clock = Ticks()
     c = ConcurrencyController(ceiling=16, requests_per_second=10_000.0, clock=clock)
     c.answered(0.05)
-    assert c.throttled(0.05) and c.limit == 8
-    assert not c.throttled(0.05) and c.limit == 8  # the same overload, answered to requests already sent
+    assert c.throttled(0.05) and c.allowed() == 8
+    assert not c.throttled(0.05) and c.allowed() == 8  # the same overload, answered to requests already sent
     clock.now += 0.06
-    assert c.throttled(0.05) and c.limit == 4 and c.decreases == 2
+    assert c.throttled(0.05) and c.allowed() == 4 and c.decreases == 2
     for _ in range(3):
         c.answered(0.05)
-    assert c.limit == 4  # a round trip of 4 answers is not complete yet
+    assert c.allowed() == 4  # a round trip of 4 answers is not complete yet
     c.answered(0.05)
-    assert c.limit == 5
+    assert c.allowed() == 5
     for _ in range(200):
         c.answered(0.05)
-    assert c.limit == 16  # back to what the provider allows, never above
+    assert c.allowed() == 16  # back to what the provider allows, never above
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     ceiling=st.integers(1, 64),
     rate=st.floats(0, 1000),
-    events=st.lists(st.tuples(st.booleans(), st.floats(0, 0.5), st.floats(0, 0.2)), max_size=200),
+    events=st.lists(st.tuples(st.booleans(), st.floats(0, 0.5), st.floats(0, 0.2), st.floats(0, 5)), max_size=200),
 )
 def test_the_limit_stays_between_one_and_the_ceiling_and_grows_by_at_most_one(
-    ceiling: int, rate: float, events: list[tuple[bool, float, float]]
+    ceiling: int, rate: float, events: list[tuple[bool, float, float, float]]
 ) -> None:
     clock = Ticks()
     c = ConcurrencyController(ceiling=ceiling, requests_per_second=rate, clock=clock)
-    for throttled, latency, later in events:
-        before, was_backed_off = c.limit, c._backed_off
+    for throttled, latency, later, age in events:
+        before = c.cap
         if throttled:
-            lowered = c.throttled(latency)
-            assert c.limit == (max(1, before // 2) if lowered else before)
+            allowed = c.allowed()
+            if c.throttled(latency):
+                assert c.cap == max(1, allowed // 2)  # multiplicative decrease
+            else:
+                assert c.allowed() == allowed  # the same round trip, or already at one
         else:
             c.answered(latency)
-            if was_backed_off and c.limit > before:
-                assert c.limit == before + 1  # additive increase
-        assert 1 <= c.limit <= ceiling
-        assert c.limit <= max(1, min(ceiling, math.ceil(rate * c.latency))) if (c.latency and rate > 0) else True
+            assert c.cap in (before, before + 1)  # additive increase
+        assert 1 <= c.allowed(age) <= c.cap <= ceiling
+        if c.latency is not None and rate > 0:
+            assert c.allowed(age) <= max(1, math.ceil(rate * max(c.latency, age)))  # Little's law
         clock.now += later
 
 
@@ -111,17 +116,30 @@ async def test_the_gate_never_lets_more_than_the_limit_through() -> None:
 
     async def one(i: int) -> None:
         nonlocal peak
-        await gate.acquire()
+        slot = await gate.acquire()
         try:
             peak = max(peak, gate.in_flight)
             await asyncio.sleep(0)
             if i == 5:
                 c.throttled(1.0)  # down to 1 while others wait
         finally:
-            gate.release()
+            gate.release(slot)
 
     await asyncio.gather(*(one(i) for i in range(30)))
-    assert peak == 3 and gate.in_flight == 0 and c.limit == 1
+    assert peak == 3 and gate.in_flight == 0 and c.allowed() == 1
+
+
+async def test_a_request_in_flight_long_enough_lets_the_next_one_through() -> None:
+    clock = Ticks()
+    c = ConcurrencyController(ceiling=16, requests_per_second=10.0, clock=clock)
+    c.answered(0.005)  # 10/s x 5 ms: one in flight
+    gate = ConcurrencyGate(c)
+    first = await gate.acquire()
+    second = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0.06)
+    assert not second.done()  # the first has been in flight 0 s on the test's clock
+    clock.now += 0.15  # now it stands for 150 ms: 10/s x 0.15 s = 2 in flight
+    assert await asyncio.wait_for(second, 5) != first and gate.in_flight == 2
 
 
 async def test_a_429_lowers_the_requests_in_flight_and_the_run_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -143,7 +161,7 @@ async def test_a_429_lowers_the_requests_in_flight_and_the_run_says_so_once(capl
     with caplog.at_level(logging.DEBUG, logger="reconciler.providers.http"):
         await http.request("GET", "/a")  # 429, retried after backoff: 429 again, then 200
     await http.aclose()
-    assert http.concurrency.decreases == 2 and http.concurrency.limit == 4
+    assert http.concurrency.decreases == 2 and http.concurrency.allowed() == 4
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert "roboflow answered 429" in warnings[0].getMessage() and "from 16 to 8" in warnings[0].getMessage()

@@ -412,7 +412,7 @@ class HttpClient:
         method = req.method
         await self._throttle()
         started = time.monotonic()
-        await self._gate.acquire()
+        slot = await self._gate.acquire()
         try:
             self.request_count += 1
             sent = time.monotonic()
@@ -435,7 +435,7 @@ class HttpClient:
             self._observe(method, type(exc).__name__, started)
             raise PermanentProviderError(f"{method} {path}: {self.redact(str(exc))}", provider=self.provider) from None
         finally:
-            self._gate.release()
+            self._gate.release(slot)
         resp = Response(status, headers, body, self.provider, self.redact)
         self._observe(method, str(status), started)
         if 200 <= status < 300 or status in ok:
@@ -444,7 +444,7 @@ class HttpClient:
 
     def _pace(self, status: int, latency: float) -> None:
         """Feed the answer's latency (or its 429) to the concurrency controller."""
-        limit = self.concurrency.limit
+        limit = self.concurrency.allowed()
         if status == 429:
             if self.concurrency.throttled(latency):
                 log.log(
@@ -453,11 +453,11 @@ class HttpClient:
                     "they grow back one per round trip",
                     self.provider,
                     limit,
-                    self.concurrency.limit,
+                    self.concurrency.allowed(),
                 )
         else:
             self.concurrency.answered(latency)
-            if self.concurrency.limit > limit:
+            if self.concurrency.allowed() > limit:
                 self._gate.wake()
 
     async def _transmit(self, req: _Request) -> tuple[int, Mapping[str, str], bytes]:
