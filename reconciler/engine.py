@@ -100,6 +100,10 @@ class ApplyResult:
 Fence = Callable[[], Awaitable[bool]]
 
 
+#: up to this many models, `plan` reads their records one by one instead of every record
+FEW_RECORDS = 32
+
+
 class Engine:
     """Reconciles a set of desired models against providers and the state store."""
 
@@ -265,7 +269,7 @@ class Engine:
         outside `models` (the daemon's); their in-flight trainings count against `max_concurrent_trainings` too."""
         # records first, then the provider: a record another writer changes after this read makes
         # our compare-and-set fail, so no decision rests on a record older than the observation
-        records = await self.state.all()
+        records = await self._records(models)
         observed = await self.observe(models, records)
         now = self.clock()
         plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
@@ -274,6 +278,14 @@ class Engine:
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
         await budget.hold_over_budget(self, plans)
         return plans
+
+    async def _records(self, models: Sequence[DesiredModel]) -> dict[str, ModelRecord]:
+        """The models' records: read one by one for a few models (a saved change in the daemon must
+        not read and decode the records of every model), else all at once."""
+        if len(models) > FEW_RECORDS:
+            return await self.state.all()
+        found = await asyncio.gather(*(self.state.get(m.name) for m in models))
+        return {m.name: r for m, r in zip(models, found, strict=True) if r is not None}
 
     def plan_one(
         self, m: DesiredModel, record: ModelRecord | None, observed: Observation | ProviderError, now: datetime

@@ -317,6 +317,25 @@ def build_engine(
     )
 
 
+#: the cyclic GC's thresholds for a process that plans many models (CPython's default: 700, 10, 10)
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def settle_heap(*, freeze: bool) -> None:
+    """Make the cyclic garbage collector cheap for a process holding thousands of models.
+
+    A plan of 10,000 models keeps hundreds of thousands of objects alive (manifests, records,
+    observations); with CPython's default thresholds the collector walks them over and over, a
+    third of the plan's CPU in benchmarks/plan_scale.py. Rarer young collections cut that to a
+    tenth. `freeze` (one-shot commands) also leaves what is loaded now out of every later pass;
+    frozen objects are still freed by reference counting, so a long-running process that reloads
+    manifests (the daemon) does not freeze.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+    if freeze:
+        gc.freeze()
+
+
 def holder(command: str) -> str:
     """How this process names itself as a lock holder."""
     import socket
@@ -336,7 +355,8 @@ async def session(
 
     if notify:
         notify_urls()  # a bad URL stops the command before anything runs
-    manifests = load(paths)
+    manifests = load(paths)  # frozen as loaded
+    settle_heap(freeze=False)
     with sandbox_for(sandbox, url) as sb:
         state = await open_state(url)
         try:
