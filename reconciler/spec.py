@@ -14,11 +14,11 @@ from __future__ import annotations
 import gc
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -40,6 +40,14 @@ from reconciler.providers.origins import TrustPolicy, check_base_url
 from reconciler.selectors import Requirement, matches
 from reconciler.values import Duration, Strict
 from reconciler.yamlpos import YamlDocument, YamlError, load_documents
+
+if TYPE_CHECKING:
+    from reconciler.providers.provider_type import LocalProblems
+
+#: (provider type, model, training, manifest folder, repository root) -> the problems its files
+#: beside the manifest have; `assemble` asks the type's `check_local` unless given another (the
+#: daemon caches the answers until a file they read changes)
+LocalCheck = Callable[[str, BaseModel, BaseModel, Path, Path], "LocalProblems"]
 
 API_VERSION = "reconciler/v1"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -117,6 +125,9 @@ class RawModel:
     #: provider type -> the validated model and training (None where invalid) and their problems:
     #: each document is checked once per type however often `assemble` runs (the daemon reassembles)
     checked: dict[str, tuple[BaseModel | None, BaseModel | None, list[Problem]]] = field(default_factory=dict)
+    #: the DesiredModel last resolved from this document and the provider it was resolved with:
+    #: reassembling with the same provider yields the same (immutable) object, its fingerprint kept
+    resolved: tuple[ProviderConfig, DesiredModel] | None = None
 
     @classmethod
     def of(cls, data: dict[str, Any], doc: YamlDocument, manifest: TrainedModelManifest | None) -> RawModel:
@@ -395,8 +406,14 @@ def _check_fields(raw: RawModel, type_name: str, file: str) -> tuple[BaseModel |
     return done
 
 
+def _local_problems(
+    type_name: str, model: BaseModel, training: BaseModel, manifest_dir: Path, root: Path
+) -> LocalProblems:
+    return provider_type(type_name).local_problems(model, training, manifest_dir, root)
+
+
 def _resolve_model(
-    raw: RawModel, r: FileResult, provider: ProviderConfig, problems: list[Problem]
+    raw: RawModel, r: FileResult, provider: ProviderConfig, problems: list[Problem], local_check: LocalCheck
 ) -> DesiredModel | None:
     file = r.path
     model, training, found = _check_fields(raw, provider.type, file)
@@ -407,14 +424,15 @@ def _resolve_model(
     manifest_dir = Path(file).parent
     root = r.root or repository_root(manifest_dir)
     before = len(problems)
-    ptype = provider_type(provider.type)
-    for loc, message in ptype.local_problems(model, training, manifest_dir, root):
+    for loc, message in local_check(provider.type, model, training, manifest_dir, root):
         line, col = raw.doc.where(("spec", *loc))
         problems.append(Problem(file, line, col, message))
     if len(problems) > before or found:
         return None
+    if raw.resolved is not None and raw.resolved[0] == provider and raw.resolved[1].root == root:
+        return raw.resolved[1]
     line, col = raw.doc.where(("metadata", "name"))
-    return DesiredModel(
+    desired = DesiredModel(
         name=manifest.metadata.name,
         labels=dict(manifest.metadata.labels),
         provider=provider.name,
@@ -427,10 +445,16 @@ def _resolve_model(
         file=file,
         root=root,
     )
+    raw.resolved = (provider, desired)
+    return desired
 
 
-def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]:
-    """Cross-file checks: unique names, provider references resolved, provider specs validated."""
+def assemble(
+    results: Sequence[FileResult], local_check: LocalCheck = _local_problems
+) -> tuple[ManifestSet, list[Problem]]:
+    """Cross-file checks: unique names, provider references resolved, provider specs validated.
+
+    `local_check` answers the checks of files beside a manifest (default: the type's own)."""
     problems: list[Problem] = [p for r in results for p in r.problems]
     providers: dict[str, ProviderConfig] = {}
     broken: dict[str, str | None] = {}
@@ -486,7 +510,7 @@ def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]
                     )
                 )
                 continue
-            desired = _resolve_model(raw, r, provider, problems)
+            desired = _resolve_model(raw, r, provider, problems, local_check)
             if desired is not None and name is not None:
                 models[name] = desired
     used = {m.provider for m in models.values()}
