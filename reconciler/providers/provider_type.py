@@ -48,8 +48,9 @@ class ProviderType(Generic[M, T]):
     #: training shows as running); False makes an unacknowledged intent a `hold`, never a guess
     observable_trigger: bool = True
     #: offline checks that read files beside the manifest (PhotoGPT's image glob), confined to the
-    #: repository root (the last argument)
-    check_local: Callable[[M, T, Path, Path], LocalProblems] | None = None
+    #: repository root (the fourth argument); they add the folders they look in and the files they
+    #: read to the set (the last argument), so a caller can cache the answer until one changes
+    check_local: Callable[[M, T, Path, Path, set[Path]], LocalProblems] | None = None
     #: the `model` fields that name the provider's model (Roboflow: workspace and project), in
     #: order; () means every field of `model_schema`. Two TrainedModels with the same identity on
     #: one provider host train the same model at the provider, which `validate` refuses.
@@ -73,8 +74,11 @@ class ProviderType(Generic[M, T]):
         fields = self.identity_fields or tuple(self.model_schema.model_fields)
         return "/".join(str(getattr(model, f)) for f in fields)
 
-    def local_problems(self, model: Any, training: Any, manifest_dir: Path, root: Path) -> LocalProblems:
-        """Problems `check_local` finds in files under `root` (none for types without local files)."""
+    def local_problems(
+        self, model: Any, training: Any, manifest_dir: Path, root: Path, reads: set[Path] | None = None
+    ) -> LocalProblems:
+        """Problems `check_local` finds in files under `root` (none for types without local files);
+        `reads` (when given) collects the paths the check read."""
         if self.check_local is None:
             return []
-        return self.check_local(model, training, manifest_dir, root)
+        return self.check_local(model, training, manifest_dir, root, reads if reads is not None else set())

@@ -60,14 +60,17 @@ def _hidden_ok(name: str, segment: str) -> bool:
 class _Walk:
     """A bounded glob walk under `root`: at most MAX_VISITED entries listed, MAX_MATCHES files."""
 
-    def __init__(self, pattern: str, root: Path) -> None:
+    def __init__(self, pattern: str, root: Path, reads: set[Path] | None = None) -> None:
         self.pattern = pattern
         self.root = root
+        #: the folders listed or looked in: a change inside one can change the matches
+        self.reads: set[Path] = reads if reads is not None else set()
         self.visited = 0
         self.matches: dict[Path, None] = {}
         self.seen: set[tuple[Path, int]] = set()
 
     def _list(self, folder: Path) -> list[os.DirEntry[str]]:
+        self.reads.add(folder)
         try:
             with os.scandir(folder) as it:
                 entries = []
@@ -132,6 +135,7 @@ class _Walk:
         return sorted(self.matches)
 
     def _step(self, path: Path, i: int, last: bool, stack: list[tuple[Path, int]]) -> None:
+        self.reads.add(path.parent)  # whether `path` exists is an entry of its folder
         if last:
             if path.is_file():
                 self._match(path)
@@ -141,11 +145,14 @@ class _Walk:
             stack.append((path, i + 1))
 
 
-def match_images(pattern: str, manifest_dir: Path, root: Path | None = None) -> list[Path]:
+def match_images(
+    pattern: str, manifest_dir: Path, root: Path | None = None, reads: set[Path] | None = None
+) -> list[Path]:
     """Files the glob matches, relative to the manifest's folder (`**` recurses), sorted.
 
     Confined to `root` (the repository root; default the manifest's folder) after symlinks; at
     most MAX_VISITED entries are listed and MAX_MATCHES files matched. GlobError says why not.
+    `reads` (when given) collects the folders the walk looked in.
     """
     if pattern.startswith("~"):
         raise GlobError(
@@ -161,13 +168,15 @@ def match_images(pattern: str, manifest_dir: Path, root: Path | None = None) -> 
     if ".." in segments:
         raise GlobError(f"input_images {pattern!r}: '..' may only come before the first wildcard")
     base = Path(manifest_dir, *literal)
+    if reads is not None:
+        reads.add(base)  # created or removed later: the matches change
     real_base = Path(os.path.normpath(Path(manifest_dir).resolve().joinpath(*literal)))
     if not _inside(real_base, real_root) or not _inside(Path(os.path.realpath(real_base)), real_root):
         raise GlobError(
             f"input_images {pattern!r} reaches {real_base}, outside the repository root {real_root}; "
             "only files inside the repository can be training data"
         )
-    return _Walk(pattern, real_root).run(base, segments)
+    return _Walk(pattern, real_root, reads).run(base, segments)
 
 
 def _sniff(head: bytes) -> str | None:
@@ -191,17 +200,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan_images(pattern: str, manifest_dir: Path, root: Path | None = None) -> tuple[list[LocalImage], list[str]]:
+def scan_images(
+    pattern: str, manifest_dir: Path, root: Path | None = None, reads: set[Path] | None = None
+) -> tuple[list[LocalImage], list[str]]:
     """The declared images with their hashes, and every problem that would make PhotoGPT refuse them.
 
     Only files inside `root` (the repository root; default the manifest's folder) are read.
+    `reads` (when given) collects the folders looked in and the files read: the answer changes
+    only when one of them does (the daemon caches it on that).
     """
     problems: list[str] = []
     images: list[LocalImage] = []
     try:
-        paths = match_images(pattern, manifest_dir, root)
+        paths = match_images(pattern, manifest_dir, root, reads)
     except GlobError as exc:
         return [], [str(exc)]
+    if reads is not None:
+        reads.update(paths)
     allowed = ", ".join(CONTENT_TYPES)
     for path in paths:
         shown = os.path.relpath(path, manifest_dir)

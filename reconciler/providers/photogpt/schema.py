@@ -25,12 +25,15 @@ class PhotoGPTTraining(Strict):
     )
 
 
-def check_local(model: PhotoGPTModel, training: PhotoGPTTraining, manifest_dir: Path, root: Path) -> LocalProblems:
-    """The glob must match 12-20 distinct accepted images of at most 20 MB each, inside `root`."""
+def check_local(
+    model: PhotoGPTModel, training: PhotoGPTTraining, manifest_dir: Path, root: Path, reads: set[Path]
+) -> LocalProblems:
+    """The glob must match 12-20 distinct accepted images of at most 20 MB each, inside `root`;
+    the folders looked in and the images read go into `reads`."""
     # imported here: only a run that reads PhotoGPT manifests walks images (start-up time)
     from reconciler.providers.photogpt.images import scan_images
 
-    _, problems = scan_images(training.input_images, manifest_dir, root)
+    _, problems = scan_images(training.input_images, manifest_dir, root, reads)
     return [(("training", "input_images"), p) for p in problems]
 
 
