@@ -4,7 +4,9 @@ plans it shows (`/status` and the `reconciler_models` gauge read one snapshot). 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ import httpx
 import pytest
 
 from reconciler.daemon import DaemonOptions
+from reconciler.daemon import tracker as tracker_module
 from reconciler.daemon.app import build_app
 from reconciler.daemon.lifecycle import Daemon
 from reconciler.daemon.queue import WorkQueue, batch_trigger
@@ -22,6 +25,7 @@ from reconciler.domain import DesiredModel
 from reconciler.engine import ApplyResult
 from reconciler.logs import Redactor
 from reconciler.plan import Action, ModelPlan, Reason
+from reconciler.spec import parse_file
 
 MODEL = """\
 apiVersion: reconciler/v1
@@ -114,6 +118,100 @@ def test_tracker_keeps_a_broken_files_last_good_version_and_reports_changes(tmp_
     gone = t.load()
     assert gone is not None and gone.gone == ["beta"] and gone.touched == []
     assert sorted(t.manifests.models) == ["alpha"]
+
+
+PHOTO = """\
+apiVersion: reconciler/v1
+kind: TrainedModel
+metadata: {{name: {name}}}
+spec:
+  provider: photogpt
+  model: {{model_id: {name}}}
+  training: {{input_images: "{folder}/*.png"}}
+"""
+
+
+def aged(*paths: Path) -> None:
+    """Files written a minute ago: old enough for their stat to stand for their content."""
+    for p in paths:
+        os.utime(p, ns=(time.time_ns() - 60 * 10**9,) * 2)
+
+
+def test_tracker_edit_reads_only_the_edited_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    files = [write(specs, f"m{i}") for i in range(5)]
+    images = specs / "faces"
+    images.mkdir()
+    for k in range(12):
+        (images / f"{k:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([k]) * 8)
+    (specs / "portrait.yaml").write_text(PHOTO.format(name="portrait", folder="faces"))
+    aged(*specs.iterdir())
+    parsed: list[str] = []
+    hashed: list[str] = []
+
+    def parse(path: Path, trust: Any, root: Path) -> Any:
+        parsed.append(path.name)
+        return parse_file(path, trust, root)
+
+    real_digest = tracker_module._digest
+
+    def digest(path: Path) -> str:
+        hashed.append(path.name)
+        return real_digest(path)
+
+    monkeypatch.setattr(tracker_module, "_digest", digest)
+    t = ManifestTracker([str(specs)], Redactor({}), parse=parse)
+    assert t.load() is not None and len(t.manifests.models) == 6 and len(parsed) == 6
+    untouched = dict(t.manifests.models)
+    checks = t.local_checks.runs
+    parsed.clear()
+    hashed.clear()
+
+    write(specs, "m2", epochs=11)
+    t.files_changed({files[2]})
+    change = t.load()
+    assert change is not None and change.touched == ["m2"]
+    assert parsed == ["m2.yaml"] and hashed == ["m2.yaml"]  # the other files are neither read nor parsed
+    assert t.local_checks.runs == checks  # the images were not globbed nor hashed again
+    # models from unchanged documents are the very objects of the last load (fingerprints kept)
+    assert all(t.manifests.models[n] is m for n, m in untouched.items() if n != "m2")
+    hashed.clear()
+    aged(files[2])
+    assert t.load() is None and parsed == ["m2.yaml"] and hashed == ["m2.yaml"]  # its stat changed once more
+
+
+def test_tracker_a_change_in_an_image_folder_runs_the_cached_check_again(tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for folder in ("faces", "pets"):
+        (specs / folder).mkdir()
+        for k in range(12):
+            (specs / folder / f"{k:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + folder.encode() + bytes([k]))
+    (specs / "a.yaml").write_text(
+        PHOTO.format(name="a", folder="faces") + "---\n" + PHOTO.format(name="b", folder="faces")
+    )
+    (specs / "c.yaml").write_text(PHOTO.format(name="c", folder="pets"))
+    t = ManifestTracker([str(specs)], Redactor({}))
+    assert t.load() is not None and sorted(t.manifests.models) == ["a", "b", "c"] and t.problems == []
+    assert t.local_checks.runs == 3
+    assert t.load() is None and t.local_checks.runs == 3  # answered from the cache
+
+    removed = specs / "faces" / "00.png"
+    removed.unlink()
+    t.files_changed({removed})
+    change = t.load()
+    assert change is not None and change.gone == ["a", "b"]
+    assert {p.file for p in t.problems} == {str(specs / "a.yaml")}
+    assert all("matches 11 files" in p.message for p in t.problems)
+    assert t.local_checks.runs == 5  # a and b checked again; c (pets) was not
+
+    # a change nobody reported (a missed event): the resync's revalidation finds it by stat
+    (specs / "pets" / "03.png").write_bytes(b"GIF89a not a png")
+    assert t.load() is None and "c" in t.manifests.models
+    t.revalidate()
+    assert t.load() is not None and "c" not in t.manifests.models
+    assert any(p.file == str(specs / "c.yaml") and "03.png: not a" in p.message for p in t.problems)
 
 
 # ---------------------------------------------------------------- app: one snapshot for /status and the gauge

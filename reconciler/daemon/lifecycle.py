@@ -478,6 +478,7 @@ class Daemon:
         while not self.stopping.is_set():
             now = time.monotonic()
             if now >= next_resync:
+                self.tracker.revalidate()  # a missed file event is caught here at the latest
                 self._load("resync")
                 self.enqueue(self.manifests.models, "resync")
                 self.metrics.last_resync.set(time.time())
@@ -496,6 +497,7 @@ class Daemon:
     # ------------------------------------------------------------ manifests
 
     def _files_changed(self, paths: set[Path]) -> None:
+        self.tracker.files_changed(paths)
         self._load("change")
         self.enqueue(self.tracker.local_files_changed(paths), "change")
 

@@ -5,6 +5,12 @@ version of each file that is valid, else that file's last good version, so a bro
 reported while its models keep being reconciled as they were. Files are compared by content
 digest, never by event kind: an editor's atomic save and Kubernetes' ConfigMap swap (a `..data`
 symlink replaced atomically) look the same.
+
+A load is incremental: a file whose stat (mtime, size, inode) is unchanged since it was hashed is
+not read again (a file an event names always is), only changed files are parsed, and the checks
+of files beside the manifests (PhotoGPT's images) come from `LocalChecks` until a path they read
+changes. `assemble` still runs over every file: its cross-file checks are cheap, and models
+resolved again from unchanged documents are the same objects as before.
 """
 
 from __future__ import annotations
@@ -13,11 +19,14 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.daemon.localchecks import LocalChecks
 from reconciler.domain import ProviderConfig
 from reconciler.errors import Problem
 from reconciler.logs import Redactor
@@ -38,11 +47,20 @@ WATCH_DEBOUNCE_MS = 400
 WATCH_STEP_MS = 50
 
 
+#: reads one manifest file (`spec.parse_file`; a test counts the calls)
+Parse = Callable[[Path, "TrustPolicy | None", Path], FileResult]
+#: a file modified this recently may change again within its mtime's granularity: its stat is not
+#: trusted to stand for its content until it is older (git's "racily clean" files)
+RACY_SECONDS = 2.0
+
+
 @dataclass
 class FileState:
     digest: str
     latest: FileResult  # the file as it is now
     good: FileResult | None  # its last version that assembled without problems
+    #: (mtime_ns, size, inode) when the digest was taken; None: hash it again next time
+    stat: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -59,6 +77,17 @@ def _digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as exc:
         return f"unreadable:{exc.errno}"
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    """The file's (mtime_ns, size, inode) when old enough to stand for its content, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time_ns() - st.st_mtime_ns < RACY_SECONDS * 1e9:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _provider_key(cfg: ProviderConfig | None) -> ProviderConfig | None:
@@ -82,31 +111,75 @@ def depends_on_local_files(type_name: str) -> bool:
 class ManifestTracker:
     """Each manifest file's current and last good version, and the manifest set assembled from them."""
 
-    def __init__(self, paths: Sequence[str], redactor: Redactor, trust: TrustPolicy | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        redactor: Redactor,
+        trust: TrustPolicy | None = None,
+        parse: Parse = parse_file,
+    ) -> None:
         self.paths = list(paths)
         self.redactor = redactor
         self.trust = trust
+        self.parse = parse
         self.files: dict[str, FileState] = {}
         self.find_problems: list[Problem] = []
         self.problems: list[Problem] = []
         self.manifests = ManifestSet(models={}, providers={}, files=[])
+        self.local_checks = LocalChecks()
         self._assembled = False
+        self._suspect: set[str] = set()  # files an event named: hashed on the next load
+        self._local_changed = False  # a cached local check was dropped: reassemble
+
+    def files_changed(self, paths: Iterable[Path]) -> None:
+        """What a file event named: those files are hashed on the next load, whatever their stat,
+        and the local checks that read them are run again."""
+        paths = list(paths)
+        self._suspect.update(str(p) for p in paths)
+        self._suspect.update(os.path.abspath(p) for p in paths)
+        if self.local_checks.changed(paths):
+            self._local_changed = True
+
+    def revalidate(self) -> None:
+        """Safety net for a missed event (each full resync): run again the local checks whose
+        files stat differently, and hash every manifest file on the next load."""
+        if self.local_checks.revalidate():
+            self._local_changed = True
+        for st in self.files.values():
+            st.stat = None
+
+    def _current(self, f: Path) -> FileState | None:
+        """The known state of `f` when its stat shows it unchanged (and no event named it)."""
+        key = str(f)
+        st = self.files.get(key)
+        if st is None or st.stat is None or key in self._suspect or os.path.abspath(f) in self._suspect:
+            return None
+        return st if _stat(f) == st.stat else None
 
     def load(self) -> ManifestChange | None:
-        """Re-read changed files (by digest) and reassemble; what changed, or None when nothing did."""
+        """Re-read changed files (by stat, then digest) and reassemble; what changed, or None when
+        nothing did."""
         files, find_problems = find_manifest_files(self.paths)
         seen: dict[str, FileState] = {}
         changed = False
         for f in files:
             key = str(f)
-            digest = _digest(f)
-            st = self.files.get(key)
-            if st is None or st.digest != digest:
-                st = FileState(digest, parse_file(f, self.trust, manifest_root(f, self.paths)), st.good if st else None)
-                changed = True
+            st = self._current(f)
+            if st is None:
+                stat = _stat(f)  # before reading: a write after it shows as a changed stat
+                digest = _digest(f)
+                st = self.files.get(key)
+                if st is None or st.digest != digest:
+                    good = st.good if st else None
+                    st = FileState(digest, self.parse(f, self.trust, manifest_root(f, self.paths)), good)
+                    changed = True
+                st.stat = stat
             seen[key] = st
+        self._suspect.clear()
         removed = sorted(set(self.files) - set(seen))
-        if not changed and not removed and find_problems == self.find_problems and self._assembled:
+        local = self._local_changed
+        self._local_changed = False
+        if not changed and not removed and not local and find_problems == self.find_problems and self._assembled:
             return None
         self.files = seen
         self.find_problems = find_problems
@@ -121,11 +194,16 @@ class ManifestTracker:
         gone = sorted(set(before.models) - set(manifests.models))
         if gone:
             log.info("no longer in the manifests (nothing is deleted at the provider): %s", ", ".join(gone))
+        same_providers = manifests.providers == before.providers
         touched = [
             name
             for name, m in manifests.models.items()
             if name not in before.models
-            or _model_key(m, manifests.providers) != _model_key(before.models[name], before.providers)
+            # the same object: resolved again from an unchanged document with the same provider
+            or (
+                not (m is before.models[name] and same_providers)
+                and _model_key(m, manifests.providers) != _model_key(before.models[name], before.providers)
+            )
         ]
         return ManifestChange(before, gone, touched)
 
@@ -141,7 +219,7 @@ class ManifestTracker:
         for st in self.files.values():
             reported.extend(st.latest.problems)
         while True:
-            manifests, problems = assemble([chosen[p] for p in sorted(chosen)])
+            manifests, problems = assemble([chosen[p] for p in sorted(chosen)], self.local_checks)
             blamed = {p.file for p in problems}
             fresh = [p for p in chosen if chosen[p] is not self.files[p].good]
             culprits = [p for p in fresh if p in blamed]

@@ -1,0 +1,106 @@
+"""The checks of files beside the manifests (PhotoGPT's image glob and hashes), cached for the daemon.
+
+`spec.assemble` asks each model's `check_local` on every reassembly; with 2,000 PhotoGPT models
+that is a glob and a hash of every image, seconds per saved manifest. `LocalChecks` answers from
+its cache instead, keyed on the check's inputs (models sharing an image folder share one answer),
+and remembers the paths each check read (the folders it looked in, the files it hashed) with
+their stat, so that:
+
+- a file event under one of those paths drops the answers that read it (`changed`);
+- `revalidate` (each full resync: the safety net for a missed event) drops every answer one of
+  whose paths no longer stats the same.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler.providers.catalog import provider_type
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pydantic import BaseModel
+
+    from reconciler.providers.provider_type import LocalProblems
+
+#: what identifies a path's content cheaply: (mtime_ns, size, inode), None when missing
+Stamp = tuple[int, int, int] | None
+
+
+def _stamp(path: str) -> Stamp:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    problems: LocalProblems
+    #: absolute paths read, each with its stat when read
+    reads: tuple[tuple[str, Stamp], ...]
+
+
+class LocalChecks:
+    """A `spec.LocalCheck` that answers from a cache until a path the check read changes."""
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[str, str, str, str, str], _Answer] = {}
+        self._by_path: dict[str, set[tuple[str, str, str, str, str]]] = {}
+        self.runs = 0  # checks actually run (not answered from the cache)
+
+    def __call__(
+        self, type_name: str, model: BaseModel, training: BaseModel, manifest_dir: Path, root: Path
+    ) -> LocalProblems:
+        ptype = provider_type(type_name)
+        if not ptype.reads_local_files:
+            return []
+        key = (type_name, model.model_dump_json(), training.model_dump_json(), str(manifest_dir), str(root))
+        found = self._answers.get(key)
+        if found is not None:
+            return found.problems
+        reads: set[Path] = set()
+        problems = ptype.local_problems(model, training, manifest_dir, root, reads)
+        self.runs += 1
+        paths = sorted({os.path.abspath(p) for p in reads})
+        self._answers[key] = _Answer(problems, tuple((p, _stamp(p)) for p in paths))
+        for p in paths:
+            self._by_path.setdefault(p, set()).add(key)
+        return problems
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def changed(self, paths: Iterable[Path]) -> bool:
+        """Forget the answers that read one of `paths` or looked in its folder; whether any were."""
+        dropped = False
+        for path in paths:
+            p = os.path.abspath(path)
+            for read in (p, os.path.dirname(p)):
+                for key in list(self._by_path.get(read, ())):
+                    self._drop(key)
+                    dropped = True
+        return dropped
+
+    def revalidate(self) -> bool:
+        """Forget the answers a path of which stats differently now; whether any were."""
+        stale = [k for k, a in self._answers.items() if any(_stamp(p) != s for p, s in a.reads)]
+        for key in stale:
+            self._drop(key)
+        return bool(stale)
+
+    def _drop(self, key: tuple[str, str, str, str, str]) -> None:
+        answer = self._answers.pop(key, None)
+        if answer is None:
+            return
+        for p, _ in answer.reads:
+            keys = self._by_path.get(p)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_path[p]
