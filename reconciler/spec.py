@@ -11,6 +11,7 @@ operator's `TrustPolicy` (built by `runtime` from the environment; this module n
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import re
@@ -117,7 +118,9 @@ class RawModel:
     can still check (the provider reference, `model`, `training`), so one run reports them all."""
 
     doc: YamlDocument
-    manifest: TrainedModelManifest | None
+    #: a valid envelope's labels and policy (the envelope itself is not kept: the daemon holds
+    #: every document's parse for as long as it runs)
+    envelope: tuple[dict[str, str], Policy] | None
     name: str | None
     provider: str | None
     model: dict[str, Any] | None
@@ -133,7 +136,8 @@ class RawModel:
     def of(cls, data: dict[str, Any], doc: YamlDocument, manifest: TrainedModelManifest | None) -> RawModel:
         if manifest is not None:
             s = manifest.spec
-            return cls(doc, manifest, manifest.metadata.name, s.provider, s.model, s.training)
+            envelope = (manifest.metadata.labels, s.policy)
+            return cls(doc, envelope, manifest.metadata.name, s.provider, s.model, s.training)
         raw_meta, raw_spec = data.get("metadata"), data.get("spec")
         meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
         spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
@@ -166,6 +170,11 @@ class FileResult:
     digest: str = ""
     #: the repository root its models' local files must stay inside
     root: Path | None = None
+
+    @functools.cached_property
+    def folder(self) -> Path:
+        """The file's folder: one object for all its models."""
+        return Path(self.path).parent
 
 
 @dataclass
@@ -278,6 +287,7 @@ def parse_file(path: Path, trust: TrustPolicy | None = None, root: Path | None =
     for doc in docs:
         result.problems.extend(Problem(file, e.line, e.col, e.message) for e in doc.problems)
         _parse_document(doc, result, trust)
+        doc.data = None  # validated copies hold what is used from here on (the daemon keeps results)
     for doc in docs[:1]:
         doc.release()  # the nodes of the whole file: composed again only if assemble finds a problem
     return result
@@ -418,10 +428,10 @@ def _resolve_model(
     file = r.path
     model, training, found = _check_fields(raw, provider.type, file)
     problems.extend(found)
-    manifest = raw.manifest
-    if model is None or training is None or manifest is None:
+    envelope = raw.envelope
+    if model is None or training is None or envelope is None or raw.name is None:
         return None
-    manifest_dir = Path(file).parent
+    manifest_dir = r.folder
     root = r.root or repository_root(manifest_dir)
     before = len(problems)
     for loc, message in local_check(provider.type, model, training, manifest_dir, root):
@@ -433,13 +443,13 @@ def _resolve_model(
         return raw.resolved[1]
     line, col = raw.doc.where(("metadata", "name"))
     desired = DesiredModel(
-        name=manifest.metadata.name,
-        labels=dict(manifest.metadata.labels),
+        name=raw.name,
+        labels=dict(envelope[0]),
         provider=provider.name,
         provider_type=provider.type,
         model=model,
         training=training,
-        policy=manifest.spec.policy,
+        policy=envelope[1],
         source=Source(file, line, col),
         manifest_dir=manifest_dir,
         file=file,

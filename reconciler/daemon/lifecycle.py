@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("reconciler.daemon")
 
+#: A batch of at least this many models is followed by returning freed memory to the OS.
+TRIM_AFTER_MODELS = 100
 #: SIGTERM to exit: in-flight work gets this long, the HTTP server the rest of the 10 s budget.
 WORK_GRACE_SECONDS = 6.0
 #: A standby tries the lease, and the leader checks it, this often: a dead leader's lease is
@@ -341,6 +343,10 @@ class Daemon:
             finally:
                 self._engine_users[id(engine)] -= 1
                 await self._close_retired()
+            if len(batch) >= TRIM_AFTER_MODELS:
+                # a resync's records, observations and previous plans are garbage now: give their
+                # pages back (benchmarks/daemon_scale.py: the RSS after many resyncs)
+                runtime.release_freed_memory()
 
     async def _refresh_engine(self) -> Engine:
         if self._engine_stale or self.engine is None:
@@ -506,6 +512,8 @@ class Daemon:
         change = self.tracker.load()
         if change is None:
             return
+        if change.before.models and len(change.touched) + len(change.gone) >= TRIM_AFTER_MODELS:
+            runtime.release_freed_memory()  # many old manifests replaced
         self._engine_stale = True
         for name in change.gone:
             self.plans.forget(name)
