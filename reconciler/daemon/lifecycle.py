@@ -336,17 +336,33 @@ class Daemon:
             batch = await self.queue.take(lane)
             if not batch or not self.locked:
                 continue  # a standby triggers and polls nothing
-            engine = await self._refresh_engine()
-            self._engine_users[id(engine)] = self._engine_users.get(id(engine), 0) + 1
-            try:
-                await self._reconcile(batch, engine)
-            finally:
-                self._engine_users[id(engine)] -= 1
-                await self._close_retired()
-            if len(batch) >= TRIM_AFTER_MODELS:
-                # a resync's records, observations and previous plans are garbage now: give their
-                # pages back (benchmarks/daemon_scale.py: the RSS after many resyncs)
-                runtime.release_freed_memory()
+            for i, part in enumerate(self._parts(batch)):
+                if i and self.stopping.is_set():
+                    break  # shutting down: the rest is planned again on the next start
+                engine = await self._refresh_engine()
+                self._engine_users[id(engine)] = self._engine_users.get(id(engine), 0) + 1
+                try:
+                    await self._reconcile(part, engine)
+                finally:
+                    self._engine_users[id(engine)] -= 1
+                    await self._close_retired()
+                if len(part) >= TRIM_AFTER_MODELS:
+                    # a resync's records, observations and previous plans are garbage now: give
+                    # their pages back (benchmarks/daemon_scale.py: the RSS after many resyncs)
+                    runtime.release_freed_memory()
+
+    def _parts(self, batch: dict[str, str]) -> list[dict[str, str]]:
+        """A big batch (a resync) one provider at a time: only one provider's observations and new
+        plans are alive beside the settled ones, and each provider's list endpoint is still read
+        once; a small batch whole."""
+        if len(batch) < TRIM_AFTER_MODELS:
+            return [batch]
+        models = self.manifests.models
+        by_provider: dict[str, dict[str, str]] = {}
+        for name, trigger in batch.items():
+            m = models.get(name)
+            by_provider.setdefault(m.provider if m is not None else "", {})[name] = trigger
+        return [by_provider[p] for p in sorted(by_provider)] if len(by_provider) > 1 else [batch]
 
     async def _refresh_engine(self) -> Engine:
         if self._engine_stale or self.engine is None:
