@@ -20,6 +20,9 @@ from reconciler import runtime
 from reconciler.report import formats
 
 if TYPE_CHECKING:
+    from reconciler.domain import DesiredModel
+    from reconciler.engine import Engine
+    from reconciler.orphans import Orphan
     from reconciler.seams import Seams
     from reconciler.selectors import Requirement
 
@@ -178,11 +181,13 @@ def plan(
         try:
             async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
                 report.notices(manifests.notices)
-                plans = await engine.plan(manifests.select(targets, selector))
+                models = manifests.select(targets, selector)
+                plans = await engine.plan(models)
+                orphans = await _orphans(engine, models, filtered=bool(targets or selector))
                 report.state_opened(engine.state.url, engine.state.created)
         except ReconcilerError as exc:
             return report.failed(exc)
-        return report.planned(plans)
+        return report.planned(plans, orphans)
 
     sys.exit(_run(run()))
 
@@ -278,10 +283,12 @@ def status(
     async def run() -> int:
         try:
             async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
-                plans = await engine.plan(manifests.select(targets, selector))
+                models = manifests.select(targets, selector)
+                plans = await engine.plan(models)
+                orphans = await _orphans(engine, models, filtered=bool(targets or selector))
         except ReconcilerError as exc:
             return report.failed(exc)
-        return report.shown(plans)
+        return report.shown(plans, orphans)
 
     sys.exit(_run(run()))
 
@@ -335,6 +342,73 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
             if await engine.adopt(model, obs, reason="adopted-by-hand", expected_version=expected) is None:
                 raise Failure(f"cannot adopt {name}: another writer changed its record meanwhile; look again and retry")
             return AdoptReport().adopted(name)
+
+    sys.exit(_run(run()))
+
+
+# ---------------------------------------------------------------- orphans, renames, retries
+
+
+async def _orphans(engine: Engine, models: Sequence[DesiredModel], *, filtered: bool) -> list[Orphan]:
+    """The records no manifest declares; with --target/--selector only those renamed to a selected model."""
+    from reconciler.orphans import find_orphans
+
+    return find_orphans(await engine.state.all(), engine.manifests.models, models if filtered else None)
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@_paths
+@_state
+def rename(old: str, new: str, paths: tuple[str, ...], state: str | None) -> None:
+    """Move OLD's record and history to NEW, a model renamed in its manifest (as `terraform state mv`).
+
+    Refused when OLD has no record or is still declared, when no manifest declares NEW, when NEW
+    has a record, or when NEW points at another provider model. Nothing is sent to a provider."""
+    from reconciler.report.commands import StateEditReport
+    from reconciler.state_commands import rename as move
+
+    async def run() -> int:
+        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
+            edited = await move(st, manifests.models, old, new, git_commit=commit)
+        return StateEditReport().renamed(old, new, edited)
+
+    sys.exit(_run(run()))
+
+
+@cli.command()
+@click.argument("name")
+@_paths
+@_state
+def forget(name: str, paths: tuple[str, ...], state: str | None) -> None:
+    """Drop the record of NAME, a model no manifest declares (an orphan); its history stays and
+    nothing is deleted at the provider. Refused for a model the manifests still declare."""
+    from reconciler.report.commands import StateEditReport
+    from reconciler.state_commands import forget as drop
+
+    async def run() -> int:
+        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
+            edited = await drop(st, manifests.models, name, git_commit=commit)
+        return StateEditReport().forgotten(name, edited)
+
+    sys.exit(_run(run()))
+
+
+@cli.command()
+@click.argument("name")
+@_paths
+@_state
+def retry(name: str, paths: tuple[str, ...], state: str | None) -> None:
+    """Re-arm NAME, whose failed trainings reached policy.max_retries: its attempts reset, so the
+    next plan shows retry. Refused when its retries are not exhausted."""
+    from reconciler.report.commands import StateEditReport
+    from reconciler.state_commands import retry as rearm
+
+    async def run() -> int:
+        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
+            edited = await rearm(st, manifests.models, name, git_commit=commit)
+        return StateEditReport().retried(name, edited)
 
     sys.exit(_run(run()))
 

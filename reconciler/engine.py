@@ -41,14 +41,8 @@ from reconciler.errors import (
     RequestNotSentError,
     TemporaryProviderError,
 )
-from reconciler.plan import (
-    Action,
-    ModelPlan,
-    Reason,
-    count_in_flight,
-    limit_concurrency,
-    plan_model,
-)
+from reconciler.orphans import model_identity, rename_candidates
+from reconciler.plan import Action, ModelPlan, Reason, count_in_flight, hint_renames, limit_concurrency, plan_model
 from reconciler.providers.base import ProviderAdapter, ProviderContext
 from reconciler.providers.catalog import adapter_class, base_urls, provider_type
 from reconciler.providers.origins import TrustPolicy, base_url_env, check_base_url
@@ -268,6 +262,8 @@ class Engine:
         observed = await self.observe(models, records)
         now = self.clock()
         plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
+        # a model without a record, at the provider model of an orphan's record: hint the rename
+        hint_renames(plans, rename_candidates(records, self.manifests.models, models))
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
         names = {p.name for p in plans}
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
@@ -328,6 +324,7 @@ class Engine:
             marker=obs.marker,
             data_marker=obs.data_marker,
             reasons=[reason],
+            provider_model=model_identity(model),
         )
         ev = self._event(model.name, "adopted", reason, model.fingerprint, observed=obs.observed_training)
         return record if await self.state.save_if(record, expected_version, ev) else None
@@ -408,6 +405,7 @@ class Engine:
                 marker=obs.marker,
                 data_marker=obs.data_marker,
                 reasons=[r.code for r in p.reasons],
+                provider_model=model_identity(m),
             )
             won = await self.state.save_if(
                 intent,

@@ -217,3 +217,18 @@ async def session(
                 await engine.aclose()
         finally:
             await state.close()
+
+
+@asynccontextmanager
+async def state_session(paths: Sequence[str], url: str) -> AsyncIterator[tuple[ManifestSet, StateStore, str | None]]:
+    """Manifests, an open state and the manifests' git commit, for the commands that edit the
+    state by hand (`rename`, `forget`, `retry`): no engine, nothing sent to a provider."""
+    from reconciler.spec import git_commit
+    from reconciler.state import open_state
+
+    manifests = load(paths)
+    state = await open_state(url)
+    try:
+        yield manifests, state, git_commit(paths_or_default(paths))
+    finally:
+        await state.close()

@@ -6,6 +6,7 @@ Validating manifests needs only this record (schemas, key variable, defaults, of
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -50,11 +51,22 @@ class ProviderType(Generic[M, T]):
     #: offline checks that read files beside the manifest (PhotoGPT's image glob), confined to the
     #: repository root (the last argument)
     check_local: Callable[[M, T, Path, Path], LocalProblems] | None = None
+    #: the `model` fields that name one model at the provider (Roboflow's workspace and project):
+    #: two TrainedModels with the same values are the same provider model; (): the whole `model`
+    identity_fields: tuple[str, ...] = ()
 
     @property
     def reads_local_files(self) -> bool:
         """Whether a change to files beside the manifest can change what a model of this type is."""
         return self.check_local is not None
+
+    def model_identity(self, model: BaseModel) -> str:
+        """Which provider model a `model` block names, as text (`acme/hardhats`): equal for two
+        manifests (or a manifest and a record) that point at the same model at the provider."""
+        data = model.model_dump(mode="json")
+        if not self.identity_fields:
+            return json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return "/".join(str(data.get(name)) for name in self.identity_fields)
 
     def local_problems(self, model: Any, training: Any, manifest_dir: Path, root: Path) -> LocalProblems:
         """Problems `check_local` finds in files under `root` (none for types without local files)."""

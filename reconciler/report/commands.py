@@ -6,6 +6,7 @@ only picks the renderer, so no command branches on it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -24,11 +25,14 @@ from reconciler.report.github import (
 from reconciler.report.text import (
     adopted_by_hand_line,
     adopted_line,
+    forgotten_line,
     fresh_state_warning,
     no_history_line,
     not_succeeded_line,
     outcome_line,
     progress_line,
+    renamed_line,
+    retried_line,
 )
 from reconciler.report.views import by_name, status_entry
 
@@ -36,7 +40,9 @@ if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
     from reconciler.engine import ApplyResult
     from reconciler.errors import ProviderError, ReconcilerError
+    from reconciler.orphans import Orphan
     from reconciler.plan import ModelPlan
+    from reconciler.state_commands import Edited
 
 
 class Report:
@@ -86,6 +92,10 @@ class Report:
             self.console.err(line)
         return exits.FAILED
 
+    def orphans(self, orphans: Sequence[Orphan]) -> None:
+        """The records no manifest declares, for the documents that list them after the models."""
+        self.renderer.extras = dataclasses.replace(self.renderer.extras, orphans=[o.entry() for o in orphans])
+
     def state_opened(self, url: str, created: bool, env: Mapping[str, str] | None = None) -> None:
         """Warn on CI when this run created the state: an ephemeral runner forgets it."""
         env = os.environ if env is None else env
@@ -105,10 +115,11 @@ class ValidateReport(Report):
 class PlanReport(Report):
     """`plan`: the plan, exit 0/2/1."""
 
-    def planned(self, plans: Sequence[ModelPlan]) -> int:
-        """Show the plan; its exit code."""
+    def planned(self, plans: Sequence[ModelPlan], orphans: Sequence[Orphan] = ()) -> int:
+        """Show the plan, then the orphans (they never change the exit code); its exit code."""
         from reconciler.report.markdown import render_markdown
 
+        self.orphans(orphans)
         self._out(self.renderer.plan(plans))
         self.annotate(plan_annotations(plans))
         if self.github.step_summary is not None:
@@ -191,8 +202,9 @@ class ApplyReport(Report):
 class StatusReport(Report):
     """`status`: every model's provider state, last training and next action."""
 
-    def shown(self, plans: Sequence[ModelPlan]) -> int:
-        """Show the models; exit 1 when any could not be observed."""
+    def shown(self, plans: Sequence[ModelPlan], orphans: Sequence[Orphan] = ()) -> int:
+        """Show the models, then the orphans; exit 1 when any model could not be observed."""
+        self.orphans(orphans)
         self._out(self.renderer.status([status_entry(p) for p in by_name(plans)]))
         return exits.status_exit_code(plans)
 
@@ -221,3 +233,26 @@ class AdoptReport(Report):
         """The provider's model of `name` is now recorded as matching its spec."""
         self.console.out(adopted_by_hand_line(name))
         return exits.OK
+
+
+class StateEditReport(Report):
+    """`rename`, `forget`, `retry`: one line on stdout, a warning on stderr; refusals are
+    `RefusedError`s, reported by `main()` (exit 1)."""
+
+    def _done(self, line: str, edited: Edited) -> int:
+        self.console.out(line)
+        if edited.warning:
+            self.console.err(f"warning: {edited.record.name}: {edited.warning}")
+        return exits.OK
+
+    def renamed(self, old: str, new: str, edited: Edited) -> int:
+        """OLD's record and history are NEW's now."""
+        return self._done(renamed_line(old, new, edited.moved_events), edited)
+
+    def forgotten(self, name: str, edited: Edited) -> int:
+        """The orphan's record is dropped."""
+        return self._done(forgotten_line(name), edited)
+
+    def retried(self, name: str, edited: Edited) -> int:
+        """The model's retries are re-armed."""
+        return self._done(retried_line(name, edited.before.attempts if edited.before else 0), edited)

@@ -6,7 +6,7 @@ Every document carries `format_version`; keys keep the order written here.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.report.base import ApplyRun, Renderer
@@ -24,12 +24,13 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str)
 
 
-def plan_document(plans: Sequence[ModelPlan]) -> dict[str, Any]:
-    """`{"format_version", "models": [...], "summary": {action: count}}`."""
+def plan_document(plans: Sequence[ModelPlan], orphans: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """`{"format_version", "models": [...], "summary": {action: count}, "orphans": [...]}`."""
     return {
         "format_version": FORMAT_VERSION,
         "models": [plan_entry(p) for p in by_name(plans)],
         "summary": summarize(plans),
+        "orphans": [dict(o) for o in orphans],
     }
 
 
@@ -49,11 +50,12 @@ class JsonRenderer(Renderer):
         return dumps({"valid": True, "models": sorted(models), "providers": sorted(providers)})
 
     def plan(self, plans: Sequence[ModelPlan]) -> str:
-        return dumps(plan_document(plans))
+        return dumps(plan_document(plans, self.extras.orphans))
 
     def plan_failed(self, problems: Sequence[str]) -> str | None:
         # plan --output json prints its JSON whatever the exit code
-        return dumps({"format_version": FORMAT_VERSION, "models": [], "summary": {}, "errors": list(problems)})
+        doc = {"format_version": FORMAT_VERSION, "models": [], "summary": {}, "orphans": [], "errors": list(problems)}
+        return dumps(doc)
 
     def apply_planned(self, plans: Sequence[ModelPlan]) -> str | None:
         return None  # the plan is part of the one document printed at the end
@@ -63,7 +65,8 @@ class JsonRenderer(Renderer):
 
     def status(self, entries: Sequence[dict[str, Any]]) -> str:
         # "role": who wrote this view (design.md "Many writers"): the daemon says leader/standby
-        return dumps({"format_version": FORMAT_VERSION, "role": "cli", "models": list(entries)})
+        orphans = [dict(o) for o in self.extras.orphans]
+        return dumps({"format_version": FORMAT_VERSION, "role": "cli", "models": list(entries), "orphans": orphans})
 
     def status_failed(self, problems: Sequence[str]) -> str | None:
         # as plan: status --output json prints its JSON whatever the exit code

@@ -6,7 +6,7 @@ text whatever `--output` is, so that stdout holds one document a script can read
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
@@ -84,6 +84,22 @@ def render_status(entries: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def render_orphans(orphans: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The section after the plan or status table: records no manifest declares, and what to run."""
+    if not orphans:
+        return []
+    lines = ["", f"Orphans ({len(orphans)}): recorded, in no manifest any more (nothing is deleted at the provider):"]
+    width = max(len(str(o["name"])) for o in orphans)
+    for o in orphans:
+        last = f"{o['status']} {(o['last_training'] or '')[:16]}".rstrip()
+        if o.get("rename_to"):
+            what = f"looks renamed to {o['rename_to']}: run `{o['command']}`"
+        else:
+            what = f"`{o['command']}` drops its record"
+        lines.append(f"  {o['name']:<{width}}  {o['provider']:<10} {last}  {what}")
+    return lines
+
+
 def history_line(e: HistoryEvent) -> str:
     """`2024-05-01 12:00:00  triggered    spec-changed         3f2a...  message`."""
     at = e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "?"
@@ -99,7 +115,7 @@ class TextRenderer(Renderer):
         return f"{len(models)} models, {len(providers)} providers: valid"
 
     def plan(self, plans: Sequence[ModelPlan]) -> str:
-        return render_plan(plans)
+        return "\n".join([render_plan(plans), *render_orphans(self.extras.orphans)])
 
     def plan_failed(self, problems: Sequence[str]) -> str | None:
         return None  # main() says it on stderr, as for every other command
@@ -111,7 +127,7 @@ class TextRenderer(Renderer):
         return None  # the outcomes were said on stderr as they came
 
     def status(self, entries: Sequence[dict[str, Any]]) -> str:
-        return render_status(entries)
+        return "\n".join([render_status(entries), *render_orphans(self.extras.orphans)])
 
     def history(self, name: str, events: Sequence[HistoryEvent]) -> str | None:
         return "\n".join(history_line(e) for e in events) if events else None
@@ -167,6 +183,23 @@ def fresh_state_warning(url: str) -> str:
         f"warning: the state {url} was just created: on an ephemeral CI runner a local SQLite file "
         "forgets every training; use a shared state (--state postgresql://... or RECONCILER_STATE)"
     )
+
+
+def renamed_line(old: str, new: str, moved_events: int) -> str:
+    """`reconciler rename OLD NEW` succeeded (stdout)."""
+    return (
+        f"{old}: renamed to {new}; its record and {moved_events} history events moved (nothing changed at the provider)"
+    )
+
+
+def forgotten_line(name: str) -> str:
+    """`reconciler forget NAME` succeeded (stdout)."""
+    return f"{name}: record dropped; its history stays (nothing deleted at the provider)"
+
+
+def retried_line(name: str, attempts: int) -> str:
+    """`reconciler retry NAME` succeeded (stdout)."""
+    return f"{name}: retries re-armed ({attempts} failed attempts reset to 0); the next plan shows retry"
 
 
 def no_history_line(name: str) -> str:

@@ -108,6 +108,13 @@ class StateStore(ABC):
         `expected_version`; False (nothing written) otherwise."""
 
     @abstractmethod
+    async def move_if(self, old: str, expected_version: int, record: ModelRecord, *events: HistoryEvent) -> bool:
+        """Compare-and-set rename (`reconciler rename`): in one transaction remove `old`'s record
+        when its stored version is `expected_version`, write `record` under its own name only when
+        that name has no record, move `old`'s uploaded-file map along and append the events.
+        True and `record.version` set when written; False (nothing written) otherwise."""
+
+    @abstractmethod
     async def append(self, *events: HistoryEvent) -> None: ...
 
     @abstractmethod

@@ -84,6 +84,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE reconciler_models ADD COLUMN version integer NOT NULL DEFAULT 1",),
+    # Orphans and renames: which provider model a record is of (NULL in older records).
+    ("ALTER TABLE reconciler_models ADD COLUMN provider_model text",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -76,6 +76,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE models ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
+    # Orphans and renames: which provider model a record is of (NULL in older records).
+    ("ALTER TABLE models ADD COLUMN provider_model TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

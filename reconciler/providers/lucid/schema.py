@@ -46,4 +46,5 @@ LUCID = ProviderType(
     poll_interval=timedelta(seconds=60),
     training_timeout=timedelta(hours=24),  # [D] "minutes to hours"
     adapter="reconciler.providers.lucid.adapter:LucidAdapter",
+    identity_fields=("model_id",),
 )

@@ -61,4 +61,5 @@ PREDICTHQ = ProviderType(
     poll_interval=timedelta(seconds=30),
     training_timeout=timedelta(hours=6),  # [I] generous for "a few minutes"
     adapter="reconciler.providers.predicthq.adapter:PredictHQAdapter",
+    identity_fields=("model_id",),
 )

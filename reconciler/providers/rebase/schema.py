@@ -51,4 +51,5 @@ REBASE = ProviderType(
     poll_interval=timedelta(seconds=60),
     training_timeout=timedelta(hours=12),
     adapter="reconciler.providers.rebase.adapter:RebaseAdapter",
+    identity_fields=("site_id",),
 )

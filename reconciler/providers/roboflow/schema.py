@@ -37,4 +37,5 @@ ROBOFLOW = ProviderType(
     poll_interval=timedelta(seconds=30),
     training_timeout=timedelta(hours=24),
     adapter="reconciler.providers.roboflow.adapter:RoboflowAdapter",
+    identity_fields=("workspace", "project"),
 )
