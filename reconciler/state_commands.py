@@ -116,9 +116,9 @@ async def forget(
     """Drop the record of an orphan (its history stays); refused for a declared model."""
     if name in declared:
         raise RefusedError(
-            f"cannot forget {name}: it is still {_where(declared[name])}, and its record is what keeps it "
-            "from training again; forget drops only the record of a model no manifest declares: remove it "
-            "from the manifests first (nothing is deleted at the provider either way)"
+            f"cannot forget {name}: it is still {_where(declared[name])}; forget drops only the record of a "
+            "model no manifest declares (the record is what tells apply it is trained): remove it from the "
+            "manifests first (nothing is deleted at the provider either way)"
         )
     record = await state.get(name)
     if record is None:

@@ -162,6 +162,7 @@ async def test_existing_rows_get_version_1(state_url: str) -> None:
     prefix = "" if state_url.startswith("sqlite") else "reconciler_"
     statements = [
         f"ALTER TABLE {prefix}models DROP COLUMN version",
+        f"ALTER TABLE {prefix}models DROP COLUMN provider_model",  # a later migration's column
         f"UPDATE {prefix}meta SET value = '1' WHERE key = 'schema_version'",
     ]
     if state_url.startswith("sqlite"):

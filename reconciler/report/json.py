@@ -24,14 +24,17 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str)
 
 
-def plan_document(plans: Sequence[ModelPlan], orphans: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """`{"format_version", "models": [...], "summary": {action: count}, "orphans": [...]}`."""
-    return {
+def plan_document(plans: Sequence[ModelPlan], orphans: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """`{"format_version", "models": [...], "summary": {action: count}}`, and `"orphans": [...]`
+    when given (`plan`: records no manifest declares; `apply` does not list them)."""
+    doc: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "models": [plan_entry(p) for p in by_name(plans)],
         "summary": summarize(plans),
-        "orphans": [dict(o) for o in orphans],
     }
+    if orphans is not None:
+        doc["orphans"] = [dict(o) for o in orphans]
+    return doc
 
 
 def apply_document(run: ApplyRun) -> dict[str, Any]:
