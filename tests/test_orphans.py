@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import FAST_PROVIDER, Workspace, by_name, codes, roboflow_model, train_calls, write_text
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import RefusedError
@@ -123,6 +125,57 @@ def test_orphans_and_rename_candidates(tmp_path: Path) -> None:
     assert find_orphans(records, models, [kept]) == []
     # another provider instance is another provider model
     assert rename_candidates({OLD: record_of(new, OLD, provider="roboflow-eu")}, models, [new]) == {}
+
+
+def roboflow(name: str, project: str, provider: str = "roboflow") -> DesiredModel:
+    from reconciler.domain import Policy, Source
+    from reconciler.providers.roboflow.schema import RoboflowModel, RoboflowTraining
+
+    model, training = RoboflowModel(workspace="acme", project=project), RoboflowTraining(version=1)
+    return DesiredModel(
+        name, {}, provider, "roboflow", model, training, Policy(), "sha256:x", Source("m.yaml", 1), Path("."), "m.yaml"
+    )
+
+
+NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
+PROJECTS = st.sampled_from(["p1", "p2", "p3"])
+
+
+@given(
+    declared_models=st.dictionaries(NAMES, st.tuples(PROJECTS, st.sampled_from(["roboflow", "roboflow-eu"]))),
+    recorded=st.dictionaries(NAMES, st.tuples(PROJECTS, st.booleans(), st.integers(1, 28))),
+    selected=st.none() | st.sets(NAMES),
+)
+def test_orphans_properties(
+    declared_models: dict[str, tuple[str, str]],
+    recorded: dict[str, tuple[str, bool, int]],
+    selected: set[str] | None,
+) -> None:
+    models = {n: roboflow(n, project, provider) for n, (project, provider) in declared_models.items()}
+    records = {
+        n: record_of(
+            roboflow(n, project),
+            provider_model=None if old else f"acme/{project}",  # old records: identity from the spec
+            finished_at=datetime(2026, 1, day, tzinfo=UTC),
+        )
+        for n, (project, old, day) in recorded.items()
+    }
+    picked = None if selected is None else [m for n, m in models.items() if n in selected]
+    orphans = find_orphans(records, models, picked)
+    everything = find_orphans(records, models)
+    # an orphan is exactly a record no manifest declares, whatever the filter
+    assert {o.name for o in everything} == set(records) - set(models)
+    assert set(orphans) <= set(everything)
+    renames = rename_candidates(records, models, models.values())
+    for o in everything:
+        if o.rename_to is not None:
+            new = models[o.rename_to]
+            # only to a declared model without a record, of the same provider model
+            assert o.rename_to not in records and new.provider == records[o.name].provider
+            assert model_identity(new) == record_identity(records[o.name])
+            assert renames[o.rename_to] == o.name
+    if selected is not None:
+        assert all(o.rename_to in selected for o in orphans)
 
 
 # ====================================================================== the CLI against the sandbox
