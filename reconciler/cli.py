@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from reconciler.orphans import Orphan
     from reconciler.seams import Seams
     from reconciler.selectors import Requirement
+    from reconciler.state_commands import Edited
 
 T = TypeVar("T")
 
@@ -356,6 +357,18 @@ async def _orphans(engine: Engine, models: Sequence[DesiredModel], *, filtered: 
     return find_orphans(await engine.state.all(), engine.manifests.models, models if filtered else None)
 
 
+def _edit_state(
+    paths: tuple[str, ...], state: str | None, edit: Callable[..., Awaitable[Edited]], *names: str
+) -> Edited:
+    """Run one of `state_commands` on the manifests under `paths` and the state (no engine)."""
+
+    async def run() -> Edited:
+        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
+            return await edit(st, manifests.models, *names, git_commit=commit)
+
+    return _run(run())
+
+
 @cli.command()
 @click.argument("old")
 @click.argument("new")
@@ -369,12 +382,7 @@ def rename(old: str, new: str, paths: tuple[str, ...], state: str | None) -> Non
     from reconciler.report.commands import StateEditReport
     from reconciler.state_commands import rename as move
 
-    async def run() -> int:
-        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
-            edited = await move(st, manifests.models, old, new, git_commit=commit)
-        return StateEditReport().renamed(old, new, edited)
-
-    sys.exit(_run(run()))
+    sys.exit(StateEditReport().renamed(old, new, _edit_state(paths, state, move, old, new)))
 
 
 @cli.command()
@@ -387,12 +395,7 @@ def forget(name: str, paths: tuple[str, ...], state: str | None) -> None:
     from reconciler.report.commands import StateEditReport
     from reconciler.state_commands import forget as drop
 
-    async def run() -> int:
-        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
-            edited = await drop(st, manifests.models, name, git_commit=commit)
-        return StateEditReport().forgotten(name, edited)
-
-    sys.exit(_run(run()))
+    sys.exit(StateEditReport().forgotten(name, _edit_state(paths, state, drop, name)))
 
 
 @cli.command()
@@ -405,12 +408,7 @@ def retry(name: str, paths: tuple[str, ...], state: str | None) -> None:
     from reconciler.report.commands import StateEditReport
     from reconciler.state_commands import retry as rearm
 
-    async def run() -> int:
-        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
-            edited = await rearm(st, manifests.models, name, git_commit=commit)
-        return StateEditReport().retried(name, edited)
-
-    sys.exit(_run(run()))
+    sys.exit(StateEditReport().retried(name, _edit_state(paths, state, rearm, name)))
 
 
 @cli.command()

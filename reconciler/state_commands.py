@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import RefusedError
@@ -37,6 +38,10 @@ class Edited:
 
 def _where(model: DesiredModel) -> str:
     return f"declared at {model.source}"
+
+
+def _event(record: ModelRecord, event: str, reason: str, git_commit: str | None, **detail: Any) -> HistoryEvent:
+    return HistoryEvent(record.name, event, reason, record.fingerprint, detail, git_commit)
 
 
 def _running(record: ModelRecord) -> str:
@@ -83,15 +88,14 @@ async def rename(
         )
     history = await state.history(old)
     moved = dataclasses.replace(record, name=new, provider_model=record.provider_model or model_identity(target))
-    message = f"renamed from {old} to {new} by `reconciler rename`"
-    detail = {"from": old, "to": new, "message": message}
+    detail = {"from": old, "to": new, "message": f"renamed from {old} to {new} by `reconciler rename`"}
     events = [
         *(
             HistoryEvent(new, e.event, e.reason, e.fingerprint, {**e.detail, "renamed_from": old}, e.git_commit, e.at)
             for e in history
         ),
-        HistoryEvent(old, "renamed", "renamed-by-hand", record.fingerprint, detail, git_commit),
-        HistoryEvent(new, "renamed", "renamed-by-hand", record.fingerprint, detail, git_commit),
+        _event(record, "renamed", "renamed-by-hand", git_commit, **detail),
+        _event(moved, "renamed", "renamed-by-hand", git_commit, **detail),
     ]
     if not await state.move_if(old, record.version, moved, *events):
         raise RefusedError(await _lost_rename(state, old, new))
@@ -123,19 +127,16 @@ async def forget(
     record = await state.get(name)
     if record is None:
         raise RefusedError(f"cannot forget {name}: the state has no record of it; {LOOK}")
-    ev = HistoryEvent(
-        name,
+    ev = _event(
+        record,
         "forgotten",
         "forgotten-by-hand",
-        record.fingerprint,
-        {
-            "message": f"record dropped by `reconciler forget` (it was {record.status.value})",
-            "status": record.status.value,
-            "provider": record.provider,
-            "provider_model": record_identity(record),
-            "handle": record.handle,
-        },
         git_commit,
+        message=f"record dropped by `reconciler forget` (it was {record.status.value})",
+        status=record.status.value,
+        provider=record.provider,
+        provider_model=record_identity(record),
+        handle=record.handle,
     )
     if not await state.delete_if(name, record.version, ev):
         raise RefusedError(
@@ -174,17 +175,14 @@ async def retry(
     if problem:
         raise RefusedError(f"cannot retry {name}: {problem}; retry re-arms only a model whose retries are exhausted")
     armed = dataclasses.replace(record, attempts=0, next_attempt_at=None)
-    ev = HistoryEvent(
-        name,
+    ev = _event(
+        record,
         "rearmed",
         "retry-by-hand",
-        record.fingerprint,
-        {
-            "message": f"retries re-armed by `reconciler retry` after {record.attempts} failed attempts",
-            "attempts": record.attempts,
-            "max_retries": policy.max_retries,
-        },
         git_commit,
+        message=f"retries re-armed by `reconciler retry` after {record.attempts} failed attempts",
+        attempts=record.attempts,
+        max_retries=policy.max_retries,
     )
     if not await state.save_if(armed, record.version, ev):
         raise RefusedError(

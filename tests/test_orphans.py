@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pytest
-from helpers import FAST_PROVIDER, Workspace, by_name, codes, roboflow_model, train_calls, write_text
+from helpers import FAST_PROVIDER, Workspace, by_name, codes, roboflow_model, run_sql, train_calls, write_text
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,14 +50,6 @@ def trained(ws: Workspace, *models: str) -> None:
     assert res.code == 0, res.output
     code, doc = ws.plan_json()
     assert code == 0 and {m["action"] for m in doc["models"]} == {"none"}, doc
-
-
-def sql(ws: Workspace, statement: str) -> None:
-    conn = sqlite3.connect(ws.root / "state.db", isolation_level=None)
-    try:
-        conn.execute(statement)
-    finally:
-        conn.close()
 
 
 # ====================================================================== identity (pure)
@@ -246,7 +235,7 @@ def test_a_model_renamed_while_training_is_followed_to_its_end(workspace: Worksp
 def test_an_old_record_without_provider_model_is_still_hinted(workspace: Workspace) -> None:
     ws = workspace
     trained(ws, roboflow_model(OLD))
-    sql(ws, "UPDATE models SET provider_model = NULL")
+    run_sql(ws.state_url, "UPDATE models SET provider_model = NULL")
     manifests(ws, roboflow_model(NEW))
     _, doc = ws.plan_json()
     assert doc["orphans"][0]["rename_to"] == NEW
@@ -357,14 +346,6 @@ def test_a_filtered_plan_calls_no_declared_model_an_orphan(workspace: Workspace)
 # ====================================================================== many writers, both stores
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 def all_at_once(stores: list[StateStore], method: str) -> None:
     """Make each store's `method` wait until every store reached it: all read before any writes."""
     barrier = asyncio.Barrier(len(stores))
@@ -467,15 +448,7 @@ async def test_records_before_provider_model_read_back_as_none(state_url: str, t
         f"ALTER TABLE {prefix}models DROP COLUMN provider_model",
         f"UPDATE {prefix}meta SET value = '2' WHERE key = 'schema_version'",
     ]
-    if state_url.startswith("sqlite"):
-        conn = sqlite3.connect(state_url.removeprefix("sqlite:///"), isolation_level=None)
-        for statement in statements:
-            conn.execute(statement)
-        conn.close()
-    else:
-        with psycopg.connect(state_url, autocommit=True) as pg:
-            for statement in statements:
-                pg.execute(statement.encode())
+    run_sql(state_url, *statements)
     async with await open_state(state_url) as store:
         got = await store.get(OLD)
         assert got is not None and got.provider_model is None
