@@ -39,13 +39,24 @@ from reconciler.errors import (
     PermanentProviderError,
     ProviderError,
     RequestNotSentError,
+    SpecRefusedError,
     TemporaryProviderError,
 )
 from reconciler.orphans import model_identity, rename_candidates
-from reconciler.plan import Action, ModelPlan, Reason, count_in_flight, hint_renames, limit_concurrency, plan_model
+from reconciler.plan import (
+    Action,
+    ModelPlan,
+    Reason,
+    count_in_flight,
+    error_code,
+    hint_renames,
+    limit_concurrency,
+    plan_model,
+)
+from reconciler.providers.access import Access, where
 from reconciler.providers.base import ProviderAdapter, ProviderContext
 from reconciler.providers.catalog import adapter_class, base_urls, provider_type
-from reconciler.providers.origins import TrustPolicy, base_url_env, check_base_url
+from reconciler.providers.origins import TrustPolicy, base_url_env
 from reconciler.seams import Seams
 from reconciler.spec import ManifestSet
 from reconciler.state.base import StateStore
@@ -118,6 +129,7 @@ class Engine:
         self.endpoints = dict(endpoints or {})
         endpoint_urls = {t: url for t, (url, _) in self.endpoints.items()}
         self.trust = (trust or TrustPolicy.from_env(self.env, base_urls())).allowing(endpoint_urls)
+        self.access = Access(self.env, self.endpoints, self.trust)
         self.http_timeout = http_timeout
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
@@ -142,36 +154,21 @@ class Engine:
         self._adapters[provider] = adapter
         return adapter
 
-    def _where(self, cfg: ProviderConfig) -> str:
-        if cfg.source:
-            return f"Provider {cfg.name!r} ({cfg.source})"
-        users = [m for m in self.manifests.models.values() if m.provider == cfg.name]
-        used = f" used by {users[0].name!r} at {users[0].source}" if users else ""
-        return f"the default {cfg.type} provider{used}"
+    def _unusable(self, cfg: ProviderConfig, model: DesiredModel, exc: ConfigError) -> PermanentProviderError:
+        """`exc` (the provider instance cannot be used) said of `model`: its own name and place."""
+        problem = self.access.problem(cfg)
+        message = f"{where(cfg, [model])}: {problem}" if problem else str(exc)
+        return PermanentProviderError(message, provider=cfg.name, model=model.name)
 
     def _make_adapter(self, cfg: ProviderConfig) -> ProviderAdapter:
         from reconciler.providers.http import HttpClient
 
+        if problem := self.access.problem(cfg):
+            users = [m for m in self.manifests.models.values() if m.provider == cfg.name]
+            raise ConfigError(f"{where(cfg, users)}: {problem}")
         cls = adapter_class(cfg.type)
         ptype = provider_type(cfg.type)
-        env_url = self.env.get(base_url_env(cfg.type)) or None
-        base_url = cfg.base_url or env_url or ptype.default_base_url
-        key = self.env.get(cfg.api_key_env, "")
-        if cfg.type in self.endpoints:
-            base_url, key = self.endpoints[cfg.type]
-        if not base_url:
-            raise ConfigError(
-                f"{self._where(cfg)}: {cfg.type} has no public host; set base_url on a Provider manifest "
-                f"or {base_url_env(cfg.type)}=https://your-{cfg.type}-host"
-            )
-        problem = check_base_url(base_url, cfg.allow_insecure_http) or self.trust.base_url_problem(cfg.type, base_url)
-        if problem:
-            raise ConfigError(f"{self._where(cfg)}: {problem}")
-        if not key:
-            raise ConfigError(
-                f"{self._where(cfg)}: the environment variable {cfg.api_key_env} is not set; "
-                f"export it with the {cfg.type} API key (keys are never read from manifests)"
-            )
+        base_url, key = self.access.endpoint(cfg)
         http = HttpClient(
             cfg.name,
             base_url,
@@ -182,11 +179,12 @@ class Engine:
             timeout=self.http_timeout,
             retry=cls.retry,
             allowed_origins=self.trust.origins_for(cfg.type),
+            key_env=cfg.api_key_env,
             transport=self.seams.transport,
             sleep=self.seams.sleep,
             observers=self.seams.request_observers,
         )
-        return cls(ProviderContext(config=cfg, http=http, state=self.state, clock=self.clock))
+        return cls(ProviderContext(config=cfg, http=http, state=self.state, clock=self.clock, env=self.env))
 
     @property
     def settle_window(self) -> timedelta:
@@ -230,8 +228,9 @@ class Engine:
             try:
                 adapter = self.adapter(provider)
             except ConfigError as exc:
-                err = PermanentProviderError(str(exc), provider=provider)
-                return {m.name: err for m in ms}
+                # each model's error names that model, not the first one using the provider
+                cfg = self.provider_config(provider)
+                return {m.name: self._unusable(cfg, m, exc) for m in ms}
             found: dict[str, Observation | ProviderError]
             try:
                 found = dict(await adapter.observe_many(ms, dict(records)))
@@ -481,8 +480,11 @@ class Engine:
     ) -> TriggerOutcome:
         """Record why a trigger did not start a training. `sent=False`: the train call was never made."""
         exc = exc.with_model(p.name)
-        refused = isinstance(exc, PermanentProviderError)
-        not_executed = not sent or isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
+        # refused for the spec or its data (Lucid's 422): nothing trained, so no attempt is counted
+        # and no backoff set; the model is reported as an error with the provider's message
+        spec_refused = isinstance(exc, SpecRefusedError)
+        refused = isinstance(exc, PermanentProviderError) and not spec_refused
+        not_executed = not sent or spec_refused or isinstance(exc, RequestNotSentError) or exc.status in (409, 423, 429)
         if refused:
             # the provider said no: count it as a failed attempt, retried with backoff up to max_retries
             from reconciler.plan import retry_delay
@@ -493,12 +495,13 @@ class Engine:
                 attempts=intent.attempts + 1,
                 next_attempt_at=self.clock() + retry_delay(intent.attempts + 1, p.model.policy.retry_backoff),
             )
-            ev = self._event(p.name, "refused", type(exc).__name__, rec.fingerprint, message=str(exc))
+            ev = self._event(p.name, "refused", error_code(exc), rec.fingerprint, message=str(exc))
             p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
             return TriggerOutcome(p.name, False, str(exc), exc)
         if not_executed:
             # nothing started at the provider: forget the intent, plan again next time
-            ev = self._event(p.name, "not-started", type(exc).__name__, intent.fingerprint, message=str(exc))
+            event = "refused" if spec_refused else "not-started"
+            ev = self._event(p.name, event, error_code(exc), intent.fingerprint, message=str(exc))
             # only over our own intent: a newer record (another writer's) is never overwritten
             restored = dataclasses.replace(previous) if previous is not None else None
             p.record = await cas.write_after_call(self.state, p.name, intent.version, restored, ev)
@@ -508,7 +511,7 @@ class Engine:
             self._event(
                 p.name,
                 "unconfirmed",
-                type(exc).__name__,
+                error_code(exc),
                 intent.fingerprint,
                 message=str(exc) + "; the next run settles it by observing the provider",
             )

@@ -14,6 +14,7 @@
             ├── AuthError            401/403: the key is missing, wrong or lacks a scope
             ├── NotFoundError        404: the model/project/site does not exist at the provider
             ├── InvalidRequestError  400/422: the provider rejected what we sent
+            │   └── SpecRefusedError a train call refused for the spec or its data (Lucid's 422): not an attempt
             └── BadResponseError     the provider answered something we cannot read (HTML, truncated, wrong types)
 
 The split between temporary and permanent follows kopf: the engine retries or reschedules the
@@ -139,6 +140,12 @@ class NotFoundError(PermanentProviderError):
 
 class InvalidRequestError(PermanentProviderError):
     """The provider rejected the request as invalid."""
+
+
+class SpecRefusedError(InvalidRequestError):
+    """The provider refused a train call because of the spec or its data (Lucid: no data batch
+    carries the `data_tags`). Nothing trained and nothing failed: no attempt is counted and no
+    backoff set; the model is reported as an error until the manifest or the data changes."""
 
 
 class BadResponseError(PermanentProviderError):

@@ -149,18 +149,21 @@ def refresh(
     return rec, events
 
 
-def _error_reason(err: ProviderError) -> Reason:
+def error_code(err: ProviderError) -> str:
+    """The reason code of a provider error (design.md's vocabulary), for plans and history."""
     if isinstance(err, AuthError):
-        code = "auth-failed"
-    elif isinstance(err, NotFoundError):
-        code = "not-found"
-    elif isinstance(err, BadResponseError):
-        code = "bad-response"
-    elif isinstance(err, TemporaryProviderError):
-        code = "provider-unavailable"
-    else:
-        code = "provider-error"
-    return Reason(code, str(err))
+        return "auth-failed"
+    if isinstance(err, NotFoundError):
+        return "not-found"
+    if isinstance(err, BadResponseError):
+        return "bad-response"
+    if isinstance(err, TemporaryProviderError):
+        return "provider-unavailable"
+    return "provider-error"
+
+
+def _error_reason(err: ProviderError) -> Reason:
+    return Reason(error_code(err), str(err))
 
 
 def _drift(model: DesiredModel, rec: ModelRecord, obs: Observation, now: datetime) -> tuple[list[Reason], list[Change]]:

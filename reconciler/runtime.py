@@ -173,7 +173,6 @@ def build_engine(
     """
     from reconciler.engine import Engine
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
-    from reconciler.spec import git_commit
 
     policy = trust()
     endpoints = {}
@@ -185,7 +184,7 @@ def build_engine(
         manifests,
         state,
         env=os.environ,
-        git_commit=git_commit(paths_or_default(paths)),
+        git_commit=git_commit(paths_or_default(paths), os.environ),
         endpoints=endpoints,
         poll_interval=poll_override(sandbox),
         trust=policy,
@@ -219,16 +218,41 @@ async def session(
             await state.close()
 
 
+def git_commit(paths: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """The HEAD commit of the git repo holding the manifests, else the CI's commit variable (recorded in
+    history)."""
+    start = Path(paths[0]).resolve() if paths else Path.cwd()
+    d = start if start.is_dir() else start.parent
+    for cand in (d, *d.parents):
+        head = cand / ".git" / "HEAD"
+        if head.is_file():
+            try:
+                ref = head.read_text().strip()
+                if ref.startswith("ref: "):
+                    ref_path = cand / ".git" / ref[5:]
+                    if ref_path.is_file():
+                        return ref_path.read_text().strip()
+                    packed = cand / ".git" / "packed-refs"
+                    if packed.is_file():
+                        for line in packed.read_text().splitlines():
+                            if line.endswith(" " + ref[5:]):
+                                return line.split()[0]
+                    return None
+                return ref
+            except OSError:
+                return None
+    return env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA")
+
+
 @asynccontextmanager
 async def state_session(paths: Sequence[str], url: str) -> AsyncIterator[tuple[ManifestSet, StateStore, str | None]]:
     """Manifests, an open state and the manifests' git commit, for the commands that edit the
     state by hand (`rename`, `forget`, `retry`): no engine, nothing sent to a provider."""
-    from reconciler.spec import git_commit
     from reconciler.state import open_state
 
     manifests = load(paths)
     state = await open_state(url)
     try:
-        yield manifests, state, git_commit(paths_or_default(paths))
+        yield manifests, state, git_commit(paths_or_default(paths), os.environ)
     finally:
         await state.close()

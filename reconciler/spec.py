@@ -12,7 +12,6 @@ operator's `TrustPolicy` (built by `runtime` from the environment; this module n
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pydantic import (
 from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source
 from reconciler.errors import ManifestError, Problem
 from reconciler.providers.catalog import base_urls, known_types, provider_type
+from reconciler.providers.identity import provider_model_clashes
 from reconciler.providers.origins import TrustPolicy, check_base_url
 from reconciler.selectors import Requirement, matches
 from reconciler.values import Duration, Strict, fingerprint, spec_snapshot
@@ -444,6 +444,7 @@ def assemble(results: Sequence[FileResult]) -> tuple[ManifestSet, list[Problem]]
     used = {m.provider for m in models.values()}
     for name in [n for n, p in providers.items() if p.source is None and n not in used]:
         del providers[name]
+    problems.extend(provider_model_clashes(models.values(), providers))
     manifests = ManifestSet(models=models, providers=providers, files=[r.path for r in results])
     manifests.notices = replaced_defaults(providers.values())
     return manifests, problems
@@ -488,7 +489,8 @@ TIMESTAMP_PATTERN = (
 )
 SCHEMA_LIMITS = (
     "What a schema cannot express, and only `reconciler validate` checks: model and Provider names unique "
-    "across all files; a `provider` naming a Provider manifest in another file than the paths given to "
+    "across all files; one TrainedModel per provider model (workspace/project, model or site id) and "
+    "host; a `provider` naming a Provider manifest in another file than the paths given to "
     "`reconciler schema`; input_images globs matching 12-20 files inside the repository; base_url origins "
     "and api_key_env names the operator allows; start_date before end_date."
 )
@@ -569,28 +571,3 @@ def json_schema(paths: Iterable[str | Path] = ()) -> dict[str, Any]:
         }
     )
     return schema
-
-
-def git_commit(paths: Sequence[str]) -> str | None:
-    """The HEAD commit of the git repo holding the manifests, if any (recorded in history)."""
-    start = Path(paths[0]).resolve() if paths else Path.cwd()
-    d = start if start.is_dir() else start.parent
-    for cand in (d, *d.parents):
-        head = cand / ".git" / "HEAD"
-        if head.is_file():
-            try:
-                ref = head.read_text().strip()
-                if ref.startswith("ref: "):
-                    ref_path = cand / ".git" / ref[5:]
-                    if ref_path.is_file():
-                        return ref_path.read_text().strip()
-                    packed = cand / ".git" / "packed-refs"
-                    if packed.is_file():
-                        for line in packed.read_text().splitlines():
-                            if line.endswith(" " + ref[5:]):
-                                return line.split()[0]
-                    return None
-                return ref
-            except OSError:
-                return None
-    return os.environ.get("GITHUB_SHA") or os.environ.get("CI_COMMIT_SHA")

@@ -222,3 +222,12 @@ def test_shared_postgresql_state(workspace: Workspace, postgres_url: str) -> Non
     assert second.code == 0, second.output
     assert ws.story("hardhat-detector", env=env) == ["intent", "triggered", "succeeded"]
     assert len(train_paths(ws)) == 1
+
+
+def test_git_commit_outside_a_repository_comes_from_the_env_given(tmp_path: Path) -> None:
+    """Outside a git work tree the CI's commit variable names the commit, read from the env passed in."""
+    from reconciler.runtime import git_commit
+
+    assert git_commit([str(tmp_path)], {"GITHUB_SHA": "f00d"}) == "f00d"
+    assert git_commit([str(tmp_path)], {"CI_COMMIT_SHA": "beef"}) == "beef"
+    assert git_commit([str(tmp_path)], {}) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from helpers import Workspace, codes, one_simulator, train_calls, wait_until
 
 from reconciler import runtime
-from reconciler.providers.lucid.schema import LucidTraining
+from reconciler.providers.lucid.schema import LucidModel, LucidTraining
 from reconciler.sandbox.faults import Fault, LoggedRequest
 from reconciler.sandbox.lucid.simulator import LucidSimulator
 from reconciler.sandbox.lucid.validation import UNAUTHORIZED_BODY
@@ -248,6 +249,65 @@ def test_hostile_model_id_stays_in_the_query(workspace: Workspace) -> None:
     assert status.path == "/v1/recommender/status" and status.query == {"model_id": ["../x?y#z"]}
 
 
+def test_tags_matching_no_batch_are_an_error_not_a_training(workspace: Workspace) -> None:
+    """Lucid would answer 422: the spec or the data is wrong, so nothing is sent (issue 13)."""
+    ws = workspace
+    setup(ws, manifest(tags="[shop, nosuch]"))
+    code, entry = plan_entry(ws)
+    assert (code, entry["action"], codes(entry)) == (1, "error", ["provider-error"])
+    assert "no data batch carries every tag of data_tags ['nosuch', 'shop']" in entry["reasons"][0]["detail"]
+    for _ in range(2):  # every run says so; none calls train
+        applied = ws.run("apply")
+        assert applied.code == 1 and "data_tags" in applied.stdout, applied.output
+    assert trains(ws) == []
+    sim(ws).add_batch(["shop", "nosuch"])
+    assert plan_entry(ws)[1]["action"] == "train"
+
+
+def test_lucid_422_on_train_is_a_permanent_error_not_an_attempt(workspace: Workspace) -> None:
+    """The data goes away between observing and the train call: Lucid refuses it (422). That is
+    reported with Lucid's message; no attempt is counted and no backoff set (issue 13)."""
+    ws = workspace
+    setup(ws)
+    assert ws.run("apply", "--wait").code == 0
+    new = sim(ws).add_batch(["shop"])
+    code, entry = plan_entry(ws)
+    assert (code, entry["action"], codes(entry)) == (2, "train", ["data-changed"])
+
+    gate = helpers.Gate(ws.sandbox, ("lucid",), r"/train$")
+    result: list[helpers.CliResult] = []
+    try:
+        applying = threading.Thread(target=lambda: result.append(ws.run("apply")))
+        applying.start()
+        wait_until(lambda: gate.count("lucid"), 30, "the train call to reach Lucid")
+        for batch in [new, *sim(ws).batch_ids(["shop"])]:
+            sim(ws).remove_batch(batch)
+        gate.open()
+        applying.join(30)
+    finally:
+        gate.remove()
+    (applied,) = result
+    assert applied.code == 1, applied.output
+    assert trains(ws)[-1].status == 422
+    assert "shop-recs: not started" in applied.stderr
+    assert "HTTP 422: body.data_tags: no data batch matches all data_tags" in applied.stderr  # Lucid's words
+    refused = ws.events("shop-recs")[-1]
+    assert (refused["event"], refused["reason"]) == ("refused", "provider-error")
+    assert "no data batch matches all data_tags" in refused["detail"]["message"]
+
+    status = ws.run("status", "-o", "json")
+    (model,) = status.json()["models"]
+    last = model["last_training"]
+    assert (last["status"], last["attempts"], last["next_attempt_at"]) == ("succeeded", 0, None)
+    # the next runs report the missing data and call nothing
+    assert (status.code, model["action"], codes(model)) == (1, "error", ["provider-error"])
+    assert ws.run("apply").code == 1 and len(trains(ws)) == 2
+
+    sim(ws).add_batch(["shop"])  # the data is back: trains at once, no backoff to wait out
+    assert ws.run("apply").code == 0
+    assert trains(ws)[-1].status == 200
+
+
 def test_model_trained_by_hand_is_an_unknown_baseline(workspace: Workspace) -> None:
     ws = workspace
     setup(ws)
@@ -338,7 +398,14 @@ def test_sim_training_state_machine_and_status(sandbox: Sandbox) -> None:
     with api(sandbox) as c:
         assert c.get("/status", params={"model_id": "m1"}).status_code == 404
         assert c.get("/status").status_code == 422
-        assert c.post("/train", json={"model_id": "m1", "data_tags": ["nothing"]}).status_code == 422
+        refused = c.post("/train", json={"model_id": "m1", "data_tags": ["nothing"]})
+        assert refused.status_code == 422
+        assert refused.json() == {
+            "detail": [
+                {"loc": ["body", "data_tags"], "msg": "no data batch matches all data_tags", "type": "value_error"}
+            ]
+        }
+        assert c.get("/status", params={"model_id": "m1"}).status_code == 404  # nothing was started
         bad = c.post("/train", json={"model_id": "m1", "maximum_interaction_age_days": "30"})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "maximum_interaction_age_days"]
 
@@ -371,3 +438,33 @@ def test_sim_training_state_machine_and_status(sandbox: Sandbox) -> None:
         assert failed["status"] == "error" and failed["message"] == "bad data"
         # no data_tags: every batch
         assert failed["data_batch_ids"] == sim(sandbox).batch_ids()
+
+
+async def test_callback_url_comes_from_the_operator_env_given_to_the_adapter(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The providers layer never reads `os.environ`: the composition root hands the adapter its env."""
+    from reconciler.providers.base import ProviderContext
+    from reconciler.providers.http import HttpClient
+    from reconciler.providers.lucid.adapter import CALLBACK_ENV, LucidAdapter
+
+    (tmp_path / "provider.yaml").write_text(PROVIDER)
+    (tmp_path / "m.yaml").write_text(manifest())
+    loaded = load_manifests([tmp_path])
+    sim(sandbox).add_batch(["shop"])
+    monkeypatch.setenv(CALLBACK_ENV, "https://from-the-process-env.example/hook")
+    given = "https://given-by-the-runtime.example/hooks/lucid"
+    http = HttpClient(
+        "lucid",
+        sandbox.base_url("lucid"),
+        api_key=SANDBOX_API_KEYS["lucid"],
+        auth=LucidAdapter.auth,
+        requests_per_second=0,
+    )
+    adapter = LucidAdapter(ProviderContext(config=loaded.providers["lucid-test"], http=http, env={CALLBACK_ENV: given}))
+    try:
+        await adapter.train([loaded.models["shop-recs"].typed(LucidModel, LucidTraining)])
+    finally:
+        await http.aclose()
+    (call,) = train_calls(sandbox, "lucid", path=r"^/v1/recommender/train$")
+    assert call.json()["callback_url"] == given

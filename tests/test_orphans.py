@@ -346,17 +346,18 @@ def test_a_filtered_plan_calls_no_declared_model_an_orphan(workspace: Workspace)
 # ====================================================================== many writers, both stores
 
 
-def all_at_once(stores: list[StateStore], method: str) -> None:
-    """Make each store's `method` wait until every store reached it: all read before any writes."""
+def all_at_once(stores: list[StateStore], method: str, *methods: str) -> None:
+    """Make each store's write (`method`, or the store's own of `methods`) wait until every store
+    reached its own: all of them read before any writes."""
     barrier = asyncio.Barrier(len(stores))
-    for store in stores:
-        original: Callable[..., Awaitable[bool]] = getattr(store, method)
+    for store, name in zip(stores, [method, *methods] if methods else [method] * len(stores), strict=True):
+        original: Callable[..., Awaitable[bool]] = getattr(store, name)
 
         async def synced(*args: Any, _original: Callable[..., Awaitable[bool]] = original) -> bool:
             await barrier.wait()
             return await _original(*args)
 
-        setattr(store, method, synced)
+        setattr(store, name, synced)
 
 
 async def test_move_if_is_one_transaction_with_one_winner(state_url: str, tmp_path: Path) -> None:
@@ -388,12 +389,14 @@ async def test_move_if_is_one_transaction_with_one_winner(state_url: str, tmp_pa
 
 
 async def test_two_renames_at_once_one_wins_one_errors_cleanly(state_url: str, tmp_path: Path) -> None:
-    models = declared(tmp_path, roboflow_model(NEW), roboflow_model("other", project="hardhats", version=2))
+    # two checkouts (one provider model, one TrainedModel each: validate refuses two in one)
+    mine = declared(tmp_path / "a", roboflow_model(NEW))
+    theirs = declared(tmp_path / "b", roboflow_model("other", project="hardhats", version=2))
     async with await open_state(state_url) as a, await open_state(state_url) as b:
-        await a.save(record_of(models[NEW], OLD), HistoryEvent(OLD, "succeeded"))
+        await a.save(record_of(mine[NEW], OLD), HistoryEvent(OLD, "succeeded"))
         all_at_once([a, b], "move_if")
         results = await asyncio.gather(
-            rename(a, models, OLD, NEW), rename(b, models, OLD, "other"), return_exceptions=True
+            rename(a, mine, OLD, NEW), rename(b, theirs, OLD, "other"), return_exceptions=True
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         assert len(errors) == 1 and isinstance(errors[0], RefusedError), results
@@ -402,21 +405,20 @@ async def test_two_renames_at_once_one_wins_one_errors_cleanly(state_url: str, t
         assert await a.get(OLD) is None
         assert [e.event for e in await a.history(winner)] == ["succeeded", "renamed"]
         assert [e.event for e in await a.history(OLD)] == ["succeeded", "renamed"]
+        # the same rename twice at once: the loser says the new name got a record meanwhile
+        await a.save(record_of(mine[NEW], OLD))
+        target = "other" if winner == NEW else NEW
+        both = mine if target == NEW else theirs
+        again = await asyncio.gather(rename(a, both, OLD, target), rename(b, both, OLD, target), return_exceptions=True)
+        [lost] = [r for r in again if isinstance(r, BaseException)]
+        assert isinstance(lost, RefusedError) and f"{target} got a record meanwhile" in str(lost), again
 
 
 async def test_forget_and_rename_at_once(state_url: str, tmp_path: Path) -> None:
     models = declared(tmp_path, roboflow_model(NEW))
     async with await open_state(state_url) as a, await open_state(state_url) as b:
         await a.save(record_of(models[NEW], OLD))
-        barrier = asyncio.Barrier(2)
-        for store, method in ((a, "move_if"), (b, "delete_if")):
-            inner = getattr(store, method)
-
-            async def synced(*args: Any, _inner: Callable[..., Awaitable[bool]] = inner) -> bool:
-                await barrier.wait()
-                return await _inner(*args)
-
-            setattr(store, method, synced)
+        all_at_once([a, b], "move_if", "delete_if")
         results = await asyncio.gather(rename(a, models, OLD, NEW), forget(b, {}, OLD), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         assert len(errors) == 1 and isinstance(errors[0], RefusedError), results

@@ -54,7 +54,11 @@ def test_valid_manifest_loads_with_default_provider(tmp_path: Path) -> None:
 
 
 def test_files_found_recursively_multi_document(tmp_path: Path) -> None:
-    write(tmp_path, "deep/er/a.yml", GOOD + "---\n" + GOOD.replace("hardhat-detector", "second"))
+    write(
+        tmp_path,
+        "deep/er/a.yml",
+        GOOD + "---\n" + GOOD.replace("hardhat-detector", "second").replace("hardhats}", "second}"),
+    )
     write(tmp_path, "notes.txt", "not yaml: [")
     write(tmp_path, ".hidden/x.yaml", "garbage: [")
     ms = load_manifests([tmp_path])

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic
 from urllib.parse import quote
@@ -46,6 +46,9 @@ class ProviderContext:
     state: StateStore | None = None
     #: the engine's clock: an adapter that compares with "now" uses this, never the wall clock
     clock: Clock = utc_now
+    #: the operator's environment as the composition root read it (trusted, unlike manifests): an
+    #: adapter reads its operator settings here, never from `os.environ`
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class ProviderAdapter(ABC, Generic[M, T]):

@@ -149,10 +149,13 @@ class HttpClient:
         sleep: Sleep = asyncio.sleep,
         observers: Sequence[RequestObserver] = (),
         allowed_origins: Iterable[str] | None = None,
+        key_env: str = "",
     ) -> None:
         """`sleep` waits out retry backoff; `observers` are called after every HTTP exchange;
-        `allowed_origins` is where the key may be sent (default: the base URL's origin only)."""
+        `allowed_origins` is where the key may be sent (default: the base URL's origin only);
+        `key_env` names the variable the key came from, for the hint of a refused key."""
         self.provider = provider
+        self.key_env = key_env
         self.base_url = base_url.rstrip("/")
         self.allowed_origins = frozenset(allowed_origins or filter(None, [origin_or_none(base_url)]))
         self._key = api_key
@@ -211,7 +214,10 @@ class HttpClient:
         retry_after = parse_retry_after(resp.headers.get("retry-after"))
         kw: dict[str, Any] = {"provider": self.provider, "status": status, "retry_after": retry_after}
         if status in (401, 403):
-            return AuthError(f"{what}; check the key in the environment variable the Provider names", **kw)
+            where = (
+                f"the environment variable {self.key_env}" if self.key_env else "the key variable the Provider names"
+            )
+            return AuthError(f"{what.rstrip('.')}; check the key in {where} (missing, wrong, or lacking a scope)", **kw)
         if status == 404:
             return NotFoundError(f"{what}; check the model fields in the manifest", **kw)
         if status in (400, 422):

@@ -6,7 +6,6 @@ Validating manifests needs only this record (schemas, key variable, defaults, of
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,9 +50,15 @@ class ProviderType(Generic[M, T]):
     #: offline checks that read files beside the manifest (PhotoGPT's image glob), confined to the
     #: repository root (the last argument)
     check_local: Callable[[M, T, Path, Path], LocalProblems] | None = None
-    #: the `model` fields that name one model at the provider (Roboflow's workspace and project):
-    #: two TrainedModels with the same values are the same provider model; (): the whole `model`
+    #: the `model` fields that name the provider's model (Roboflow: workspace and project), in
+    #: order; () means every field of `model_schema`. Two TrainedModels with the same identity on
+    #: one provider host train the same model at the provider, which `validate` refuses.
     identity_fields: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.identity_fields if f not in self.model_schema.model_fields]
+        if unknown:
+            raise TypeError(f"{self.name}: identity_fields {unknown} are not fields of {self.model_schema.__name__}")
 
     @property
     def reads_local_files(self) -> bool:
@@ -61,12 +66,12 @@ class ProviderType(Generic[M, T]):
         return self.check_local is not None
 
     def model_identity(self, model: BaseModel) -> str:
-        """Which provider model a `model` block names, as text (`acme/hardhats`): equal for two
-        manifests (or a manifest and a record) that point at the same model at the provider."""
-        data = model.model_dump(mode="json")
-        if not self.identity_fields:
-            return json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return "/".join(str(data.get(name)) for name in self.identity_fields)
+        """The provider's model a `model` value names, as a stable string (`"acme/hardhats"`).
+
+        Made of the `identity_fields` values in order, joined by `/`: equal exactly when two
+        manifests name the same model at the provider (on the same host)."""
+        fields = self.identity_fields or tuple(self.model_schema.model_fields)
+        return "/".join(str(getattr(model, f)) for f in fields)
 
     def local_problems(self, model: Any, training: Any, manifest_dir: Path, root: Path) -> LocalProblems:
         """Problems `check_local` finds in files under `root` (none for types without local files)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.errors import ProviderError
 from reconciler.plan import Action, ModelPlan
 from reconciler.report.base import ApplyRun, Renderer
-from reconciler.report.views import ACTION_ORDER, QUEUED_NOTE, by_name, change_text, queued, summarize
+from reconciler.report.views import ACTION_ORDER, QUEUED_NOTE, by_name, change_text, event_reason, queued, summarize
 
 if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
@@ -105,7 +105,7 @@ def history_line(e: HistoryEvent) -> str:
     at = e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "?"
     msg = e.detail.get("message") or e.detail.get("detail") or ""
     commit = f" @{e.git_commit[:8]}" if e.git_commit else ""
-    return f"{at}  {e.event:<12} {e.reason:<20} {e.fingerprint[7:19]}{commit}  {msg}".rstrip()
+    return f"{at}  {e.event:<12} {event_reason(e):<20} {e.fingerprint[7:19]}{commit}  {msg}".rstrip()
 
 
 class TextRenderer(Renderer):
@@ -161,7 +161,13 @@ def adopted_by_hand_line(name: str) -> str:
 
 
 def not_succeeded_line(name: str, record: ModelRecord | None) -> str:
-    """A training `apply --wait` followed that did not succeed."""
+    """A training `apply --wait` followed that did not succeed, or is still running at --timeout."""
+    if record is not None and record.status.value in ("training", "intent"):
+        # not a failure: the wait ended first; nothing is started twice by waiting again
+        return (
+            f"{name}: still training when --timeout ran out; follow it with `reconciler status` "
+            "or `reconciler apply --wait` again"
+        )
     return f"{name}: training did not succeed ({record.status.value if record else 'unknown'})"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
-from reconciler.plan import Action, ModelPlan
+from reconciler.plan import Action, ModelPlan, error_code
 
 if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
@@ -111,12 +111,23 @@ def status_entry(p: ModelPlan) -> dict[str, Any]:
     return entry
 
 
+def event_reason(e: HistoryEvent) -> str:
+    """An event's reason code. Before reason codes, a refused or unconfirmed train call recorded
+    the error's class name (`TemporaryProviderError`): shown as its code, never as a class name."""
+    from reconciler import errors
+
+    cls = getattr(errors, e.reason, None) if e.reason.endswith("Error") else None
+    if isinstance(cls, type) and issubclass(cls, ProviderError):
+        return error_code(cls(""))
+    return e.reason
+
+
 def history_entry(e: HistoryEvent) -> dict[str, Any]:
     """One event of `history --output json`."""
     return {
         "at": e.at.isoformat() if e.at else None,
         "event": e.event,
-        "reason": e.reason,
+        "reason": event_reason(e),
         "fingerprint": e.fingerprint,
         "git_commit": e.git_commit,
         "detail": e.detail,

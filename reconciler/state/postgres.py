@@ -147,7 +147,7 @@ class PostgresStateStore(SQLStateStore):
         self.created = False  # shared state, never a fresh local file
         self._params = params
         self._where = _describe(params)
-        self._conn = conn
+        self._conn: _Conn = conn
         self._schema = schema
         # Keyed by schema: two deployments sharing a database in separate schemas do not collide.
         self._lock_key = _key(f"reconciler:{schema}")
@@ -307,20 +307,6 @@ class PostgresStateStore(SQLStateStore):
     def lease(self, holder: str) -> AdvisoryLease:
         """The leader lease: a session advisory lock on a dedicated, unpooled connection."""
         return AdvisoryLease(self, holder)
-
-    async def close(self) -> None:
-        """Release any lease still held and close the connections; safe to call twice."""
-        for lease in list(self._leases):
-            await lease.release()
-        if self._closed:
-            return
-        self._closed = True
-        async with self._mutex:
-            await self._conn.close()
-
-    async def ping(self) -> None:
-        """Raise StateError when the database cannot be reached."""
-        await self._fetchall("SELECT 1")
 
 
 class AdvisoryLease(Lease):

@@ -11,6 +11,7 @@ whether a row was touched, so the check and the write are one statement in one t
 
 from __future__ import annotations
 
+import asyncio
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,10 +65,30 @@ def record_status(value: str, name: str) -> RecordStatus:
 class SQLStateStore(StateStore):
     """Row mapping and the read/write entry points, over a dialect given by the subclass."""
 
+    #: set by the subclass: its connection, the mutex serialising its use, the leases it handed out
+    _conn: Any
+    _mutex: asyncio.Lock
+    _leases: set[Any]
+    _closed: bool
+
     TABLE_PREFIX: ClassVar[str] = ""
     PARAM: ClassVar[str] = "?"
     #: the placeholder of a JSON column (PostgreSQL casts text to jsonb)
     JSON_PARAM: ClassVar[str] = "?"
+
+    async def close(self) -> None:
+        """Release any lease still held and close the connection; safe to call twice."""
+        for lease in list(self._leases):
+            await lease.release()
+        if self._closed:
+            return
+        self._closed = True
+        async with self._mutex:
+            await self._conn.close()
+
+    async def ping(self) -> None:
+        """Raise StateError when the database cannot be read."""
+        await self._fetchall("SELECT 1")
 
     # -- the dialect -----------------------------------------------------------------------
 

@@ -128,7 +128,7 @@ class SQLiteStateStore(SQLStateStore):
         self.path = path
         self.url = f"sqlite:///{path}"
         self.created = created
-        self._conn = conn
+        self._conn: aiosqlite.Connection = conn
         # One connection: coroutines must not interleave statements of each other's transactions.
         self._mutex = asyncio.Lock()
         self._leases: set[FileLease] = set()
@@ -300,20 +300,6 @@ class SQLiteStateStore(SQLStateStore):
     def lease(self, holder: str) -> FileLease:
         """The leader lease: an flock on `<db>.lock`, so leadership is per machine."""
         return FileLease(self, self.path.with_name(self.path.name + ".lock"), holder)
-
-    async def close(self) -> None:
-        """Release any lease still held and close the database; safe to call twice."""
-        for lease in list(self._leases):
-            await lease.release()
-        if self._closed:
-            return
-        self._closed = True
-        async with self._mutex:
-            await self._conn.close()
-
-    async def ping(self) -> None:
-        """Raise StateError when the database cannot be read."""
-        await self._fetchall("SELECT 1")
 
 
 class FileLease(Lease):

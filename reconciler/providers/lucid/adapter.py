@@ -10,7 +10,10 @@ API used (kept in the constants below because several facts are inferred, see pr
   sharing the same `data_tags` share one batch query per `observe_many` call;
 - drift in data: the status object's `data_batch_ids` (the batches the model was trained on) [D]
   versus the current batches matching all `data_tags`;
-- train: `POST /v1/recommender/train` with a JSON body [D path in the guide; I method].
+- train: `POST /v1/recommender/train` with a JSON body [D path in the guide; I method]. A 422
+  (no data batch carries all `data_tags` [I]) is the spec's or the data's problem, not a failed
+  training: `SpecRefusedError`, never an attempt. Observing already reports a model whose tags
+  select no batch, so that call is not even made.
 
 Lucid does not echo `maximum_interaction_age_days`, `data_tags` or `data_filters` back [?], so
 those are known only from the state's record of the training reconciler started.
@@ -19,13 +22,12 @@ those are known only from the state's record of the training reconciler started.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from reconciler.domain import Observation, TrainingStatus, TrainResult
-from reconciler.errors import BadResponseError, NotFoundError, ProviderError
+from reconciler.errors import BadResponseError, InvalidRequestError, NotFoundError, ProviderError, SpecRefusedError
 from reconciler.providers.base import ProviderAdapter, read_time
 from reconciler.providers.lucid.schema import LUCID, LucidModel, LucidTraining
 from reconciler.providers.policy import Auth
@@ -128,10 +130,24 @@ class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
             else:
                 assert isinstance(current, list) and not isinstance(status, BaseException)
                 try:
-                    out[m.name] = self._observation(m, records.get(m.name), status, current)
+                    obs = self._observation(m, records.get(m.name), status, current)
                 except ProviderError as exc:
                     out[m.name] = exc.with_model(m.name)
+                    continue
+                # no batch carries its tags: Lucid would refuse a train call (422) [I], so the model
+                # is an error to fix (the data or data_tags), never a train that cannot start. A
+                # running training is still followed.
+                out[m.name] = self._no_data(m) if not current and not obs.in_flight else obs
         return out
+
+    def _no_data(self, m: DesiredModel[LucidModel, LucidTraining]) -> SpecRefusedError:
+        tags = f"carries every tag of data_tags {list(_tags(m))}" if _tags(m) else "exists"
+        return SpecRefusedError(
+            f"no data batch {tags}, so Lucid would refuse to train it (422); upload one "
+            f"(POST {self._path(DATA_BATCH_PATH)}) or change data_tags",
+            provider=self.config.name,
+            model=m.name,
+        )
 
     async def _status(self, m: DesiredModel[LucidModel, LucidTraining]) -> dict[str, Any] | None:
         """The model's status object, or None when Lucid does not know the model id."""
@@ -274,7 +290,7 @@ class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
 
     async def train(self, models: Sequence[DesiredModel[LucidModel, LucidTraining]]) -> dict[str, TrainResult]:
         """POST the training; reusing the model_id replaces that model once it completes [D]."""
-        callback = os.environ.get(CALLBACK_ENV) or None
+        callback = self.ctx.env.get(CALLBACK_ENV) or None
         results = {}
         for m in models:
             t = m.training
@@ -289,7 +305,20 @@ class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
                 }.items()
                 if v is not None
             }
-            resp = await self.http.request("POST", self._path(TRAIN_PATH), json_body=body, idempotent=False)
+            try:
+                resp = await self.http.request("POST", self._path(TRAIN_PATH), json_body=body, idempotent=False)
+            except InvalidRequestError as exc:
+                if exc.status != 422:
+                    raise
+                # [I] 422 (e.g. no data batch carries all data_tags): the spec or the data is
+                # wrong, not the training; reported with Lucid's words, never counted as an attempt
+                raise SpecRefusedError(
+                    f"{exc.message}; Lucid refused to train this spec: upload a data batch tagged with every "
+                    f"tag of data_tags {list(t.data_tags)} or change the manifest",
+                    provider=self.config.name,
+                    model=m.name,
+                    status=422,
+                ) from None
             message = "training started"
             try:
                 answer = resp.json_object()  # [I] the same object as status

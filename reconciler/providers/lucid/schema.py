@@ -41,10 +41,10 @@ LUCID = ProviderType(
     default_base_url=None,  # [D] per customer: https://<your-server>/v1/...
     model_schema=LucidModel,
     training_schema=LucidTraining,
+    identity_fields=("model_id",),  # [D] training with an existing model_id replaces that model
     max_concurrent_trainings=2,
     requests_per_second=5.0,  # [?] no documented rate limit
     poll_interval=timedelta(seconds=60),
     training_timeout=timedelta(hours=24),  # [D] "minutes to hours"
     adapter="reconciler.providers.lucid.adapter:LucidAdapter",
-    identity_fields=("model_id",),
 )

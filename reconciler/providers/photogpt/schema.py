@@ -36,10 +36,10 @@ PHOTOGPT = ProviderType(
     name="photogpt",
     model_schema=PhotoGPTModel,
     training_schema=PhotoGPTTraining,
+    identity_fields=("model_id",),
     key_env="PHOTOGPT_API_KEY",
     default_base_url="https://developer.photogptai.com/api",  # [D] includes /api
     adapter="reconciler.providers.photogpt.adapter:PhotoGPTAdapter",
-    identity_fields=("model_id",),
     #: [I] 429 "too many trainings running" has no documented number; the simulator's default is 1
     max_concurrent_trainings=1,
     requests_per_second=10.0,  # [?] no documented rate limit

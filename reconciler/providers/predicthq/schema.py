@@ -52,6 +52,7 @@ PREDICTHQ = ProviderType(
     default_base_url="https://api.predicthq.com",
     model_schema=PredictHQModel,
     training_schema=PredictHQTraining,
+    identity_fields=("model_id",),  # [D] the forecast model's id names it
     max_concurrent_trainings=2,
     # [D] the per-organisation rate depends on the plan and "keep concurrency low"; these are
     # conservative defaults a Provider manifest can raise [I]
@@ -61,5 +62,4 @@ PREDICTHQ = ProviderType(
     poll_interval=timedelta(seconds=30),
     training_timeout=timedelta(hours=6),  # [I] generous for "a few minutes"
     adapter="reconciler.providers.predicthq.adapter:PredictHQAdapter",
-    identity_fields=("model_id",),
 )

@@ -44,6 +44,7 @@ REBASE = ProviderType(
     default_base_url="https://api.rebase.energy",
     model_schema=RebaseModel,
     training_schema=RebaseTraining,
+    identity_fields=("site_id",),  # [D] a site's models are trained together, by site id
     # [?] no limits are documented: a batch train call counts one training per site here, so the
     # default allows a handful of sites in flight; a Provider manifest can change both.
     max_concurrent_trainings=10,
@@ -51,5 +52,4 @@ REBASE = ProviderType(
     poll_interval=timedelta(seconds=60),
     training_timeout=timedelta(hours=12),
     adapter="reconciler.providers.rebase.adapter:RebaseAdapter",
-    identity_fields=("site_id",),
 )

@@ -32,10 +32,11 @@ ROBOFLOW = ProviderType(
     default_base_url="https://api.roboflow.com",
     model_schema=RoboflowModel,
     training_schema=RoboflowTraining,
+    # [D] the project is the model; a version is its (immutable) dataset, a spec change like any other
+    identity_fields=("workspace", "project"),
     max_concurrent_trainings=2,
     requests_per_second=10.0,
     poll_interval=timedelta(seconds=30),
     training_timeout=timedelta(hours=24),
     adapter="reconciler.providers.roboflow.adapter:RoboflowAdapter",
-    identity_fields=("workspace", "project"),
 )
