@@ -71,6 +71,15 @@ _selectors = click.option(
     metavar="SELECTOR",
     help="only models whose labels match (kubectl's grammar: a=b,c!=d, 'k in (x,y)', !k; repeated: all must match)",
 )
+_max_trainings = click.option(
+    "--max-trainings",
+    "max_trainings",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="apply starts nothing when the plan would start more than N trainings "
+    "[default: RECONCILER_MAX_TRAININGS, else 20]",
+)
 _sandbox = click.option("--sandbox", is_flag=True, help="use in-process simulators of the providers (no keys needed)")
 # Kept so that existing scripts do not break: many writers share a state without a lock now
 # (compare-and-set on each record), so apply and adopt never wait; the value is checked, then ignored.
@@ -160,6 +169,7 @@ def validate(paths: tuple[str, ...], output: str, annotations: str | None) -> No
 @_plan_output
 @_state
 @_sandbox
+@_max_trainings
 @_annotations
 def plan(
     paths: tuple[str, ...],
@@ -168,6 +178,7 @@ def plan(
     output: str,
     state: str | None,
     sandbox: bool,
+    max_trainings: int | None,
     annotations: str | None,
 ) -> None:
     """Show what apply would do: exit 0 nothing to do, 2 would train, 1 error."""
@@ -180,6 +191,7 @@ def plan(
 
     async def run() -> int:
         try:
+            limit = runtime.max_trainings(max_trainings)
             async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
                 report.notices(manifests.notices)
                 models = manifests.select(targets, selector)
@@ -188,7 +200,7 @@ def plan(
                 report.state_opened(engine.state.url, engine.state.created)
         except ReconcilerError as exc:
             return report.failed(exc)
-        return report.planned(plans, orphans)
+        return report.planned(plans, orphans, max_trainings=limit)
 
     sys.exit(_run(run()))
 
@@ -201,6 +213,7 @@ def plan(
 @_state
 @_sandbox
 @_lock_timeout
+@_max_trainings
 @click.option("--wait", is_flag=True, help="follow the started trainings until they end")
 @click.option("--timeout", "timeout", default=None, help="with --wait: give up after this long (e.g. 2h)")
 @_annotations
@@ -212,11 +225,13 @@ def apply(
     state: str | None,
     sandbox: bool,
     lock_timeout: str,
+    max_trainings: int | None,
     wait: bool,
     timeout: str | None,
     annotations: str | None,
 ) -> None:
-    """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded)."""
+    """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded);
+    nothing starts when more than --max-trainings would."""
     from reconciler.domain import RecordStatus
     from reconciler.errors import ReconcilerError
     from reconciler.plan import Action
@@ -236,11 +251,12 @@ def apply(
             raise  # main() reports it
 
     async def applied() -> int:
+        limit = runtime.max_trainings(max_trainings)
         async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
             models = manifests.select(targets, selector)
             plans = await engine.plan(models)
             report.planned(plans)
-            result = await engine.apply(plans)
+            result = await engine.apply(plans, max_trainings=limit)
             report.applied(result)
             started = [n for n, o in result.outcomes.items() if o.started]
             # a training this state started before (a run that crashed or did not wait) is

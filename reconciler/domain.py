@@ -62,6 +62,8 @@ class ProviderConfig:
     poll_interval: timedelta
     allow_insecure_http: bool = False
     source: Source | None = None  # None for built-in defaults
+    #: the daily budget (design.md "Spend guards"); None: no budget
+    max_trainings_per_day: int | None = None
 
 
 @dataclass(frozen=True)

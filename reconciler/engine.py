@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from reconciler import cas
+from reconciler import budget, cas
 from reconciler.domain import (
     DesiredModel,
     HistoryEvent,
@@ -54,7 +54,7 @@ from reconciler.plan import (
     plan_model,
 )
 from reconciler.providers.access import Access, where
-from reconciler.providers.base import ProviderAdapter, ProviderContext
+from reconciler.providers.base import ProviderAdapter, ProviderContext, redacted, unexpected_error
 from reconciler.providers.catalog import adapter_class, base_urls, provider_type
 from reconciler.providers.origins import TrustPolicy, base_url_env
 from reconciler.seams import Seams
@@ -83,6 +83,9 @@ class TriggerOutcome:
     #: another writer changed the record first (or this daemon lost its leader lease): nothing
     #: was sent, not an error; the plan was made again and shows what that writer did
     superseded: bool = False
+    #: a spend guard was spent when the intent was written (another writer used the budget):
+    #: nothing was sent, not an error; the plan is now `hold budget`
+    over_budget: bool = False
 
 
 @dataclass
@@ -90,6 +93,8 @@ class ApplyResult:
     plans: list[ModelPlan]
     outcomes: dict[str, TriggerOutcome] = field(default_factory=dict)
     adopted: list[str] = field(default_factory=list)
+    #: `apply --max-trainings` refused the whole plan: nothing was written or started
+    refused: budget.BlastRadius | None = None
 
 
 ProgressCallback = Callable[[str, Observation | ProviderError, ModelRecord | None], None]
@@ -112,13 +117,15 @@ class Engine:
         trust: TrustPolicy | None = None,
         http_timeout: float = DEFAULT_HTTP_TIMEOUT,
         seams: Seams | None = None,
+        limits: budget.Limits | None = None,
     ) -> None:
         """`env` holds the provider key variables and `RECONCILER_<TYPE>_BASE_URL` (runtime passes
         the process environment; nothing else is read from it). `endpoints` maps a provider type
         to (base URL, key) that replace the configured ones: how `--sandbox` points every provider
         instance of a type at its simulator. `trust` (default: from `env`) is where keys may go,
         the endpoints' origins included. `seams` replaces the clock, backoff sleep, HTTP
-        transport, request observers and trigger-step hook (tests)."""
+        transport, request observers and trigger-step hook (tests). `limits`: who writes (apply or
+        daemon) and the daemon's hourly rate (`reconciler.budget`)."""
         self.manifests = manifests
         self.state = state
         self.env = dict(env or {})
@@ -131,6 +138,7 @@ class Engine:
         self.trust = (trust or TrustPolicy.from_env(self.env, base_urls())).allowing(endpoint_urls)
         self.access = Access(self.env, self.endpoints, self.trust)
         self.http_timeout = http_timeout
+        self.limits = limits or budget.Limits()
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
         self._train_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -266,6 +274,7 @@ class Engine:
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
         names = {p.name for p in plans}
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
+        await budget.hold_over_budget(self, plans)
         return plans
 
     def plan_one(
@@ -286,6 +295,7 @@ class Engine:
     async def replan(self, p: ModelPlan, why: str) -> None:
         """Another writer changed `p`'s record first: decide again, in place (see `cas.replan`)."""
         await cas.replan(self, p, why)
+        await budget.hold_over_budget(self, [p])
 
     # ------------------------------------------------------------------ apply
 
@@ -328,10 +338,15 @@ class Engine:
         ev = self._event(model.name, "adopted", reason, model.fingerprint, observed=obs.observed_training)
         return record if await self.state.save_if(record, expected_version, ev) else None
 
-    async def apply(self, plans: Sequence[ModelPlan], *, fence: Fence | None = None) -> ApplyResult:
+    async def apply(
+        self, plans: Sequence[ModelPlan], *, fence: Fence | None = None, max_trainings: int | None = None
+    ) -> ApplyResult:
         """Run the plan: persist refreshes, adopt where asked, trigger train/retry actions.
-        `fence` (the daemon's leader lease) is awaited before every trigger; False: trigger nothing."""
-        result = ApplyResult(list(plans))
+        `fence` (the daemon's leader lease) is awaited before every trigger; False: trigger nothing.
+        Plans that would start more than `max_trainings` are refused whole: nothing is written."""
+        result = ApplyResult(list(plans), refused=budget.refused_by_blast_radius(plans, max_trainings))
+        if result.refused is not None:
+            return result
         lost = await self.persist_refresh(plans)
         for p in plans:
             if p.action is Action.NONE and any(r.code == "will-adopt" for r in p.reasons) and p.observation:
@@ -406,9 +421,10 @@ class Engine:
                 reasons=[r.code for r in p.reasons],
                 provider_model=model_identity(m),
             )
-            won = await self.state.save_if(
+            won = await budget.write_intent(
+                self,
+                p,
                 intent,
-                p.record.version if p.record else None,
                 self._event(
                     m.name,
                     "intent",
@@ -422,11 +438,14 @@ class Engine:
             if won:
                 intents[m.name] = intent
                 plans.append(p)
-            else:  # another writer's intent (or outcome) came first: never train on this plan
+            else:  # another writer's intent (or outcome, or budget use) came first: never train on this plan
                 await self.replan(p, "its intent lost the compare-and-set")
-                outcomes.append(
-                    TriggerOutcome(p.name, False, f"{cas.LEFT_TO_OTHER}: now {p.action.value}", superseded=True)
-                )
+                if budget.over_budget(p):
+                    outcomes.append(TriggerOutcome(p.name, False, p.reasons[-1].detail, over_budget=True))
+                else:
+                    outcomes.append(
+                        TriggerOutcome(p.name, False, f"{cas.LEFT_TO_OTHER}: now {p.action.value}", superseded=True)
+                    )
         if not plans:
             return outcomes
         self.seams.on_step("after-intent")  # a crash point (CRASHPOINTS)
@@ -497,6 +516,7 @@ class Engine:
             )
             ev = self._event(p.name, "refused", error_code(exc), rec.fingerprint, message=str(exc))
             p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
+            await budget.release(self.state, intent)
             return TriggerOutcome(p.name, False, str(exc), exc)
         if not_executed:
             # nothing started at the provider: forget the intent, plan again next time
@@ -505,6 +525,7 @@ class Engine:
             # only over our own intent: a newer record (another writer's) is never overwritten
             restored = dataclasses.replace(previous) if previous is not None else None
             p.record = await cas.write_after_call(self.state, p.name, intent.version, restored, ev)
+            await budget.release(self.state, intent)
             return TriggerOutcome(p.name, False, str(exc), exc, held=exc.status == 429)
         # the request may have reached the provider: keep the intent; observing settles it
         await self.state.append(
@@ -558,32 +579,6 @@ class Engine:
         for n in pending:
             final[n] = await self.state.get(n)
         return final
-
-
-def unexpected_error(provider: str, doing: str, exc: Exception, redact: Callable[[str], str] = str) -> BadResponseError:
-    """An exception an adapter did not mean to raise, as a per-model error.
-
-    It comes from an answer the adapter could not read (wrong types, missing fields) or from a
-    bug: either way that provider's models are reported and the others go on. The traceback is
-    logged at debug level (-vv) only, so a provider answering garbage never prints one. `redact`
-    masks the key in the exception's text (it may quote the answer).
-    """
-    log.debug("%s: unexpected %s while %s", provider, type(exc).__name__, doing, exc_info=True)
-    return BadResponseError(
-        redact(f"unexpected answer while {doing} ({type(exc).__name__}: {exc}); run with -vv for the traceback"),
-        provider=provider,
-    )
-
-
-def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
-    """A copy of `obs` with the key masked in the provider's words (a provider may echo it back)."""
-    texts: dict[str, Any] = {
-        name: redact(value)
-        for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle")
-        if isinstance(value := getattr(obs, name), str)
-    }
-    texts["observed_training"] = {k: redact(v) if isinstance(v, str) else v for k, v in obs.observed_training.items()}
-    return dataclasses.replace(obs, **texts)
 
 
 __all__ = [

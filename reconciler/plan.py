@@ -2,14 +2,15 @@
 
 Nothing here does I/O or reads the clock; `now` is an argument. `refresh` folds what the provider
 shows into the record (a training ended, an intent reached the provider); `plan_model` decides;
-`limit_concurrency` turns trainings beyond a provider's `max_concurrent_trainings` into holds.
+`limit_concurrency` turns trainings beyond a provider's `max_concurrent_trainings` into holds, and
+`limit_budget` those beyond a spend guard (given the trainings already started).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -52,6 +53,7 @@ OTHER_REASONS = (
     "retries-exhausted",  # hold: policy.max_retries reached
     "concurrency-limit",  # hold: provider at max_concurrent_trainings
     "unconfirmed-intent",  # hold: a train call may have reached a provider we cannot observe
+    "budget",  # hold: a spend guard (max_trainings_per_day, --max-trainings-per-hour) is spent
     "will-adopt",  # none: on_unknown_baseline is adopt; apply records the provider's model
     "auth-failed",  # error: the key was refused
     "not-found",  # error: the model does not exist at the provider
@@ -80,6 +82,8 @@ class ModelPlan:
     error: ProviderError | None = None
     events: list[HistoryEvent] = field(default_factory=list)  # what `refresh` learned
     record_changed: bool = False
+    #: a hold that ends at a known time (a budget's next slot): look again then
+    not_before: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -415,3 +419,45 @@ def count_in_flight(plans: Iterable[ModelPlan]) -> dict[str, int]:
         if running:
             counts[p.model.provider] = counts.get(p.model.provider, 0) + 1
     return counts
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A spend guard: at most `limit` trainings started in any `window` (design.md "Spend guards")."""
+
+    limit: int
+    window: timedelta
+    #: the start times already recorded (those older than `window` before now do not count)
+    started: Sequence[datetime]
+    #: what is counted, for the detail: "at roboflow-prod in the last 24 h"
+    scope: str
+    #: how to raise it, for the detail: "raise max_trainings_per_day of Provider ..."
+    hint: str
+
+
+def limit_budget(
+    plans: Sequence[ModelPlan], budgets: Mapping[str, Budget], key: Callable[[ModelPlan], str], now: datetime
+) -> None:
+    """Hold trainings beyond their budget (in place, in name order): `key` says which of `budgets` a
+    plan spends from (none: unlimited). Each training allowed counts as started `now`."""
+    used: dict[str, list[datetime]] = {
+        k: sorted(t for t in b.started if now - b.window < t <= now) for k, b in budgets.items()
+    }
+    for p in sorted(plans, key=lambda p: p.name):
+        k = key(p)
+        if not p.triggers or k not in budgets:
+            continue
+        b, times = budgets[k], used[k]
+        if len(times) < b.limit:
+            times.append(now)
+            continue
+        # the next training is allowed once enough of these starts have left the window
+        nxt = times[len(times) - b.limit] + b.window
+        p.action, p.not_before = Action.HOLD, nxt
+        p.reasons.append(
+            Reason(
+                "budget",
+                f"{len(times)} trainings started {b.scope}, the limit is {b.limit}; the next one is allowed "
+                f"after {nxt.isoformat(timespec='seconds')}; {b.hint}",
+            )
+        )

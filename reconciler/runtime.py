@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from reconciler.budget import Limits
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
     from reconciler.providers.origins import TrustPolicy
@@ -34,6 +35,8 @@ POLL_INTERVAL_ENV = "RECONCILER_POLL_INTERVAL"
 SANDBOX_TRAINING_SECONDS_ENV = "RECONCILER_SANDBOX_TRAINING_SECONDS"
 #: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
 HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
+#: `apply --max-trainings` when the flag is not given (the blast radius of one commit).
+MAX_TRAININGS_ENV = "RECONCILER_MAX_TRAININGS"
 
 
 def state_url(flag: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -159,17 +162,38 @@ def http_timeout(env: Mapping[str, str] | None = None) -> float:
     return seconds
 
 
+def max_trainings(flag: int | None, env: Mapping[str, str] | None = None) -> int:
+    """`--max-trainings`, else `RECONCILER_MAX_TRAININGS`, else 20: the most trainings one apply starts."""
+    from reconciler.budget import DEFAULT_MAX_TRAININGS
+    from reconciler.errors import ConfigError
+
+    if flag is not None:
+        return flag
+    env = os.environ if env is None else env
+    text = env.get(MAX_TRAININGS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_TRAININGS
+    if not text.isdigit():
+        raise ConfigError(
+            f"{MAX_TRAININGS_ENV} must be a whole number of trainings (0 or more), got {text!r}; "
+            f"e.g. {MAX_TRAININGS_ENV}={DEFAULT_MAX_TRAININGS}"
+        )
+    return int(text)
+
+
 def build_engine(
     manifests: ManifestSet,
     state: StateStore,
     sandbox: Sandbox | None,
     paths: Sequence[str],
     seams: Seams | None = None,
+    limits: Limits | None = None,
 ) -> Engine:
     """The engine for these manifests and this state, pointed at the sandbox when it runs.
 
     It reads provider keys and base URLs from the process environment; `seams` (tests) replace
-    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook.
+    its clock, backoff sleep, HTTP transport, request observers and trigger-step hook; `limits`
+    (the daemon) say who writes and the hourly rate.
     """
     from reconciler.engine import Engine
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
@@ -190,6 +214,7 @@ def build_engine(
         trust=policy,
         http_timeout=http_timeout(),
         seams=seams,
+        limits=limits,
     )
 
 

@@ -71,6 +71,8 @@ class ProviderSpecBody(Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     max_concurrent_trainings: int | None = Field(default=None, ge=1, le=1000)
+    #: at most this many trainings started here in any 24 h, by all writers on the state
+    max_trainings_per_day: int | None = Field(default=None, ge=1, le=1_000_000)
     requests_per_second: float | None = Field(default=None, gt=0, le=10000)
     poll_interval: Duration | None = None
     allow_insecure_http: bool = False
@@ -338,6 +340,7 @@ def _add_provider(pm: ProviderManifest, doc: YamlDocument, result: FileResult, t
             base_url=pm.spec.base_url,
             api_key_env=pm.spec.api_key_env or ptype.key_env,
             max_concurrent_trainings=pm.spec.max_concurrent_trainings or ptype.max_concurrent_trainings,
+            max_trainings_per_day=pm.spec.max_trainings_per_day,
             requests_per_second=pm.spec.requests_per_second or ptype.requests_per_second,
             poll_interval=max(pm.spec.poll_interval or ptype.poll_interval, ptype.min_poll_interval),
             allow_insecure_http=pm.spec.allow_insecure_http,

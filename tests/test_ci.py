@@ -94,6 +94,18 @@ def test_markdown_plan_golden(models: dict[str, DesiredModel]) -> None:
     golden("plan-plain.md", render_markdown(sample(models)[3:4]))
 
 
+@pytest.mark.parametrize(("output", "suffix"), [("text", "txt"), ("json", "json"), ("markdown", "md")])
+def test_plan_over_max_trainings_golden(models: dict[str, DesiredModel], output: str, suffix: str) -> None:
+    """`plan` when apply would refuse (one training, `--max-trainings 0`): said above the text
+    table, as top-level `max_trainings` in JSON, as a quote in Markdown; nothing said within it."""
+    over = Captured()
+    assert PlanReport(output, over).planned(sample(models), max_trainings=0) == 1  # the sample has an error
+    golden(f"plan-max-trainings.{suffix}", over.stdout[0])
+    within = Captured()
+    PlanReport(output, within).planned(sample(models), max_trainings=1)
+    assert "would refuse" not in within.stdout[0] and "max_trainings" not in within.stdout[0]
+
+
 def test_markdown_stays_under_the_comment_limit(models: dict[str, DesiredModel]) -> None:
     many = [plan_of(models["alpha"], Action.TRAIN, Reason("never-trained", "x" * 500)) for _ in range(400)]
     doc = render_markdown(many)

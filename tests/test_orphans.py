@@ -24,6 +24,8 @@ from reconciler.orphans import find_orphans, model_identity, record_identity, re
 from reconciler.providers.catalog import CATALOG
 from reconciler.spec import load_manifests
 from reconciler.state import StateStore, open_state
+from reconciler.state.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from reconciler.state.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from reconciler.state_commands import forget, rename, retry
 
 PROVIDER = FAST_PROVIDER.replace("TYPE", "roboflow")
@@ -444,11 +446,12 @@ async def test_records_before_provider_model_read_back_as_none(state_url: str, t
     models = declared(tmp_path, roboflow_model(NEW))
     async with await open_state(state_url) as store:
         await store.save(record_of(models[NEW], OLD))
-    # back to the schema before provider_model (version 2)
+    # back to the schema before provider_model (the last migration, on both stores)
+    assert SQLITE_SCHEMA_VERSION == PG_SCHEMA_VERSION
     prefix = "" if state_url.startswith("sqlite") else "reconciler_"
     statements = [
         f"ALTER TABLE {prefix}models DROP COLUMN provider_model",
-        f"UPDATE {prefix}meta SET value = '2' WHERE key = 'schema_version'",
+        f"UPDATE {prefix}meta SET value = '{SQLITE_SCHEMA_VERSION - 1}' WHERE key = 'schema_version'",
     ]
     run_sql(state_url, *statements)
     async with await open_state(state_url) as store:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from reconciler.domain import DesiredModel, ModelRecord, Observation, Policy, RecordStatus, TrainingStatus
 from reconciler.errors import AuthError, NotFoundError, TemporaryProviderError
-from reconciler.plan import Action, ModelPlan, limit_concurrency, plan_model
+from reconciler.plan import Action, Budget, ModelPlan, limit_budget, limit_concurrency, plan_model
 from reconciler.report.exits import plan_exit_code as exit_code
 from reconciler.report.views import plan_entry
 from reconciler.spec import load_manifests
@@ -231,3 +231,31 @@ def test_concurrency_limit_is_respected(model: DesiredModel, n: int, limit: int,
     assert started == max(0, min(n, limit - running))
     held = [p for p in plans if p.action is Action.HOLD]
     assert all("concurrency-limit" in codes(p) for p in held)
+
+
+@given(
+    n=st.integers(0, 10),
+    limit=st.integers(1, 5),
+    ages=st.lists(st.integers(0, 48 * 60), max_size=8),  # minutes before now of earlier starts
+)
+def test_budget_is_never_exceeded_and_the_next_slot_is_when_the_window_allows(
+    model: DesiredModel, n: int, limit: int, ages: list[int]
+) -> None:
+    window = timedelta(hours=24)
+    started = [NOW - timedelta(minutes=a) for a in ages]
+    plans = [
+        plan_model(dataclasses.replace(model, name=f"m{i:02d}"), None, obs(TrainingStatus.NONE), NOW) for i in range(n)
+    ]
+    limit_budget(
+        plans, {"roboflow": Budget(limit, window, started, "at roboflow", "raise it")}, lambda p: "roboflow", NOW
+    )
+    inside = [t for t in started if NOW - window < t]
+    allowed = sum(p.triggers for p in plans)
+    assert allowed == max(0, min(n, limit - len(inside)))
+    everything = sorted([*inside, *[NOW] * allowed])
+    for p in plans:
+        if p.action is Action.HOLD:
+            assert codes(p) == ["never-trained", "budget"] and p.not_before is not None and p.not_before > NOW
+            # at the next slot, fewer than `limit` starts remain inside the window; just before, not
+            assert sum(1 for t in everything if p.not_before - window < t) < limit
+            assert sum(1 for t in everything if p.not_before - window - timedelta(seconds=1) < t) >= limit

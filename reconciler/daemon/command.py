@@ -36,6 +36,14 @@ def _duration(text: str, name: str) -> timedelta:
 @click.option("--resync", default="10m", show_default=True, help="full resync interval")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="host:port for health, metrics, webhooks")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--max-trainings-per-hour",
+    type=click.IntRange(min=1),
+    default=DaemonOptions.max_trainings_per_hour,
+    show_default=True,
+    metavar="N",
+    help="beyond N trainings started by the daemons in a rolling hour, models hold (reason budget)",
+)
 def daemon(
     paths: tuple[str, ...],
     state: str | None,
@@ -44,6 +52,7 @@ def daemon(
     resync: str,
     listen: str,
     log_format: str,
+    max_trainings_per_hour: int,
 ) -> None:
     """Watch the manifests and reconcile continuously; serve /healthz /readyz /metrics /status."""
     host, _, port = listen.rpartition(":")
@@ -58,5 +67,6 @@ def daemon(
         port=int(port),
         log_format=log_format,
         lock_timeout=_duration(lock_timeout, "--lock-timeout").total_seconds(),
+        max_trainings_per_hour=max_trainings_per_hour,
     )
     sys.exit(run_daemon(opts))

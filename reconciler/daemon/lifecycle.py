@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -78,8 +79,11 @@ class Daemon:
         *,
         redactor: Redactor | None = None,
         env: Mapping[str, str] | None = None,
+        seams: Seams | None = None,
     ) -> None:
+        """`seams` (tests) replace the engine's clock, transport and the rest (see `reconciler.seams`)."""
         self.opts = opts
+        self.seams = seams or Seams()
         self.env = env if env is not None else os.environ
         self.redactor = redactor or Redactor(self.env)
         self.webhook_secret = self.env.get(WEBHOOK_SECRET_ENV) or None
@@ -317,9 +321,13 @@ class Daemon:
             return
         assert self.state is not None
         old = self.engine
+        from reconciler.budget import Limits
+
         # the metrics observe every provider request through the engine's HTTP clients
-        seams = Seams(request_observers=(self.metrics.on_request,))
-        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams)
+        observers = (*self.seams.request_observers, self.metrics.on_request)
+        seams = dataclasses.replace(self.seams, request_observers=observers)
+        limits = Limits(writer="daemon", per_hour=self.opts.max_trainings_per_hour)
+        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams, limits)
         self._engine_stale = False
         if old is not None:
             await old.aclose()
@@ -391,7 +399,9 @@ class Daemon:
                 level = logging.WARNING if p.action is Action.ERROR else logging.INFO
                 log.log(level, "%s: %s (%s)", p.name, p.action.value, detail, extra={**fields, "reasons": codes})
             o = outcomes.get(p.name)
-            if o is not None and o.superseded:  # nothing sent: another writer, or the lease lost
+            if o is not None and o.over_budget:  # nothing sent: another writer spent the budget first
+                log.info("%s: held: %s", p.name, o.detail, extra={**fields, "outcome": "budget"})
+            elif o is not None and o.superseded:  # nothing sent: another writer, or the lease lost
                 log.info("%s: %s", p.name, o.detail, extra={**fields, "outcome": "superseded"})
                 if p.triggers and self.locked:
                     self.enqueue([p.name], "retry")

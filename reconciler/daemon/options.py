@@ -18,3 +18,5 @@ class DaemonOptions:
     port: int = 8080
     log_format: str = "text"  # "text" | "json"
     lock_timeout: float = 60.0  # accepted, ignored: a standby waits for the lease as long as it runs
+    #: hold (reason `budget`) beyond this many trainings started by the daemons in a rolling hour
+    max_trainings_per_hour: int = 20

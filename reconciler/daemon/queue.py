@@ -134,8 +134,11 @@ class Schedule:
         return [n for n in due if n in known]
 
     def schedule_wake(self, p: ModelPlan) -> None:
-        """Reconcile again when a backoff ends or retrain_after expires, not only at the next resync."""
+        """Reconcile again when a backoff or a spend guard's hold ends or retrain_after expires, not only at the next resync."""
         self.wake_at.pop(p.name, None)
+        if p.action is Action.HOLD and p.not_before is not None and p.not_before > utc_now():
+            self.wake_at[p.name] = p.not_before  # a spend guard's next slot (a record or not)
+            return
         rec = p.record
         if rec is None:
             return

@@ -11,8 +11,10 @@ retries, rate limits, error classification and secret redaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic
@@ -22,7 +24,7 @@ from pydantic import BaseModel
 from typing_extensions import TypeVar
 
 from reconciler.domain import Observation, TrainResult
-from reconciler.errors import ProviderError
+from reconciler.errors import BadResponseError, ProviderError
 from reconciler.providers.policy import Auth, RetryPolicy
 from reconciler.providers.provider_type import ProviderType
 from reconciler.seams import Clock
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord, ProviderConfig
     from reconciler.providers.http import HttpClient
     from reconciler.state.base import StateStore
+
+#: the engine's logger: an adapter's unexpected exception is logged where the engine reports it
+log = logging.getLogger("reconciler.engine")
 
 M = TypeVar("M", bound=BaseModel, default=BaseModel)
 T = TypeVar("T", bound=BaseModel, default=BaseModel)
@@ -130,3 +135,29 @@ def path_segment(value: str | int) -> str:
         # (httpx does it), which would climb out of the path: send them as %2E instead
         return segment.replace(".", "%2E")
     return segment
+
+
+def unexpected_error(provider: str, doing: str, exc: Exception, redact: Callable[[str], str] = str) -> BadResponseError:
+    """An exception an adapter did not mean to raise, as a per-model error.
+
+    It comes from an answer the adapter could not read (wrong types, missing fields) or from a
+    bug: either way that provider's models are reported and the others go on. The traceback is
+    logged at debug level (-vv) only, so a provider answering garbage never prints one. `redact`
+    masks the key in the exception's text (it may quote the answer).
+    """
+    log.debug("%s: unexpected %s while %s", provider, type(exc).__name__, doing, exc_info=True)
+    return BadResponseError(
+        redact(f"unexpected answer while {doing} ({type(exc).__name__}: {exc}); run with -vv for the traceback"),
+        provider=provider,
+    )
+
+
+def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
+    """A copy of `obs` with the key masked in the provider's words (a provider may echo it back)."""
+    texts: dict[str, Any] = {
+        name: redact(value)
+        for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle")
+        if isinstance(value := getattr(obs, name), str)
+    }
+    texts["observed_training"] = {k: redact(v) if isinstance(v, str) else v for k, v in obs.observed_training.items()}
+    return dataclasses.replace(obs, **texts)

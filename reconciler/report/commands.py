@@ -31,6 +31,7 @@ from reconciler.report.text import (
     not_succeeded_line,
     outcome_line,
     progress_line,
+    refused_line,
     renamed_line,
     retried_line,
 )
@@ -115,11 +116,18 @@ class ValidateReport(Report):
 class PlanReport(Report):
     """`plan`: the plan, exit 0/2/1."""
 
-    def planned(self, plans: Sequence[ModelPlan], orphans: Sequence[Orphan] = ()) -> int:
-        """Show the plan, then the orphans (they never change the exit code); its exit code."""
+    def planned(
+        self, plans: Sequence[ModelPlan], orphans: Sequence[Orphan] = (), *, max_trainings: int | None = None
+    ) -> int:
+        """Show the plan (and, when it would start more than `max_trainings`, that apply would refuse),
+        then the orphans (they never change the exit code); its exit code."""
+        from reconciler.budget import refused_by_blast_radius
         from reconciler.report.markdown import render_markdown
 
         self.orphans(orphans)
+        refusal = refused_by_blast_radius(plans, max_trainings)
+        if refusal is not None:
+            self.renderer.extras = dataclasses.replace(self.renderer.extras, max_trainings=refusal.as_json())
         self._out(self.renderer.plan(plans))
         self.annotate(plan_annotations(plans))
         if self.github.step_summary is not None:
@@ -166,6 +174,10 @@ class ApplyReport(Report):
     def applied(self, result: ApplyResult) -> None:
         """The triggers are done: say what each did, and which models were adopted."""
         self.result = result
+        if result.refused is not None:  # `apply --max-trainings`: nothing was started
+            self.renderer.extras = dataclasses.replace(self.renderer.extras, max_trainings=result.refused.as_json())
+            self.console.err(refused_line(result.refused))
+            self.annotate([Annotation("error", refused_line(result.refused))])
         self.annotate(plan_annotations(self.plans))
         for name, o in sorted(result.outcomes.items()):
             self.console.err(outcome_line(name, o))
@@ -196,7 +208,8 @@ class ApplyReport(Report):
         if self.github.step_summary is not None:
             self.summarize(render_apply_markdown(self.plans, outcomes, self.renderer.extras))
         self._out(self.renderer.applied(ApplyRun(self.plans, outcomes, self.final if self.wait else None)))
-        return exits.apply_exit_code(self.plans, outcomes.values(), self.followed_records)
+        refused = self.result is not None and self.result.refused is not None
+        return exits.apply_exit_code(self.plans, outcomes.values(), self.followed_records, refused=refused)
 
 
 class StatusReport(Report):

@@ -3,6 +3,7 @@
     validate     0 valid, 1 invalid (each problem on stderr, then "N problems found")
     plan         0 nothing to do, 2 something would train (also a wait with a spec change queued), 1 any error (Terraform's -detailed-exitcode)
     apply        0 every triggered training started (with --wait: succeeded) and no error, else 1
+                 (1 also when --max-trainings refused the plan: nothing started)
     status       1 when any model could not be observed, else 0
     history      1 when the text output has no event to show
     usage error  1, never 2, so that plan's 2 always means "would train"; Ctrl-C 130
@@ -51,15 +52,21 @@ def succeeded(record: ModelRecord | None) -> bool:
 
 
 def apply_exit_code(
-    plans: Iterable[ModelPlan], outcomes: Iterable[TriggerOutcome], followed: Iterable[ModelRecord | None] = ()
+    plans: Iterable[ModelPlan],
+    outcomes: Iterable[TriggerOutcome],
+    followed: Iterable[ModelRecord | None] = (),
+    *,
+    refused: bool = False,
 ) -> int:
-    """0 when no model errs, every trigger started (or the provider held it, or another writer had
-    it first), every followed training succeeded."""
+    """0 when no model errs, every trigger started (or the provider or a budget held it, or another
+    writer had it first), every followed training succeeded; 1 when `--max-trainings` refused."""
     from reconciler.plan import Action
 
+    if refused:
+        return FAILED
     errors = any(p.action is Action.ERROR for p in plans)
     # a training the provider refuses for now (429) is a hold, not a failure: the next run retries
-    triggered = all(o.started or o.held or o.superseded for o in outcomes)
+    triggered = all(o.started or o.held or o.superseded or o.over_budget for o in outcomes)
     return OK if not errors and triggered and all(succeeded(r) for r in followed) else FAILED
 
 

@@ -15,6 +15,7 @@ from reconciler.report.base import ApplyRun, Renderer
 from reconciler.report.views import ACTION_ORDER, QUEUED_NOTE, by_name, change_text, event_reason, queued, summarize
 
 if TYPE_CHECKING:
+    from reconciler.budget import BlastRadius
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
     from reconciler.engine import TriggerOutcome
 
@@ -115,7 +116,8 @@ class TextRenderer(Renderer):
         return f"{len(models)} models, {len(providers)} providers: valid"
 
     def plan(self, plans: Sequence[ModelPlan]) -> str:
-        return "\n".join([render_plan(plans), *render_orphans(self.extras.orphans)])
+        above = [blast_radius_line(self.extras.max_trainings)] if self.extras.max_trainings else []
+        return "\n".join([*above, render_plan(plans), *render_orphans(self.extras.orphans)])
 
     def plan_failed(self, problems: Sequence[str]) -> str | None:
         return None  # main() says it on stderr, as for every other command
@@ -145,9 +147,37 @@ def outcome_line(name: str, o: TriggerOutcome) -> str:
         if o.held
         else "left to another writer"
         if o.superseded
+        else "held: budget"
+        if o.over_budget
         else "not started"
     )
     return f"{name}: {verdict}" + (f" ({o.detail})" if o.detail and not o.started else "")
+
+
+def _trainings(n: int) -> str:
+    return f"{n} training" + ("" if n == 1 else "s")
+
+
+def _raise_hint(would_start: int) -> str:
+    return f"if that is meant, raise it: --max-trainings {would_start} or RECONCILER_MAX_TRAININGS={would_start}"
+
+
+def blast_radius_line(limit: Mapping[str, int]) -> str:
+    """Above plan's table when `apply` would refuse it (`--max-trainings`)."""
+    n = limit["would_start"]
+    return (
+        f"apply would refuse: this plan would start {_trainings(n)}, more than --max-trainings "
+        f"{limit['limit']}; {_raise_hint(n)}"
+    )
+
+
+def refused_line(refusal: BlastRadius) -> str:
+    """`apply` refused a plan that would start more than `--max-trainings` trainings."""
+    n = refusal.would_start
+    return (
+        f"apply refused: this plan would start {_trainings(n)}, more than --max-trainings {refusal.limit} "
+        f"(the blast radius of one commit); nothing was started; {_raise_hint(n)}"
+    )
 
 
 def adopted_line(name: str) -> str:

@@ -140,5 +140,6 @@ def outcome_entry(o: TriggerOutcome) -> dict[str, Any]:
         "started": o.started,
         "detail": o.detail,
         "ambiguous": o.ambiguous,
-        "held": o.held,
+        # held: nothing started, not an error (the provider's 429, or a budget spent meanwhile)
+        "held": o.held or o.over_budget,
     }

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any, ClassVar
@@ -43,6 +44,16 @@ def dump_json(value: Any, what: str) -> str:
         return json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise StateError(f"cannot store {what} in the state: {err}") from err
+
+
+@dataclass(frozen=True)
+class Start:
+    """One training a writer started (its intent), as the spend guards count them."""
+
+    provider: str  # the provider instance
+    model: str
+    writer: str  # "apply" or "daemon"
+    at: datetime
 
 
 class Lease(ABC):
@@ -97,6 +108,30 @@ class StateStore(ABC):
         only when the stored version is `expected_version` (None or 0: only when there is no
         record). True and `record.version` set when written; False when another writer changed it
         first, and then nothing is written."""
+
+    @abstractmethod
+    async def save_intent(
+        self,
+        record: ModelRecord,
+        expected_version: int | None,
+        *events: HistoryEvent,
+        writer: str,
+        daily_limit: int | None = None,
+    ) -> bool:
+        """`save_if` for an intent, which also records a training start of `record.provider` at
+        `record.triggered_at` (see `starts_since`), all in one transaction. With `daily_limit`, only
+        when fewer starts of that provider are recorded in the 24 h before `triggered_at`, counted
+        and inserted atomically across every writer. False: nothing written (the version changed,
+        or the budget is spent)."""
+
+    @abstractmethod
+    async def starts_since(self, since: datetime) -> list[Start]:
+        """The training starts recorded at or after `since`, oldest first (every writer's)."""
+
+    @abstractmethod
+    async def release_start(self, model: str, at: datetime) -> None:
+        """Forget the start `save_intent` recorded for `model` at `at`: its train call provably
+        started nothing (never sent, refused, 409/429), so it spends no budget."""
 
     @abstractmethod
     async def delete(self, name: str, *events: HistoryEvent) -> None:

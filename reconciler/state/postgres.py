@@ -84,8 +84,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE reconciler_models ADD COLUMN version integer NOT NULL DEFAULT 1",),
+    # Spend guards: every training a writer started, per provider instance (what budgets count);
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
+    (
+        """CREATE TABLE IF NOT EXISTS reconciler_starts (
+            id bigserial PRIMARY KEY,
+            provider text NOT NULL,
+            model text NOT NULL,
+            writer text NOT NULL,
+            at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS reconciler_starts_provider_at ON reconciler_starts (provider, at)",
+        "CREATE INDEX IF NOT EXISTS reconciler_starts_at ON reconciler_starts (at)",
+    ),
     # Orphans and renames: which provider model a record is of (NULL in older records).
-    ("ALTER TABLE reconciler_models ADD COLUMN provider_model text",),
+    ("ALTER TABLE reconciler_models ADD COLUMN IF NOT EXISTS provider_model text",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -217,6 +230,11 @@ class PostgresStateStore(SQLStateStore):
                     (str(SCHEMA_VERSION),),
                 )
         return str(schema)
+
+    def _budget_lock(self, provider: str) -> list[RowWrite]:
+        # READ COMMITTED alone would let two writers count the same starts: the advisory lock,
+        # held to the end of the transaction, makes count-and-insert one step per provider
+        return [RowWrite("SELECT pg_advisory_xact_lock(%s)", (_key(f"reconciler-budget:{self._schema}:{provider}"),))]
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -15,12 +15,12 @@ import asyncio
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import StateError
-from reconciler.state.base import StateStore, dump_json
+from reconciler.state.base import Start, StateStore, dump_json
 from reconciler.values import as_utc, utc_now
 
 RECORD_FIELDS = (
@@ -244,6 +244,63 @@ class SQLStateStore(StateStore):
         """Compare-and-set: write the record and append the events only when the stored version is
         `expected_version` (None or 0: only when there is no record). False: nothing written."""
         return await self._save(record, events, expected_version, conditional=True)
+
+    def _budget_lock(self, provider: str) -> list[RowWrite]:
+        """What makes counting a provider's starts and inserting one atomic across writers. SQLite:
+        nothing more, `BEGIN IMMEDIATE` already serialises every write transaction."""
+        return []
+
+    async def save_intent(
+        self,
+        record: ModelRecord,
+        expected_version: int | None,
+        *events: HistoryEvent,
+        writer: str,
+        daily_limit: int | None = None,
+    ) -> bool:
+        """Compare-and-set the intent and record its start in one transaction; with `daily_limit`,
+        only while the provider's starts in the last 24 h are fewer (see `StateStore.save_intent`)."""
+        assert record.triggered_at is not None, "an intent has its trigger time"
+        t, p = self._table("starts"), self.PARAM
+        at = self._time_in(as_utc(record.triggered_at))
+        writes: list[RowWrite] = []
+        if daily_limit is not None:
+            since = self._time_in(as_utc(record.triggered_at) - timedelta(hours=24))
+            writes += self._budget_lock(record.provider)
+            # a row only while the budget has room: `required` voids the transaction otherwise
+            writes.append(
+                RowWrite(
+                    f"SELECT 1 AS room WHERE (SELECT count(*) FROM {t} WHERE provider = {p} AND at > {p}) < {p}",
+                    (record.provider, since, daily_limit),
+                    required=True,
+                )
+            )
+        writes.append(self._record_write(record, expected_version, conditional=True))
+        writes.append(
+            RowWrite(
+                f"INSERT INTO {t} (provider, model, writer, at) VALUES ({p}, {p}, {p}, {p})",
+                (record.provider, record.name, writer, at),
+            )
+        )
+        written = await self._write(events, writes)
+        if written is None:
+            return False
+        record.version = int(written[len(writes) - 2]["version"])
+        return True
+
+    async def starts_since(self, since: datetime) -> list[Start]:
+        """Every writer's training starts at or after `since`, oldest first."""
+        rows = await self._fetchall(
+            f"SELECT provider, model, writer, at FROM {self._table('starts')} WHERE at >= {self.PARAM} ORDER BY at, id",
+            (self._time_in(as_utc(since)),),
+        )
+        return [Start(row["provider"], row["model"], row["writer"], self._time_out(row["at"])) for row in rows]
+
+    async def release_start(self, model: str, at: datetime) -> None:
+        """Forget a start whose train call provably started nothing."""
+        p = self.PARAM
+        sql = f"DELETE FROM {self._table('starts')} WHERE model = {p} AND at = {p}"
+        await self._write((), [RowWrite(sql, (model, self._time_in(as_utc(at))))])
 
     async def delete(self, name: str, *events: HistoryEvent) -> None:
         """Remove a model's record (history stays) and append the events, in one transaction."""

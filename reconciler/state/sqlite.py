@@ -76,6 +76,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # Many writers: every record write bumps the version; compare-and-set writes check it.
     ("ALTER TABLE models ADD COLUMN version INTEGER NOT NULL DEFAULT 1",),
+    # Spend guards: every training a writer started, per provider instance (what budgets count);
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
+    (
+        """CREATE TABLE IF NOT EXISTS starts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            writer TEXT NOT NULL,
+            at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS starts_provider_at ON starts (provider, at)",
+        "CREATE INDEX IF NOT EXISTS starts_at ON starts (at)",
+    ),
     # Orphans and renames: which provider model a record is of (NULL in older records).
     ("ALTER TABLE models ADD COLUMN provider_model TEXT",),
 )

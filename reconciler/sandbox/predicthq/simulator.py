@@ -316,7 +316,7 @@ class PredictHQSimulator(PredictHQState):
         status = self.readiness_status(m)
         if status in BUSY_STATUSES:
             raise state_conflict(status, "demand data upload")
-        rows = validate_demand(parse_demand_rows(req))
+        rows = validate_demand(parse_demand_rows(req), datetime.fromtimestamp(self.now(), tz=UTC).date())
         self._put_demand(model_id, rows)
         self.save()
         return SimResponse(201)

@@ -8,7 +8,7 @@ import io
 import json
 import math
 from collections.abc import Set
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from reconciler.sandbox.wire import SimHTTPError, SimRequest
@@ -125,9 +125,9 @@ def validate_model_body(
         elif key == "forecast_window":
             check_enum(errs, field, value, FORECAST_WINDOWS)
         elif key == "demand_type":
-            # [D] industry is optional; interval defaults to day
+            # [D] industry is optional (but not nullable); interval defaults to day
             if check_object(errs, field, value, set(value) if isinstance(value, dict) else set(), set()):
-                if value.get("industry") is not None:
+                if "industry" in value:
                     check_enum(errs, f"{field}.industry", value["industry"], INDUSTRIES)
                 if "interval" in value:
                     check_enum(errs, f"{field}.interval", value["interval"], INTERVALS)
@@ -277,8 +277,16 @@ def _number_or_text(value: str | None) -> Any:
         return value
 
 
-def validate_demand(rows: list[tuple[int, Any, Any]]) -> dict[str, float]:
-    """Daily rows with no duplicate dates, no missing values and numeric demand >= 0 [D guide]."""
+#: [I] the window of Beam's demand upload docs ("between 2017-01-01 and one year into the future
+#: from today's date"); the Forecasts docs give none
+EARLIEST_DEMAND_DATE = date(2017, 1, 1)
+DEMAND_DAYS_AHEAD = 365
+
+
+def validate_demand(rows: list[tuple[int, Any, Any]], today: date) -> dict[str, float]:
+    """Daily rows with no duplicate dates, no missing values and numeric demand >= 0 [D guide],
+    dated from EARLIEST_DEMAND_DATE to a year after `today` [I]."""
+    latest = today + timedelta(days=DEMAND_DAYS_AHEAD)
     errs = Invalid()
     if not rows:
         errs.add("body.demand", "List should have at least 1 item after validation, not 0", "too_short")
@@ -295,6 +303,9 @@ def validate_demand(rows: list[tuple[int, Any, Any]]) -> dict[str, float]:
             errs.add(f"{field}.date", "Field required", "missing")
         elif day is None:
             errs.add(f"{field}.date", "Input should be a valid date in the format YYYY-MM-DD", "date_parsing")
+        elif not EARLIEST_DEMAND_DATE <= day <= latest:
+            errs.add(f"{field}.date", f"Date should be between {EARLIEST_DEMAND_DATE} and {latest}", "value_error")
+            day = None
         if raw_demand is None:
             errs.add(f"{field}.demand", "Field required", "missing")
         elif isinstance(raw_demand, bool) or not isinstance(raw_demand, int | float) or not math.isfinite(raw_demand):
@@ -368,9 +379,9 @@ CREATE_UPDATE_FIELDS = frozenset(
 REPLACE_FIELDS = CREATE_UPDATE_FIELDS - {"generate_baseline"}
 
 #: [D] the nulls each request accepts: the spec's optional fields are nullable per request.
-#: Create: demand_type and label (external_id is a plain string there); replace: the optional
-#: model fields; update: every field but generate_baseline. A null in an update of a field the
-#: model always has (name, algo, forecast_window, location) changes nothing [I].
-CREATE_NULLABLE = frozenset({"demand_type", "label"})
+#: Create: none (CreateModelRequest has no `type: 'null'`); replace: the optional model fields;
+#: update: every field but generate_baseline. A null in an update of a field the model always
+#: has (name, algo, forecast_window, location) changes nothing [I].
+CREATE_NULLABLE: frozenset[str] = frozenset()
 REPLACE_NULLABLE = frozenset({"demand_type", "label", "external_id"})
 UPDATE_NULLABLE = REPLACE_NULLABLE | {"name", "algo", "forecast_window", "location"}
