@@ -231,17 +231,21 @@ def apply(
     annotations: str | None,
 ) -> None:
     """Trigger what plan shows as train/retry. Exit 0 when all started (with --wait: succeeded);
-    nothing starts when more than --max-trainings would."""
-    from reconciler.domain import RecordStatus
+    nothing starts when more than --max-trainings would.
+
+    With --wait, a model held at a provider's max_concurrent_trainings starts as a slot frees
+    (and counts towards --max-trainings)."""
     from reconciler.errors import ReconcilerError
-    from reconciler.plan import Action
     from reconciler.report.commands import ApplyReport
 
     url = runtime.state_url(state)
     selector = _selector(selectors)
     _duration(lock_timeout, "--lock-timeout")  # accepted, ignored: no lock to wait for
     wait_timeout = _duration(timeout, "--timeout") if timeout else None
-    report = ApplyReport(output, wait=wait, github=runtime.github(annotations))
+    terminal = runtime.live_terminal(sys.stderr) if wait else None
+    report = ApplyReport(
+        output, wait=wait, github=runtime.github(annotations), terminal=terminal, width=runtime.terminal_width()
+    )
 
     async def run() -> int:
         try:
@@ -256,19 +260,14 @@ def apply(
             models = manifests.select(targets, selector)
             plans = await engine.plan(models)
             report.planned(plans)
-            result = await engine.apply(plans, max_trainings=limit)
+            if not wait:
+                report.applied(await engine.apply(plans, max_trainings=limit))
+                return report.finish()
+            from reconciler import slots
+
+            result = await slots.apply(engine, plans, max_trainings=limit)
             report.applied(result)
-            started = [n for n, o in result.outcomes.items() if o.started]
-            # a training this state started before (a run that crashed or did not wait) is
-            # followed too: `--wait` means "until the trainings reconciler started have ended"
-            started += [
-                p.name
-                for p in plans
-                if p.action is Action.WAIT and p.record is not None and p.record.status is RecordStatus.TRAINING
-            ]
-            if wait and started:
-                final = await engine.follow(started, timeout=wait_timeout, on_progress=report.progress)
-                report.followed(started, final)
+            report.waited(await slots.wait_for_all(engine, plans, result, timeout=wait_timeout, listener=report))
             return report.finish()
 
     sys.exit(_run(run()))
@@ -437,23 +436,36 @@ def retry(name: str, paths: tuple[str, ...], state: str | None) -> None:
     type=click.Path(),
     help="where the simulated providers keep their world",
 )
-@click.option("--training-seconds", default=3.0, show_default=True, type=float)
+@click.option(
+    "--training-seconds",
+    default=None,
+    type=click.FloatRange(min=0),
+    help=f"how long a simulated training takes [default: ${runtime.SANDBOX_TRAINING_SECONDS_ENV} or 3]",
+)
 @click.option("--latency", default=0.0, show_default=True, type=float, help="seconds added to every request")
-def sandbox(port: int, directory: str, training_seconds: float, latency: float) -> None:
-    """Run simulators of all five provider APIs on 127.0.0.1 until interrupted."""
+def sandbox(port: int, directory: str, training_seconds: float | None, latency: float) -> None:
+    """Run simulators of all five provider APIs on 127.0.0.1 until interrupted; print the
+    `export` lines that point reconciler at them (and poll them every 0.5 s)."""
     import signal
     import threading
 
     from reconciler.sandbox.server import Sandbox
 
-    sb = Sandbox(Path(directory), port=port, training_seconds=training_seconds, latency=latency).start()
-    for k, v in sb.env().items():
-        click.echo(f"export {k}={v}")
-    click.echo(f"# request log and fault injection: {sb.url}/_sandbox/requests, {sb.url}/_sandbox/faults", err=True)
-    sys.stdout.flush()
+    seconds = runtime.sandbox_training_seconds(training_seconds)
+    # before the exports: whoever read them may stop us at once
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sb = Sandbox(Path(directory), port=port, training_seconds=seconds, latency=latency).start()
     try:
+        for k, v in runtime.sandbox_exports(sb).items():
+            click.echo(f"export {k}={v}")
+        control = f"{sb.url}/_sandbox"
+        click.echo(
+            f"# request log: {control}/requests; faults: POST/GET/DELETE {control}/faults "
+            "(DELETE also clears pending fail-next trainings)",
+            err=True,
+        )
+        sys.stdout.flush()
         stop.wait()
     except KeyboardInterrupt:
         pass

@@ -1,4 +1,4 @@
-"""The engine: observe concurrently, plan, run actions, follow trainings, record everything.
+"""The engine: observe concurrently, plan, run actions, record everything (`slots` follows trainings).
 
 `Engine` is used by the CLI (one pass) and the daemon (many passes). It owns one adapter per
 provider instance (with its HttpClient), reads for many models concurrently under each provider's
@@ -97,7 +97,6 @@ class ApplyResult:
     refused: budget.BlastRadius | None = None
 
 
-ProgressCallback = Callable[[str, Observation | ProviderError, ModelRecord | None], None]
 #: The leader's fence: proves its lease is still held, awaited before every trigger.
 Fence = Callable[[], Awaitable[bool]]
 
@@ -538,47 +537,6 @@ class Engine:
             )
         )
         return TriggerOutcome(p.name, False, str(exc), exc, ambiguous=True)
-
-    # ------------------------------------------------------------------ follow
-
-    async def follow(
-        self,
-        names: Sequence[str],
-        *,
-        timeout: timedelta | None = None,
-        on_progress: ProgressCallback | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> dict[str, ModelRecord | None]:
-        """Poll the named models until their trainings end (or `timeout`); record the outcomes."""
-        pending = {n for n in names if n in self.manifests.models}
-        deadline = self.clock() + timeout if timeout else None
-        final: dict[str, ModelRecord | None] = {}
-        while pending:
-            models = [self.manifests.models[n] for n in sorted(pending)]
-            plans = await self.plan(models)
-            await self.persist_refresh(plans)
-            for p in plans:
-                obs: Observation | ProviderError = p.error or p.observation  # type: ignore[assignment]
-                if on_progress:
-                    on_progress(p.name, obs, p.record)
-                rec = p.record
-                ended = rec is not None and rec.status in (
-                    RecordStatus.SUCCEEDED,
-                    RecordStatus.FAILED,
-                    RecordStatus.ADOPTED,
-                )
-                if ended or (p.action is Action.ERROR and isinstance(p.error, PermanentProviderError)):
-                    pending.discard(p.name)
-                    final[p.name] = rec
-            if not pending:
-                break
-            if deadline and self.clock() >= deadline:
-                break
-            interval = min(self.poll_interval(self.manifests.models[n].provider) for n in pending)
-            await sleep(interval.total_seconds())
-        for n in pending:
-            final[n] = await self.state.get(n)
-        return final
 
 
 __all__ = [

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from reconciler.budget import Limits
@@ -33,6 +33,9 @@ DEFAULT_PATHS = ("specs",)
 STATE_ENV = "RECONCILER_STATE"
 POLL_INTERVAL_ENV = "RECONCILER_POLL_INTERVAL"
 SANDBOX_TRAINING_SECONDS_ENV = "RECONCILER_SANDBOX_TRAINING_SECONDS"
+DEFAULT_SANDBOX_TRAINING_SECONDS = 3.0
+#: How often the sandbox's trainings are polled (`--sandbox`, and printed by `reconciler sandbox`).
+SANDBOX_POLL_INTERVAL = "0.5s"
 #: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
 HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
 #: `apply --max-trainings` when the flag is not given (the blast radius of one commit).
@@ -70,6 +73,22 @@ def github(flag: str | None, env: Mapping[str, str] | None = None) -> GitHub:
         workspace=Path(workspace) if workspace else None,
         step_summary=Path(summary) if summary else None,
     )
+
+
+def live_terminal(stream: TextIO, env: Mapping[str, str] | None = None) -> TextIO | None:
+    """`stream` when progress may be drawn on it in place: a terminal, outside CI, not TERM=dumb."""
+    env = os.environ if env is None else env
+    isatty = getattr(stream, "isatty", None)
+    if not callable(isatty) or not isatty() or env.get("CI") or env.get("TERM") == "dumb":
+        return None
+    return stream
+
+
+def terminal_width() -> int:
+    """The terminal's width in columns (`COLUMNS`, the terminal, else 80)."""
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def paths_or_default(paths: Sequence[str]) -> list[str]:
@@ -117,14 +136,42 @@ def sandbox_for(enabled: bool, url: str, env: Mapping[str, str] | None = None) -
         return
     from reconciler.sandbox.server import Sandbox
 
-    env = os.environ if env is None else env
-    seconds = float(env.get(SANDBOX_TRAINING_SECONDS_ENV, "3"))
-    sb = Sandbox(state_dir(url) / "sandbox", training_seconds=seconds)
+    sb = Sandbox(state_dir(url) / "sandbox", training_seconds=sandbox_training_seconds(None, env))
     sb.start()
     try:
         yield sb
     finally:
         sb.stop()
+
+
+def _setting(name: str, env: Mapping[str, str] | None) -> str:
+    """An operator variable's value, stripped ("" when unset); `env` defaults to the process's."""
+    return (os.environ if env is None else env).get(name, "").strip()
+
+
+def sandbox_training_seconds(flag: float | None, env: Mapping[str, str] | None = None) -> float:
+    """How long a simulated training takes: `--training-seconds`, else
+    `RECONCILER_SANDBOX_TRAINING_SECONDS`, else 3."""
+    from reconciler.errors import ConfigError
+
+    if flag is not None:
+        return flag
+    text = _setting(SANDBOX_TRAINING_SECONDS_ENV, env)
+    if not text:
+        return DEFAULT_SANDBOX_TRAINING_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise ConfigError(f"{SANDBOX_TRAINING_SECONDS_ENV} must be a number of seconds (>= 0), got {text!r}")
+    return seconds
+
+
+def sandbox_exports(sandbox: Sandbox) -> dict[str, str]:
+    """What `reconciler sandbox` prints as `export` lines: each type's base URL and key, and the
+    poll interval that suits trainings of seconds (the providers' own floors are 30 s to 5 min)."""
+    return {**sandbox.env(), POLL_INTERVAL_ENV: SANDBOX_POLL_INTERVAL}
 
 
 def poll_override(sandbox: Sandbox | None, env: Mapping[str, str] | None = None) -> timedelta | None:
@@ -134,7 +181,7 @@ def poll_override(sandbox: Sandbox | None, env: Mapping[str, str] | None = None)
     from reconciler.values import parse_duration
 
     env = os.environ if env is None else env
-    text = env.get(POLL_INTERVAL_ENV) or ("0.5s" if sandbox is not None else "")
+    text = env.get(POLL_INTERVAL_ENV) or (SANDBOX_POLL_INTERVAL if sandbox is not None else "")
     if not text:
         return None
     try:
@@ -169,8 +216,7 @@ def max_trainings(flag: int | None, env: Mapping[str, str] | None = None) -> int
 
     if flag is not None:
         return flag
-    env = os.environ if env is None else env
-    text = env.get(MAX_TRAININGS_ENV, "").strip()
+    text = _setting(MAX_TRAININGS_ENV, env)
     if not text:
         return DEFAULT_MAX_TRAININGS
     if not text.isdigit():

@@ -333,15 +333,17 @@ def test_terminated_sessions_make_the_leader_step_down_and_the_standby_take_over
     a, b = leader_and_standby(ws, postgres_url, daemons)
     write_model(ws.specs, 11)  # a drift, mid-run
     assert terminate_sessions(postgres_url, "daemon-a") >= 2  # its queries' session and its lease's
-    wait_for(lambda: "lost the leader lease" in a.stderr(), 10, "the old leader to log the lost lease")
-    wait_for(lambda: not ready(a), 5, "the old leader's /readyz to answer 503")
-    wait_for(lambda: ready(b), 15, "the standby to take over")
+    # generous waits: on a loaded 2-core host the processes are slow to be scheduled; the 15 s
+    # takeover figure itself is measured by benchmarks/failover.py
+    wait_for(lambda: "lost the leader lease" in a.stderr(), 30, "the old leader to log the lost lease")
+    wait_for(lambda: not ready(a), 15, "the old leader's /readyz to answer 503")
+    wait_for(lambda: ready(b), 30, "the standby to take over")
     assert role(b) == "leader" and role(a) == "standby"
-    wait_for(in_sync(sb, postgres_url, 11), 20, "the drift trained")
+    wait_for(in_sync(sb, postgres_url, 11), 60, "the drift trained")
     assert len(train_calls(sb, 11)) == 1
     # the old leader keeps standing by and triggers nothing; the next drift is the new leader's
     write_model(ws.specs, 12)
-    wait_for(in_sync(sb, postgres_url, 12), 20, "the next drift trained")
+    wait_for(in_sync(sb, postgres_url, 12), 60, "the next drift trained")
     assert len(train_calls(sb, 12)) == 1 and role(a) == "standby"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 import pytest
@@ -13,7 +14,7 @@ from test_plan import _model
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, Observation, RecordStatus, TrainingStatus
 from reconciler.engine import ApplyResult, TriggerOutcome
-from reconciler.errors import AuthError, ConfigError, ManifestError, Problem
+from reconciler.errors import AuthError, ConfigError, ManifestError, Problem, ProviderError
 from reconciler.plan import Action, ModelPlan, Reason
 from reconciler.report import FORMATS, renderer
 from reconciler.report.base import Console, Renderer
@@ -28,6 +29,7 @@ from reconciler.report.commands import (
 from reconciler.report.exits import apply_exit_code, plan_exit_code, status_exit_code
 from reconciler.report.failures import Failure, report_failure
 from reconciler.report.views import status_entry
+from reconciler.slots import Phase, Tick, WaitResult
 from reconciler.values import Change
 
 AT = datetime(2026, 3, 1, 9, 30, 5, tzinfo=UTC)
@@ -51,6 +53,18 @@ class Captured(Console):
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DesiredModel]:
     tmp = tmp_path_factory.mktemp("report")
     return {n: _model(tmp, n) for n in ("a", "bb", "hardhat-detector", "z-long-model-name")}
+
+
+def tick(
+    name: str,
+    phase: Phase,
+    observed: Observation | ProviderError | None,
+    rec: ModelRecord | None,
+    at: datetime = AT,
+    **kw: Any,
+) -> Tick:
+    """What `slots.wait_for_all` tells the report about one model in one round."""
+    return Tick(name, "roboflow", phase, at, observed, rec, **kw)
 
 
 def plan_of(m: DesiredModel, action: Action, *reasons: Reason, **kw: object) -> ModelPlan:
@@ -394,13 +408,13 @@ def test_apply_text_outcomes_progress_and_exit(models: dict[str, DesiredModel]) 
     assert con.stdout == [renderer("text").plan(plans)]
     report.applied(result)
     running = Observation(TrainingStatus.RUNNING, provider_state="training", progress=0.5)
-    report.progress("a", running, record("a", RecordStatus.TRAINING))
-    report.progress("a", running, record("a", RecordStatus.TRAINING))  # unchanged: not repeated
-    report.progress("a", Observation(TrainingStatus.RUNNING), None)
-    report.progress("a", AuthError("HTTP 401", provider="roboflow"), None)
+    report.ticks([tick("a", Phase.RUNNING, running, record("a", RecordStatus.TRAINING))])
+    report.ticks([tick("a", Phase.RUNNING, running, record("a", RecordStatus.TRAINING))])  # unchanged: not repeated
+    report.ticks([tick("a", Phase.RUNNING, Observation(TrainingStatus.RUNNING), None)])
+    report.ticks([tick("a", Phase.RUNNING, AuthError("HTTP 401", provider="roboflow"), None)])
     failed = record("a", RecordStatus.FAILED)
-    report.progress("a", Observation(TrainingStatus.FAILED, message="out of GPUs"), failed)
-    report.followed(["a"], {"a": failed})
+    report.ticks([tick("a", Phase.ENDED, Observation(TrainingStatus.FAILED, message="out of GPUs"), failed)])
+    report.waited(WaitResult(followed=["a"], final={"a": failed}))
     assert report.finish() == 1
     assert con.stderr == [
         "a: training started",

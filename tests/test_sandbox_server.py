@@ -369,7 +369,7 @@ def test_control_api(sandbox: Sandbox) -> None:
     assert status == 503 and headers["Retry-After"] == "1.5"
     status, faults = call_json("GET", f"{control}/faults")
     assert status == 200 and [f["times"] for f in faults] == [1]
-    assert call_json("DELETE", f"{control}/faults") == (200, {"cleared": 1})
+    assert call_json("DELETE", f"{control}/faults") == (200, {"cleared": 1, "faults": 1, "fail_next": 0})
     assert counter(sandbox) == 1  # the one POST above
 
     assert call_json("POST", f"{control}/faults", {"bogus": 1})[0] == 400
@@ -382,6 +382,11 @@ def test_control_api(sandbox: Sandbox) -> None:
     status, world = call_json("GET", f"{control}/echo/world")
     assert status == 200 and world["counter"] == 1
     assert world["_sandbox"]["fail_next"] == ["simulated failure"] * 2
+    # a pending fail-next is cleared with the faults, or on its own; it no longer fails a training
+    assert call_json("DELETE", f"{control}/faults") == (200, {"cleared": 2, "faults": 0, "fail_next": 2})
+    assert call_json("POST", f"{control}/echo/fail-next", {"n": 1}) == (200, {"pending": 1})
+    assert call_json("DELETE", f"{control}/echo/fail-next") == (200, {"cleared": 1, "pending": 0})
+    assert sandbox.sim("echo").new_training()["outcome"] == "succeeded"
     assert call_json("GET", f"{control}/nope")[0] == 404
     assert call_json("POST", f"{control}/nosuch/fail-next", {"n": 1})[0] == 404
     assert [e.path for e in sandbox.requests()] == ["/counter", "/counter"]  # control calls are not logged

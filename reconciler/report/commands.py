@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from reconciler.report import exits, renderer
 from reconciler.report.base import ApplyRun, Console
@@ -22,6 +22,7 @@ from reconciler.report.github import (
     plan_annotations,
     problem_annotations,
 )
+from reconciler.report.progress import Lines, LiveTable, Progress
 from reconciler.report.text import (
     adopted_by_hand_line,
     adopted_line,
@@ -30,7 +31,6 @@ from reconciler.report.text import (
     no_history_line,
     not_succeeded_line,
     outcome_line,
-    progress_line,
     refused_line,
     renamed_line,
     retried_line,
@@ -38,11 +38,12 @@ from reconciler.report.text import (
 from reconciler.report.views import by_name, status_entry
 
 if TYPE_CHECKING:
-    from reconciler.domain import HistoryEvent, ModelRecord, Observation
-    from reconciler.engine import ApplyResult
-    from reconciler.errors import ProviderError, ReconcilerError
+    from reconciler.domain import HistoryEvent, ModelRecord
+    from reconciler.engine import ApplyResult, TriggerOutcome
+    from reconciler.errors import ReconcilerError
     from reconciler.orphans import Orphan
     from reconciler.plan import ModelPlan
+    from reconciler.slots import Tick, WaitResult
     from reconciler.state_commands import Edited
 
 
@@ -156,7 +157,14 @@ class ApplyReport(Report):
     """`apply`: the plan first, each trigger's outcome as it comes, `--wait` progress, the result."""
 
     def __init__(
-        self, output: str = "text", console: Console | None = None, *, wait: bool = False, github: GitHub | None = None
+        self,
+        output: str = "text",
+        console: Console | None = None,
+        *,
+        wait: bool = False,
+        github: GitHub | None = None,
+        terminal: TextIO | None = None,
+        width: int = 80,
     ) -> None:
         super().__init__(output, console, github)
         self.wait = wait
@@ -164,7 +172,9 @@ class ApplyReport(Report):
         self.result: ApplyResult | None = None
         self.final: dict[str, ModelRecord | None] = {}
         self.followed_records: list[ModelRecord | None] = []
-        self._last_progress: dict[str, str] = {}
+        #: `--wait` progress: a live table on `terminal` (a TTY outside CI), else lines on stderr
+        self.view: Progress = LiveTable(terminal, width) if terminal is not None else Lines(self.console.err)
+        self._said: set[str] = set()
 
     def planned(self, plans: Sequence[ModelPlan]) -> None:
         """The plan about to be applied."""
@@ -184,12 +194,25 @@ class ApplyReport(Report):
         for name in result.adopted:
             self.console.err(adopted_line(name))
 
-    def progress(self, name: str, obs: Observation | ProviderError, record: ModelRecord | None) -> None:
-        """`engine.follow`'s callback: a line each time a training's state changes."""
-        line = progress_line(obs, record)
-        if self._last_progress.get(name) != line:
-            self._last_progress[name] = line
-            self.console.err(f"{name}: {line}")
+    def ticks(self, ticks: Sequence[Tick]) -> None:
+        """`slots.wait_for_all`'s listener: where every model in play is, once per round."""
+        self.view.ticks(ticks)
+
+    def started(self, outcome: TriggerOutcome) -> None:
+        """`slots.wait_for_all`'s listener: a held model's trigger, made as a slot freed."""
+        self._said.add(outcome.name)
+        self.view.note(outcome_line(outcome.name, outcome))
+
+    def waited(self, waited: WaitResult) -> None:
+        """`--wait` is over: the outcomes of the models started (or never started) while waiting,
+        then the followed trainings that did not succeed."""
+        self.view.close()
+        if self.result is not None:
+            self.result.outcomes.update(waited.outcomes)
+        for name, o in sorted(waited.outcomes.items()):
+            if name not in self._said:
+                self.console.err(outcome_line(name, o))
+        self.followed(waited.followed, waited.final)
 
     def followed(self, names: Sequence[str], final: Mapping[str, ModelRecord | None]) -> None:
         """The followed trainings are over (or the timeout came): name those that did not succeed."""

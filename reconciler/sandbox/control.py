@@ -40,6 +40,8 @@ class ControlledSandbox(Protocol):
 
     def clear_faults(self) -> None: ...
 
+    def clear_failures(self) -> int: ...
+
     def faults(self) -> list[Fault]: ...
 
 
@@ -51,8 +53,10 @@ class ControlAPI:
     DELETE /_sandbox/requests          -> {"cleared": n}
     GET /_sandbox/faults               -> [Fault as JSON]
     POST /_sandbox/faults              -> 201 (body: Fault fields as JSON)
-    DELETE /_sandbox/faults            -> {"cleared": n}
+    DELETE /_sandbox/faults            -> {"cleared": n, "faults": n, "fail_next": n}: every
+                                          pending fault, and every simulator's pending fail-next
     POST /_sandbox/{type}/fail-next    -> {"pending": n} (body: {"n": 1, "message"?: str})
+    DELETE /_sandbox/{type}/fail-next  -> {"cleared": n, "pending": 0}
     GET /_sandbox/{type}/world         -> the simulator's world
     """
 
@@ -95,7 +99,9 @@ class ControlAPI:
                 if method == "DELETE":
                     count = len(sb.faults())
                     sb.clear_faults()
-                    return SimResponse(200, {"cleared": count})
+                    # a fail-next is a fault too, and it persists with the world across restarts
+                    failures = sb.clear_failures()
+                    return SimResponse(200, {"cleared": count + failures, "faults": count, "fail_next": failures})
             if len(parts) == 2 and parts[0] in sb.served:
                 sim = sb.sim(parts[0])
                 if parts[1] == "fail-next" and method == "POST":
@@ -107,6 +113,8 @@ class ControlAPI:
                     with sim.transaction(save=False) as world:
                         pending = len(world.get("_sandbox", {}).get("fail_next", []))
                     return SimResponse(200, {"pending": pending})
+                if parts[1] == "fail-next" and method == "DELETE":
+                    return SimResponse(200, {"cleared": sim.clear_failures(), "pending": 0})
                 if parts[1] == "world" and method == "GET":
                     with sim.transaction(save=False) as world:
                         return SimResponse(200, json.loads(json.dumps(world)))

@@ -379,6 +379,11 @@ class Sandbox:
         with self._lock:
             self._faults.clear()
 
+    def clear_failures(self) -> int:
+        """Drop every simulator's pending `fail_next_trainings` (kept in the worlds' files, so
+        they outlive a restart); how many were pending."""
+        return sum(self.sim(t).clear_failures() for t in self.served)
+
     def faults(self) -> list[Fault]:
         """The pending faults."""
         with self._lock:

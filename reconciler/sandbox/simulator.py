@@ -215,6 +215,11 @@ class Simulator:
         with self.transaction():
             self._meta().setdefault("fail_next", []).extend([message] * n)
 
+    def clear_failures(self) -> int:
+        """Drop the pending `fail_next_trainings` entries (they persist with the world); how many."""
+        with self.transaction():
+            return len(self._meta().pop("fail_next", None) or [])
+
     def take_failure(self) -> str | None:
         """Consume one pending `fail_next_trainings` entry: its message, or None."""
         pending = self._meta().get("fail_next") or []
