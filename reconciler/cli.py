@@ -7,7 +7,7 @@ httpx, the engine, the renderers) are imported inside commands, so `--help` is f
 
 from __future__ import annotations
 
-import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from reconciler import runtime
+from reconciler import __version__, runtime
 from reconciler.report import formats
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ def _seams() -> Seams | None:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # here, not at the top: `validate` and `--version` never need it (start-up time)
+
     return asyncio.run(coro)
 
 
@@ -119,7 +121,9 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name=runtime.DISTRIBUTION)
+# the version from the package, not its installed metadata: reading that loads importlib.metadata
+# and scans every installed distribution (start-up time); a test checks that both agree
+@click.version_option(__version__, package_name=runtime.DISTRIBUTION)
 @click.option("-v", "--verbose", count=True, help="more log lines on stderr")
 def cli(verbose: int) -> None:
     """Keep hosted model trainings in the state your YAML manifests declare."""
@@ -479,7 +483,7 @@ def schema(paths: tuple[str, ...]) -> None:
     """Print the JSON Schema of manifests (for yaml-language-server and editors); Provider manifests
     under PATHS give their names their type's model/training fields."""
     from reconciler.report.json import dumps
-    from reconciler.spec import json_schema
+    from reconciler.schema import json_schema
 
     click.echo(dumps(json_schema(paths)))
 
@@ -492,6 +496,9 @@ def main(argv: Sequence[str] | None = None, *, seams: Seams | None = None) -> No
     """
     from reconciler.report.failures import STOPS, report_failure
 
+    # no pydantic plugins (entry points) in this process: looking them up scans every installed
+    # distribution at the first schema (start-up time); setting the variable turns them back on
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         # click hands `obj` to every command's context: how `_seams()` finds it
         cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, obj=seams)

@@ -12,6 +12,7 @@ use them without importing another layer.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypeVar
 
 from reconciler.values import Change, Duration, Strict, spec_snapshot
+from reconciler.values import fingerprint as spec_fingerprint
 
 #: a provider type's `model` and `training` schemas; unparametrised, any schema
 M = TypeVar("M", bound=BaseModel, covariant=True, default=BaseModel)
@@ -81,7 +83,6 @@ class DesiredModel(Generic[M, T]):
     model: M
     training: T
     policy: Policy
-    fingerprint: str
     source: Source
     manifest_dir: Path
     file: str
@@ -92,6 +93,11 @@ class DesiredModel(Generic[M, T]):
     def snapshot(self) -> dict[str, Any]:
         """The normalised spec the fingerprint covers: recorded with each training."""
         return spec_snapshot(self.provider_type, self.model, self.training)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the normalised spec; computed on first use (validate never needs it)."""
+        return spec_fingerprint(self.snapshot)
 
     def typed(self, model: type[M2], training: type[T2]) -> DesiredModel[M2, T2]:
         """This model with its schemas' types, for code that holds one provider's adapter.

@@ -101,7 +101,9 @@ Timestamp = Annotated[
 class Strict(BaseModel):
     """Base for manifest schemas: unknown fields and wrong types are errors, not coercions."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # defer_build: a schema is built when first used, so a run that reads one provider type does
+    # not pay for the others (start-up time)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 # ---------------------------------------------------------------- fingerprint and changes

@@ -124,7 +124,16 @@ def roboflow(name: str, project: str, provider: str = "roboflow") -> DesiredMode
 
     model, training = RoboflowModel(workspace="acme", project=project), RoboflowTraining(version=1)
     return DesiredModel(
-        name, {}, provider, "roboflow", model, training, Policy(), "sha256:x", Source("m.yaml", 1), Path("."), "m.yaml"
+        name=name,
+        labels={},
+        provider=provider,
+        provider_type="roboflow",
+        model=model,
+        training=training,
+        policy=Policy(),
+        source=Source("m.yaml", 1),
+        manifest_dir=Path("."),
+        file="m.yaml",
     )
 
 

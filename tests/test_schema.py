@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from reconciler.cli import cli
 from reconciler.errors import ManifestError
-from reconciler.spec import DURATION_PATTERN, TIMESTAMP_PATTERN, json_schema, load_manifests
+from reconciler.schema import DURATION_PATTERN, TIMESTAMP_PATTERN, json_schema
+from reconciler.spec import load_manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

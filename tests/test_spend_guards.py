@@ -309,7 +309,7 @@ async def test_a_train_call_that_started_nothing_spends_no_budget(tmp_path: Path
 
 
 def test_provider_schema_has_max_trainings_per_day(tmp_path: Path) -> None:
-    from reconciler.spec import json_schema
+    from reconciler.schema import json_schema
 
     prop = json_schema()["$defs"]["ProviderSpecBody"]["properties"]["max_trainings_per_day"]
     assert prop["anyOf"][0]["minimum"] == 1

@@ -45,9 +45,13 @@ def provider_model_clashes(models: Iterable[DesiredModel], providers: Mapping[st
     records a spec never trained. Called once every document is parsed (a cross-document check).
     """
     groups: dict[tuple[str, str, str], list[DesiredModel]] = {}
+    hosts: dict[str, str] = {}  # per provider instance, not per model: parsing a URL 10,000 times shows
     for m in models:
         pc = providers[m.provider]
-        key = (pc.type, provider_host(pc), provider_type(pc.type).model_identity(m.model))
+        host = hosts.get(m.provider)
+        if host is None:
+            host = hosts[m.provider] = provider_host(pc)
+        key = (pc.type, host, provider_type(pc.type).model_identity(m.model))
         groups.setdefault(key, []).append(m)
     problems: list[Problem] = []
     for (type_name, host, identity), group in groups.items():

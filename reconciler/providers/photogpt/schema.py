@@ -7,7 +7,6 @@ from pathlib import Path
 
 from pydantic import Field
 
-from reconciler.providers.photogpt.images import scan_images
 from reconciler.providers.provider_type import LocalProblems, ProviderType
 from reconciler.values import Strict
 
@@ -28,6 +27,9 @@ class PhotoGPTTraining(Strict):
 
 def check_local(model: PhotoGPTModel, training: PhotoGPTTraining, manifest_dir: Path, root: Path) -> LocalProblems:
     """The glob must match 12-20 distinct accepted images of at most 20 MB each, inside `root`."""
+    # imported here: only a run that reads PhotoGPT manifests walks images (start-up time)
+    from reconciler.providers.photogpt.images import scan_images
+
     _, problems = scan_images(training.input_images, manifest_dir, root)
     return [(("training", "input_images"), p) for p in problems]
 

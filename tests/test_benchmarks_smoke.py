@@ -1,0 +1,35 @@
+"""The benchmarks run at a small N: their code paths, never their timings (those are printed
+beside their targets by the scripts themselves)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from helpers import ROOT
+
+
+def benchmark(name: str) -> ModuleType:
+    """`benchmarks/<name>.py` as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_validate_scale_at_small_n(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bench = benchmark("validate_scale")
+    # the generated manifests are valid (the CLI must exit 0 on them) and name each model once
+    written = bench.generate(tmp_path, 2, 5)
+    assert bench.compose_floor(written) > 0
+    figures = bench.run(files=2, docs=5, rounds=1)
+    assert set(figures) == {"validate", "floor", "ratio", "version", "single"}
+    out = capsys.readouterr().out
+    for label in ("validate wall", "floor: C-loader compose", "validate / floor", "start-up --version"):
+        assert label in out and "target" in out
+    assert "10 TrainedModels (2 files x 5 documents)" in out
