@@ -276,9 +276,10 @@ class Engine:
         now = self.clock()
         plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
         # a model without a record, at the provider model of an orphan's record: hint the rename
-        if any(m.name not in records for m in models):
-            every = records if len(models) > FEW_RECORDS else await self.state.all()
-            hint_renames(plans, rename_candidates(every, self.manifests.models, models))
+        if unrecorded := [m for m in models if m.name not in records]:
+            if len(models) <= FEW_RECORDS:  # only the records that could be theirs
+                records = {**await self.state.of_provider_models({model_identity(m) for m in unrecorded}), **records}
+            hint_renames(plans, rename_candidates(records, self.manifests.models, models))
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
         names = {p.name for p in plans}
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))

@@ -471,3 +471,13 @@ async def test_records_before_provider_model_read_back_as_none(state_url: str, t
         assert edited.record.provider_model == "acme/hardhats"
         moved = await store.get(NEW)
         assert moved is not None and moved.provider_model == "acme/hardhats"
+
+
+async def test_of_provider_models_reads_only_the_records_that_could_be_renamed(state_url: str, tmp_path: Path) -> None:
+    models = declared(tmp_path, roboflow_model(NEW), forklifts())
+    async with await open_state(state_url) as store:
+        await store.save(record_of(models[NEW], OLD))
+        await store.save(record_of(models["forklift-detector"]))
+        await store.save(record_of(models[NEW], "older", provider_model=None))
+        assert set(await store.of_provider_models({"acme/hardhats"})) == {OLD, "older"}
+        assert set(await store.of_provider_models(set())) == {"older"}

@@ -14,7 +14,7 @@ import enum
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -115,6 +115,11 @@ class StateStore(ABC):
 
     @abstractmethod
     async def all(self) -> dict[str, ModelRecord]: ...
+
+    @abstractmethod
+    async def of_provider_models(self, identities: Collection[str]) -> dict[str, ModelRecord]:
+        """The records of these provider models (`ModelRecord.provider_model`), and those older than
+        the field (None): the rename candidates of a few models, without reading every record."""
 
     @abstractmethod
     async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:

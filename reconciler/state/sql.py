@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -198,6 +198,16 @@ class SQLStateStore(StateStore):
 
     async def all(self) -> dict[str, ModelRecord]:
         rows = await self._fetchall(f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} ORDER BY name")
+        return {row["name"]: self._record(row) for row in rows}
+
+    async def of_provider_models(self, identities: Collection[str]) -> dict[str, ModelRecord]:
+        """The records of these provider models, and those that do not say theirs (NULL)."""
+        wanted = sorted(set(identities))
+        among = f" OR provider_model IN ({', '.join([self.PARAM] * len(wanted))})" if wanted else ""
+        rows = await self._fetchall(
+            f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} WHERE provider_model IS NULL{among} ORDER BY name",
+            wanted,
+        )
         return {row["name"]: self._record(row) for row in rows}
 
     def _record_sql(self, mode: str) -> str:
