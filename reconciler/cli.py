@@ -253,7 +253,7 @@ def apply(
 
     async def applied() -> int:
         limit = runtime.max_trainings(max_trainings)
-        async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
+        async with runtime.session(paths, url, sandbox, _seams(), notify=True) as (manifests, engine):
             models = manifests.select(targets, selector)
             plans = await engine.plan(models)
             report.planned(plans)

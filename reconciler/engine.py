@@ -42,6 +42,7 @@ from reconciler.errors import (
     SpecRefusedError,
     TemporaryProviderError,
 )
+from reconciler.notify import Announcer, EventSink
 from reconciler.plan import (
     Action,
     ModelPlan,
@@ -99,6 +100,10 @@ class ApplyResult:
 Fence = Callable[[], Awaitable[bool]]
 
 
+#: up to this many models, `plan` reads their records one by one instead of every record
+FEW_RECORDS = 32
+
+
 class Engine:
     """Reconciles a set of desired models against providers and the state store."""
 
@@ -115,6 +120,7 @@ class Engine:
         http_timeout: float = DEFAULT_HTTP_TIMEOUT,
         seams: Seams | None = None,
         limits: budget.Limits | None = None,
+        events: EventSink | None = None,
     ) -> None:
         """`env` holds the provider key variables and `RECONCILER_<TYPE>_BASE_URL` (runtime passes
         the process environment; nothing else is read from it). `endpoints` maps a provider type
@@ -122,7 +128,7 @@ class Engine:
         instance of a type at its simulator. `trust` (default: from `env`) is where keys may go,
         the endpoints' origins included. `seams` replaces the clock, backoff sleep, HTTP
         transport, request observers and trigger-step hook (tests). `limits`: who writes (apply or
-        daemon) and the daemon's hourly rate (`reconciler.budget`)."""
+        daemon) and the daemon's hourly rate (`reconciler.budget`). `events` gets each transition."""
         self.manifests = manifests
         self.state = state
         self.env = dict(env or {})
@@ -136,6 +142,7 @@ class Engine:
         self.access = Access(self.env, self.endpoints, self.trust)
         self.http_timeout = http_timeout
         self.limits = limits or budget.Limits()
+        self.announce = Announcer(events, git_commit, self.clock)
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
         self._train_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -262,7 +269,7 @@ class Engine:
         outside `models` (the daemon's); their in-flight trainings count against `max_concurrent_trainings` too."""
         # records first, then the provider: a record another writer changes after this read makes
         # our compare-and-set fail, so no decision rests on a record older than the observation
-        records = await self.state.all()
+        records = await self._records(models)
         observed = await self.observe(models, records)
         now = self.clock()
         plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
@@ -271,6 +278,14 @@ class Engine:
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
         await budget.hold_over_budget(self, plans)
         return plans
+
+    async def _records(self, models: Sequence[DesiredModel]) -> dict[str, ModelRecord]:
+        """The models' records: read one by one for a few models (a saved change in the daemon must
+        not read and decode the records of every model), else all at once."""
+        if len(models) > FEW_RECORDS:
+            return await self.state.all()
+        found = await asyncio.gather(*(self.state.get(m.name) for m in models))
+        return {m.name: r for m, r in zip(models, found, strict=True) if r is not None}
 
     def plan_one(
         self, m: DesiredModel, record: ModelRecord | None, observed: Observation | ProviderError, now: datetime
@@ -309,6 +324,8 @@ class Engine:
                 if not await self.state.save_if(p.record, p.record.version, *p.events):
                     lost.add(p.name)
                     await self.replan(p, "while storing what observing learned")
+                else:
+                    self.announce.ended(p)
         return lost
 
     async def adopt(
@@ -340,6 +357,9 @@ class Engine:
         Plans that would start more than `max_trainings` are refused whole: nothing is written."""
         result = ApplyResult(list(plans), refused=budget.refused_by_blast_radius(plans, max_trainings))
         if result.refused is not None:
+            self.announce.blast_radius(
+                [p for p in plans if p.triggers], result.refused.would_start, result.refused.limit
+            )
             return result
         lost = await self.persist_refresh(plans)
         for p in plans:
@@ -377,6 +397,7 @@ class Engine:
         for group in outcomes:
             for o in group:
                 result.outcomes[o.name] = o
+        self.announce.holds(plans)
         return result
 
     async def _trigger_group(self, plans: list[ModelPlan], fence: Fence | None) -> list[TriggerOutcome]:
@@ -485,6 +506,7 @@ class Engine:
             )
             p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
             outcomes.append(TriggerOutcome(p.name, True, res.message or "training started"))
+            self.announce.started(p)
         return outcomes
 
     async def _train_failed(
@@ -510,6 +532,7 @@ class Engine:
             ev = self._event(p.name, "refused", error_code(exc), rec.fingerprint, message=str(exc))
             p.record = await cas.write_after_call(self.state, p.name, intent.version, rec, ev)
             await budget.release(self.state, intent)
+            self.announce.refused(p, exc)
             return TriggerOutcome(p.name, False, str(exc), exc)
         if not_executed:
             # nothing started at the provider: forget the intent, plan again next time

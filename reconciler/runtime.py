@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from reconciler.budget import Limits
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
+    from reconciler.notify import EventSink, Notifier, ResultObserver
     from reconciler.providers.origins import TrustPolicy
     from reconciler.report.github import GitHub
     from reconciler.sandbox.server import Sandbox
@@ -40,6 +41,8 @@ DEFAULT_SANDBOX_TRAINING_SECONDS = 3.0
 SANDBOX_POLL_INTERVAL = "0.5s"
 #: Seconds an HTTP request to a provider may take (connect + answer); tests lower it.
 HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
+#: Comma-separated URLs that receive a JSON POST per transition (secrets: never shown).
+NOTIFY_URL_ENV = "RECONCILER_NOTIFY_URL"
 #: `apply --max-trainings` when the flag is not given (the blast radius of one commit).
 MAX_TRAININGS_ENV = "RECONCILER_MAX_TRAININGS"
 
@@ -260,6 +263,45 @@ def http_timeout(env: Mapping[str, str] | None = None) -> float:
     return seconds
 
 
+def notify_urls(env: Mapping[str, str] | None = None) -> list[str]:
+    """`RECONCILER_NOTIFY_URL`'s URLs (none: no notifications). ConfigError names the variable and
+    the URL's position, never the URL: it is a secret (a Slack webhook URL is its own key)."""
+    from reconciler.errors import ConfigError
+    from reconciler.providers.origins import endpoint_url_problem
+
+    env = os.environ if env is None else env
+    urls = [u.strip() for u in env.get(NOTIFY_URL_ENV, "").split(",") if u.strip()]
+    # masked in every log line, whatever quotes it
+    redactor().add_values(urls)
+    for i, url in enumerate(urls, 1):
+        if (problem := endpoint_url_problem(url)) is not None:
+            where = f"URL {i} of {len(urls)}" if len(urls) > 1 else "the URL"
+            raise ConfigError(f"{NOTIFY_URL_ENV}: {where} {problem} (write comma-separated https://... URLs)")
+    return urls
+
+
+def notifier(
+    state: StateStore,
+    seams: Seams | None = None,
+    *,
+    on_result: ResultObserver | None = None,
+    redact: Redactor | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Notifier | None:
+    """The started background notifier of `RECONCILER_NOTIFY_URL` over this state, or None when
+    the variable is unset. Its backoff waits through `seams.sleep`; `on_result` counts outcomes;
+    `redact` (default: the process's redactor) masks key values in bodies."""
+    from reconciler.notify import Notifier
+    from reconciler.seams import Seams
+
+    urls = notify_urls(env)
+    if not urls:
+        return None
+    redact = redact or redactor()
+    redact.add_values(urls)
+    return Notifier(urls, state, redact=redact, sleep=(seams or Seams()).sleep, on_result=on_result).start()
+
+
 def max_trainings(flag: int | None, env: Mapping[str, str] | None = None) -> int:
     """`--max-trainings`, else `RECONCILER_MAX_TRAININGS`, else 20: the most trainings one apply starts."""
     from reconciler.budget import DEFAULT_MAX_TRAININGS
@@ -285,12 +327,13 @@ def build_engine(
     paths: Sequence[str],
     seams: Seams | None = None,
     limits: Limits | None = None,
+    events: EventSink | None = None,
 ) -> Engine:
     """The engine for these manifests and this state, pointed at the sandbox when it runs.
 
     It reads provider keys and base URLs from the process environment; `seams` (tests) replace
     its clock, backoff sleep, HTTP transport, request observers and trigger-step hook; `limits`
-    (the daemon) say who writes and the hourly rate.
+    (the daemon) say who writes and the hourly rate; `events` receives its transitions (`Notifier.emit`).
     """
     from reconciler.engine import Engine
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
@@ -312,7 +355,27 @@ def build_engine(
         http_timeout=http_timeout(),
         seams=seams,
         limits=limits,
+        events=events,
     )
+
+
+#: the cyclic GC's thresholds for a process that plans many models (CPython's default: 700, 10, 10)
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def settle_heap(*, freeze: bool) -> None:
+    """Make the cyclic garbage collector cheap for a process holding thousands of models.
+
+    A plan of 10,000 models keeps hundreds of thousands of objects alive (manifests, records,
+    observations); with CPython's default thresholds the collector walks them over and over, a
+    third of the plan's CPU in benchmarks/plan_scale.py. Rarer young collections cut that to a
+    tenth. `freeze` (one-shot commands) also leaves what is loaded now out of every later pass;
+    frozen objects are still freed by reference counting, so a long-running process that reloads
+    manifests (the daemon) does not freeze.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+    if freeze:
+        gc.freeze()
 
 
 def holder(command: str) -> str:
@@ -324,20 +387,31 @@ def holder(command: str) -> str:
 
 @asynccontextmanager
 async def session(
-    paths: Sequence[str], url: str, sandbox: bool, seams: Seams | None = None
+    paths: Sequence[str], url: str, sandbox: bool, seams: Seams | None = None, *, notify: bool = False
 ) -> AsyncIterator[tuple[ManifestSet, Engine]]:
-    """Manifests, an open state and an engine (with the sandbox when asked); always closed."""
+    """Manifests, an open state and an engine (with the sandbox when asked); always closed.
+
+    `notify` (apply): the engine's transitions go to `RECONCILER_NOTIFY_URL` in the background;
+    at the end, what is still undelivered gets a bounded wait (`notify.DRAIN_SECONDS`)."""
     from reconciler.state import open_state
 
-    manifests = load(paths)
+    if notify:
+        notify_urls()  # a bad URL stops the command before anything runs
+    manifests = load(paths)  # frozen as loaded
+    settle_heap(freeze=False)
     with sandbox_for(sandbox, url) as sb:
         state = await open_state(url)
         try:
-            engine = build_engine(manifests, state, sb, paths, seams)
+            notices = notifier(state, seams) if notify else None
             try:
-                yield manifests, engine
+                engine = build_engine(manifests, state, sb, paths, seams, events=notices.emit if notices else None)
+                try:
+                    yield manifests, engine
+                finally:
+                    await engine.aclose()
             finally:
-                await engine.aclose()
+                if notices is not None:
+                    await notices.aclose()
         finally:
             await state.close()
 

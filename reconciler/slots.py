@@ -238,6 +238,8 @@ async def apply(engine: Engine, plans: Sequence[ModelPlan], *, max_trainings: in
     """`Engine.apply` for `apply --wait`: refused whole (nothing written) by `blast_radius`."""
     refused = blast_radius(plans, max_trainings)
     if refused is not None:
+        would = [p for p in plans if p.triggers or waits_for_slot(p)]
+        engine.announce.blast_radius(would, refused.would_start, refused.limit)  # each told as `held`
         return ApplyResult(list(plans), refused=refused)
     return await engine.apply(plans, max_trainings=max_trainings)
 
@@ -262,6 +264,7 @@ async def wait_for_all(
     while w.busy:
         fresh = await engine.plan([engine.manifests.models[n] for n in w.names()])
         await engine.persist_refresh(fresh)
+        engine.announce.holds(fresh)  # retries exhausted, a budget hold: told (notifications)
         now = engine.clock()
         ticks, freed = w.look(fresh, now)
         to_start, queued = w.choose(fresh, freed, now)

@@ -282,6 +282,33 @@ def test_full_resync_observes_every_model_on_the_interval(workspace: Workspace, 
     assert d.terminate()[0] == 0
 
 
+def test_an_edit_is_reconciled_while_a_resync_is_held_at_the_provider(
+    workspace: Workspace, daemons: list[DaemonProcess]
+) -> None:
+    ws = workspace
+    ws.write("providers.yaml", PROVIDER)
+    ws.write("a.yaml", HARDHATS.replace("EPOCHS", "10"))
+    ws.write("b.yaml", FORKLIFTS.replace("EPOCHS", "10"))
+    d = start(daemons, ws, "--resync", "1s")
+    d.wait_ready()
+    d.wait_in_sync("hardhat-detector")
+    d.wait_in_sync("forklift-detector")
+    trained = len(train_calls(ws, "hardhats"))
+    # a resync's read of the other model is held at the provider for longer than this test waits
+    ws.sandbox.inject(Fault(provider="roboflow", method="GET", path=r"^/acme/forklifts/2$", delay=120, times=-1))
+
+    def held() -> bool:
+        return ws.sandbox.traffic.stats().get("roboflow", {}).get("in_flight", 0) >= 1
+
+    wait_until(held, 10, "a resync read held at the provider")
+    ws.write("a.yaml", HARDHATS.replace("EPOCHS", "11"))
+    # the edit is planned and trained beside the resync batch, not after it
+    wait_until(lambda: len(train_calls(ws, "hardhats")) > trained, 20, "the edited model's train call")
+    assert held()
+    ws.sandbox.clear_faults()
+    d.kill()
+
+
 def test_valid_lucid_callback_observes_the_model_at_once(workspace: Workspace, daemons: list[DaemonProcess]) -> None:
     if importlib.util.find_spec("reconciler.providers.lucid") is None:
         pytest.skip("reconciler.providers.lucid is not in the tree yet")

@@ -191,7 +191,7 @@ class BlockingEngine:
 async def run_batch(d: Daemon, engine: BlockingEngine, batch: dict[str, str]) -> asyncio.Task[Any]:
     d.engine = engine  # type: ignore[assignment]
     d._engine_stale = False
-    task = asyncio.create_task(d._reconcile(batch))
+    task = asyncio.create_task(d._reconcile(batch, engine))  # type: ignore[arg-type]
     await engine.applying.wait()
     return task
 
@@ -215,3 +215,40 @@ async def test_a_batch_decision_is_shown_while_it_is_applied(tmp_path: Path, fai
     assert actions == {"alpha": "none" if fail else "train", "beta": "none"}
     assert gauge == counted(actions)
     assert ("alpha" in d.schedule.wake_at) is fail
+
+
+# ---------------------------------------------------------------- lanes (issue 14)
+
+
+async def test_a_change_is_taken_in_its_own_lane_beside_a_resync() -> None:
+    q = WorkQueue()
+    q.put(["a", "b", "c"], "resync")
+    q.put(["b"], "change")
+    q.put(["d"], "webhook")
+    assert await q.take("urgent") == {"b": "change", "d": "webhook"}
+    assert await q.take("bulk") == {"a": "resync", "c": "resync"}
+    waiting = asyncio.create_task(q.take("urgent"))
+    q.put(["e"], "poll")  # not for the urgent lane
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    q.put(["a"], "change")
+    assert await waiting == {"a": "change"} and q.pending == {"e": "poll"}
+
+
+def test_two_batches_in_flight_are_both_shown_and_each_settles_its_own(tmp_path: Path) -> None:
+    from reconciler.daemon.plans import PlanBook
+
+    d = daemon_with(tmp_path, "m1", "m2", "m3")
+    resync = plans(d, Action.NONE, "m1", "m2")
+    change = plans(d, Action.TRAIN, "m3")
+    book = PlanBook()
+    book.decide(resync)
+    book.decide(change)
+    known = {"m1", "m2", "m3"}
+    assert [p.action for p in book.current(known)] == [Action.NONE, Action.NONE, Action.TRAIN]
+    # the change's training counts against the limits of the resync batch, and the other way round
+    assert [p.name for p in book.others({"m1", "m2"}, known)] == ["m3"]
+    book.settle(change)
+    assert [p.name for p in book.current(known)] == ["m1", "m2", "m3"] and set(book.deciding) == {"m1", "m2"}
+    book.abandon(["m1", "m2"])
+    assert book.deciding == {} and [p.name for p in book.current(known)] == ["m3"]

@@ -8,9 +8,13 @@ stops triggering at once, says so in its log and stands by.
 
 `Daemon` wires the parts together: a `ManifestTracker` (what is declared), a `WorkQueue` and a
 `Schedule` (what to reconcile when), a `PlanBook` (what was decided), `Metrics` and the HTTP
-app. One worker reconciles queued model names in batches (a saved change, a full resync, a poll
-of in-flight trainings at each provider's own interval, a Lucid callback), so trainings are never
-triggered twice concurrently and a shutdown waits for exactly one batch. Everything it decides
+app. Two workers reconcile queued model names in batches: one takes saved changes and Lucid
+callbacks, the other full resyncs, polls of in-flight trainings (at each provider's own interval)
+and retries, so a person's edit never waits behind a resync of every model. When both lanes plan
+one model at once they are two writers on the state: the intent's compare-and-set lets one
+trigger and makes the other re-plan (it then sees the intent), so a training is never triggered
+twice; each lane's plans count against the other's concurrency limits, and a shutdown waits for
+the batch in flight in each lane. Everything it decides
 comes from `Engine.plan` and everything it writes goes through `Engine.apply` /
 `Engine.persist_refresh`.
 """
@@ -44,6 +48,7 @@ from reconciler.seams import Seams
 
 if TYPE_CHECKING:
     from reconciler.engine import Engine
+    from reconciler.notify import Notifier
     from reconciler.sandbox.server import Sandbox
     from reconciler.spec import ManifestSet
     from reconciler.state.base import Lease, StateStore
@@ -106,7 +111,10 @@ class Daemon:
         self.state: StateStore | None = None
         self.sandbox: Sandbox | None = None
         self.engine: Engine | None = None
+        self.notifier: Notifier | None = None
         self._engine_stale = True
+        self._retired: list[Engine] = []  # replaced engines a batch may still be using
+        self._engine_users: dict[int, int] = {}  # id(engine) -> batches using it
         self._essential: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ what the endpoints read
@@ -170,8 +178,15 @@ class Daemon:
                     return 1
                 http.start()
                 stack.push_async_callback(http.stop)
+                # a bad RECONCILER_NOTIFY_URL stops the start; the URLs are secrets, masked in logs
+                self.redactor.add_values(runtime.notify_urls(self.env))
                 self.state = await open_state(opts.state_url)
                 stack.push_async_callback(self.state.close)
+                self.notifier = runtime.notifier(
+                    self.state, on_result=self.metrics.on_notification, redact=self.redactor, env=self.env
+                )
+                if self.notifier is not None:
+                    stack.push_async_callback(self.notifier.aclose)  # before the state closes
                 self.redactor.add_values(_url_passwords(opts.state_url))
                 self.lease = self.state.lease(runtime.holder("daemon"))
                 stack.push_async_callback(self._step_down_on_exit)
@@ -241,7 +256,8 @@ class Daemon:
         self.loaded = True
         tasks = {
             "leadership": self._leadership(),
-            "worker": self._worker(),
+            "worker": self._worker("bulk"),
+            "urgent-worker": self._worker("urgent"),
             "scheduler": self._scheduler(),
             "watcher": watch(self.opts.paths, self.stopping, self._files_changed),
         }
@@ -283,15 +299,17 @@ class Daemon:
 
     async def _shutdown(self, dog: asyncio.Task[None] | None) -> None:
         by_name = {t.get_name(): t for t in self._essential}
-        others = [t for n, t in by_name.items() if n != "worker"]
+        workers = [by_name[n] for n in ("worker", "urgent-worker") if n in by_name]
+        others = [t for t in by_name.values() if t not in workers]
         if dog:
             others.append(dog)
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        worker = by_name.get("worker")
-        if worker is not None and not worker.done():
-            # the batch in flight finishes its requests and state writes; no new batch starts
+        busy = [w for w in workers if not w.done()]
+        if busy:
+            worker = asyncio.gather(*busy)
+            # the batches in flight finish their requests and state writes; no new batch starts
             try:
                 await asyncio.wait_for(asyncio.shield(worker), WORK_GRACE_SECONDS)
             except TimeoutError:
@@ -302,38 +320,57 @@ class Daemon:
                 )
                 worker.cancel()
                 await asyncio.gather(worker, return_exceptions=True)
-        if self.engine is not None:
+        for engine in [*self._retired, *([self.engine] if self.engine is not None else [])]:
             with contextlib.suppress(Exception):
-                await self.engine.aclose()
+                await engine.aclose()
+        self._retired = []
 
     # ------------------------------------------------------------ worker
 
-    async def _worker(self) -> None:
+    async def _worker(self, lane: str) -> None:
+        """One lane of work: "urgent" (saved changes, webhooks) runs beside "bulk" (resyncs, polls),
+        so an edit reaches its train call without waiting for a resync of every model."""
         while not self.stopping.is_set():
-            batch = await self.queue.take()
+            batch = await self.queue.take(lane)
             if not batch or not self.locked:
                 continue  # a standby triggers and polls nothing
-            await self._refresh_engine()
-            await self._reconcile(batch)
+            engine = await self._refresh_engine()
+            self._engine_users[id(engine)] = self._engine_users.get(id(engine), 0) + 1
+            try:
+                await self._reconcile(batch, engine)
+            finally:
+                self._engine_users[id(engine)] -= 1
+                await self._close_retired()
 
-    async def _refresh_engine(self) -> None:
-        if not self._engine_stale and self.engine is not None:
-            return
-        assert self.state is not None
-        old = self.engine
-        from reconciler.budget import Limits
+    async def _refresh_engine(self) -> Engine:
+        if self._engine_stale or self.engine is None:
+            assert self.state is not None
+            if self.engine is not None:
+                self._retired.append(self.engine)  # closed once the other lane's batch is done with it
+            from reconciler.budget import Limits
 
-        # the metrics observe every provider request through the engine's HTTP clients
-        observers = (*self.seams.request_observers, self.metrics.on_request)
-        seams = dataclasses.replace(self.seams, request_observers=observers)
-        limits = Limits(writer="daemon", per_hour=self.opts.max_trainings_per_hour)
-        self.engine = runtime.build_engine(self.manifests, self.state, self.sandbox, self.opts.paths, seams, limits)
-        self._engine_stale = False
-        if old is not None:
+            # the metrics observe every provider request through the engine's HTTP clients
+            observers = (*self.seams.request_observers, self.metrics.on_request)
+            seams = dataclasses.replace(self.seams, request_observers=observers)
+            events = self.notifier.emit if self.notifier is not None else None
+            limits = Limits(writer="daemon", per_hour=self.opts.max_trainings_per_hour)
+            runtime.settle_heap(freeze=False)
+            self.engine = runtime.build_engine(
+                self.manifests, self.state, self.sandbox, self.opts.paths, seams, limits, events
+            )
+            self._engine_stale = False
+            await self._close_retired()
+        return self.engine
+
+    async def _close_retired(self) -> None:
+        for old in [e for e in self._retired if not self._engine_users.get(id(e))]:
+            self._retired.remove(old)
+            self._engine_users.pop(id(old), None)
             await old.aclose()
 
-    async def _reconcile(self, batch: Mapping[str, str]) -> None:
-        engine = self.engine
+    async def _reconcile(self, batch: Mapping[str, str], engine: Engine | None = None) -> None:
+        """Plan and apply one batch with `engine` (default: the current one)."""
+        engine = engine or self.engine
         assert engine is not None
         names = sorted(n for n in batch if n in self.manifests.models)
         if not names:
@@ -353,7 +390,7 @@ class Daemon:
             else:
                 result = await engine.apply([p for p in plans if self._worth_applying(p)], fence=self.fence)
         except Exception as exc:  # the state or a bug: keep the daemon alive, try these again later
-            self.plans.abandon()
+            self.plans.abandon(names)
             self._retry_later(names, exc)
             return
         finally:

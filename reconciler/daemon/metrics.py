@@ -121,6 +121,16 @@ class Metrics:
             "reconciler_leader", "1 while this daemon holds the leader lease (it alone triggers and polls).", registry=r
         )
         self.leader.set_function(leader)
+        self.notifications = Counter(
+            "reconciler_notifications",
+            "Notifications by event and result (sent, failed, dropped: queue full, duplicate: sent before).",
+            ["event", "result"],
+            registry=r,
+        )
+
+    def on_notification(self, event: str, result: str) -> None:
+        """Result observer of the notifier: one notification's outcome."""
+        self.notifications.labels(event, result).inc()
 
     def on_request(self, provider: str, method: str, outcome: str, seconds: float) -> None:
         """Request observer (the engine's seams): called after every provider HTTP exchange."""

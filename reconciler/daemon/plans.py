@@ -8,7 +8,8 @@ from reconciler.plan import ModelPlan
 
 
 class PlanBook:
-    """Plans that finished batches left (`settled`) and the plans of the batch being applied.
+    """Plans that finished batches left (`settled`) and the plans of the batches being applied (one
+    per lane: a person's change is reconciled beside a full resync, never behind it).
 
     The scheduler and the concurrency limit follow `settled`; `current()` shows a batch's
     decisions from the moment they are made, so nothing reads a model as in sync while a
@@ -25,22 +26,26 @@ class PlanBook:
         return [merged[n] for n in sorted(merged) if n in known]
 
     def others(self, names: Collection[str], known: Collection[str]) -> list[ModelPlan]:
-        """Settled plans of the known models outside `names` (the rest of the daemon's world)."""
-        return [p for n, p in self.settled.items() if n not in names and n in known]
+        """The newest plans of the known models outside `names` (the rest of the daemon's world,
+        the other lane's batch in flight included: its trainings count against the limits too)."""
+        merged = {**self.settled, **self.deciding}
+        return [p for n, p in merged.items() if n not in names and n in known]
 
     def decide(self, plans: Iterable[ModelPlan]) -> None:
         """A batch decided these plans; shown until `settle` or `abandon`."""
-        self.deciding = {p.name: p for p in plans}
+        self.deciding.update((p.name, p) for p in plans)
 
     def settle(self, plans: Iterable[ModelPlan]) -> None:
         """The batch is done: its plans are the models' plans now."""
         for p in plans:
             self.settled[p.name] = p
-        self.deciding = {}
+            if self.deciding.get(p.name) is p:
+                del self.deciding[p.name]
 
-    def abandon(self) -> None:
-        """The batch failed: the models keep their previous plans."""
-        self.deciding = {}
+    def abandon(self, names: Iterable[str]) -> None:
+        """The batch of `names` failed: those models keep their previous plans."""
+        for name in names:
+            self.deciding.pop(name, None)
 
     def forget(self, name: str) -> None:
         """A model left the manifests."""

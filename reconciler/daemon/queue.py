@@ -21,6 +21,8 @@ from reconciler.values import utc_now
 
 #: Which trigger names a batch when several are mixed (and wins when one name is queued twice).
 TRIGGER_ORDER = ("webhook", "change", "startup", "poll", "retry", "resync")
+#: What a person waits for: reconciled in a lane of its own, never behind a full resync.
+URGENT_TRIGGERS = frozenset({"webhook", "change"})
 #: Polls are spread by up to this fraction of the interval, only ever later (PhotoGPT's floor).
 POLL_JITTER = 0.1
 #: A batch that failed (state unreachable, a bug) is retried after this, doubling up to the cap.
@@ -62,11 +64,20 @@ class WorkQueue:
         self.closed = True
         self.wakeup.set()
 
-    async def take(self) -> dict[str, str]:
-        """Everything queued, once there is something; empty once closed."""
+    async def take(self, lane: str | None = None) -> dict[str, str]:
+        """What is queued for `lane` once there is some; empty once closed.
+
+        lane None: everything; "urgent": the names a change or a webhook asked for; "bulk": the rest.
+        """
         while not self.closed:
-            if self.pending:
+            if lane is None:
                 batch, self.pending = self.pending, {}
+            else:
+                urgent = lane == "urgent"
+                batch = {n: t for n, t in self.pending.items() if (t in URGENT_TRIGGERS) is urgent}
+                for name in batch:
+                    del self.pending[name]
+            if batch:
                 return batch
             self.wakeup.clear()
             await self.wakeup.wait()

@@ -53,6 +53,23 @@ def check_base_url(url: str, allow_insecure_http: bool = False) -> str | None:
     return None
 
 
+def endpoint_url_problem(url: str) -> str | None:
+    """Why `url` must not receive a notification, without quoting it (the URL is a secret); or None.
+
+    The providers' rule: an absolute https URL, or plain http to a loopback host only.
+    """
+    try:
+        origin(url)
+    except ValueError:
+        return "is not an absolute http(s) URL with a valid host (and no user name or password)"
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "http" and not is_loopback(parts.hostname or ""):
+        return "uses plain http to a non-local host; use https (plain http only to a loopback host)"
+    if parts.fragment:
+        return "must not carry a #fragment"
+    return None
+
+
 def _host(raw: str) -> str:
     """The normalised host: IPv6 compressed in brackets, IPv4 strict, names IDNA-encoded."""
     if raw.startswith("["):

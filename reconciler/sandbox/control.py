@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any, Protocol
 
-from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.faults import Fault, LoggedRequest, Traffic
 from reconciler.sandbox.simulator import Simulator
 from reconciler.sandbox.wire import SimHTTPError, SimResponse
 
@@ -44,6 +44,9 @@ class ControlledSandbox(Protocol):
 
     def faults(self) -> list[Fault]: ...
 
+    @property
+    def traffic(self) -> Traffic: ...
+
 
 class ControlAPI:
     """`/_sandbox/...`: the request log, faults and failures for out-of-process users.
@@ -51,6 +54,8 @@ class ControlAPI:
     GET /_sandbox                      -> {"url", "providers": {type: base_url}, "env"}
     GET /_sandbox/requests[?provider=] -> [LoggedRequest as JSON, body as text]
     DELETE /_sandbox/requests          -> {"cleared": n}
+    GET /_sandbox/traffic              -> {type: {"requests", "peak_in_flight", "in_flight"}}
+    DELETE /_sandbox/traffic           -> {} (counts and peaks start again)
     GET /_sandbox/faults               -> [Fault as JSON]
     POST /_sandbox/faults              -> 201 (body: Fault fields as JSON)
     DELETE /_sandbox/faults            -> {"cleared": n, "faults": n, "fail_next": n}: every
@@ -85,6 +90,12 @@ class ControlAPI:
                     count = len(sb.requests())
                     sb.clear_requests()
                     return SimResponse(200, {"cleared": count})
+            if parts == ["traffic"]:
+                if method == "GET":
+                    return SimResponse(200, sb.traffic.stats())
+                if method == "DELETE":
+                    sb.traffic.reset()
+                    return SimResponse(200, {})
             if parts == ["faults"]:
                 if method == "GET":
                     return SimResponse(200, [f.to_dict() for f in sb.faults()])

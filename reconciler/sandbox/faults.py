@@ -1,10 +1,11 @@
-"""Faults injected in front of the simulators, and the log of the requests they received."""
+"""Faults injected in front of the simulators, the log of the requests they received and the traffic."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,3 +134,52 @@ class LoggedRequest:
         fields = dict(data)
         fields["body"] = str(fields.get("body", "")).encode("utf-8")
         return cls(**fields)
+
+
+class Traffic:
+    """Requests each simulator is answering now, and the most it answered at once (thread-safe).
+
+    What a benchmark measures at the provider's side: the requests in flight that the client
+    really achieved, whatever it believes it sends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now: dict[str, int] = {}
+        self._peak: dict[str, int] = {}
+        self._count: dict[str, int] = {}
+        self._busy: dict[str, float] = {}
+
+    def enter(self, provider: str) -> None:
+        with self._lock:
+            now = self._now.get(provider, 0) + 1
+            self._now[provider] = now
+            self._count[provider] = self._count.get(provider, 0) + 1
+            if now > self._peak.get(provider, 0):
+                self._peak[provider] = now
+
+    def leave(self, provider: str, seconds: float) -> None:
+        """A request `enter`ed `seconds` ago was answered."""
+        with self._lock:
+            self._now[provider] -= 1
+            self._busy[provider] = self._busy.get(provider, 0.0) + seconds
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """{provider: {"requests", "peak_in_flight", "in_flight", "busy_seconds"}} since the last `reset`
+        (busy_seconds: the answered requests' time in the simulator, the injected latency included)."""
+        with self._lock:
+            return {
+                p: {
+                    "requests": n,
+                    "peak_in_flight": self._peak.get(p, 0),
+                    "in_flight": self._now.get(p, 0),
+                    "busy_seconds": round(self._busy.get(p, 0.0), 6),
+                }
+                for p, n in self._count.items()
+            }
+
+    def reset(self) -> None:
+        with self._lock:
+            self._count.clear()
+            self._busy.clear()
+            self._peak = {p: n for p, n in self._now.items() if n}

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from reconciler.sandbox.control import CONTROL_PREFIX, ControlAPI
-from reconciler.sandbox.faults import Fault, LoggedRequest
+from reconciler.sandbox.faults import Fault, LoggedRequest, Traffic
 from reconciler.sandbox.registry import SANDBOX_API_KEYS, available_simulators, base_url_env, key_env
 from reconciler.sandbox.simulator import Simulator
 from reconciler.sandbox.wire import SimRequest, SimResponse
@@ -198,6 +198,8 @@ class Sandbox:
             dict(root_ports) if isinstance(root_ports, dict) else ({} if root_ports else None)
         )
         self._root_servers: list[tuple[_Server, threading.Thread]] = []
+        #: requests in flight per simulator (`GET /_sandbox/traffic`)
+        self.traffic = Traffic()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -436,6 +438,24 @@ class Sandbox:
                 )
                 return answer
             sub = sub[len(base) :] or "/"
+        self.traffic.enter(first)
+        entered = time.monotonic()
+        try:
+            return self._answer(sim, first, handler, method, sub, query, headers, body)
+        finally:
+            self.traffic.leave(first, time.monotonic() - entered)
+
+    def _answer(
+        self,
+        sim: Simulator,
+        first: str,
+        handler: _RequestHandler,
+        method: str,
+        sub: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: bytes,
+    ) -> SimResponse:
         entry = LoggedRequest(first, method, sub, query, headers, body, 0, time.time(), handler.path)
         req = SimRequest(method, sub, query, headers, body, first)
 

@@ -4,6 +4,7 @@ The engine only ever talks to `StateStore`; `open_state(url)` picks the backend 
 (`sqlite:///...` or `postgresql://...`). Records are per model, each with a version that every
 write bumps; history is append-only. Many writers share one state: the engine writes records
 only by compare-and-set (`save_if`, `delete_if`), and daemons elect a leader with a `Lease`.
+Notifications are claimed here too, once per (model, fingerprint, event) across all writers.
 """
 
 from __future__ import annotations
@@ -54,6 +55,24 @@ class Start:
     model: str
     writer: str  # "apply" or "daemon"
     at: datetime
+
+
+#: a notification's `result` from its claim until its delivery ends (one cut off at exit keeps it)
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class NotificationRecord:
+    """One claimed notification: its key (model, fingerprint, event), the body sent, how it went."""
+
+    model: str
+    fingerprint: str
+    event: str
+    body: dict[str, Any]
+    result: str  # pending, sent, failed
+    detail: str
+    claimed_at: datetime
+    finished_at: datetime | None
 
 
 class Lease(ABC):
@@ -154,6 +173,19 @@ class StateStore(ABC):
 
     @abstractmethod
     async def record_upload(self, provider: str, model: str, content_hash: str, remote_id: str) -> None: ...
+
+    @abstractmethod
+    async def claim_notification(self, model: str, fingerprint: str, event: str, body: dict[str, Any]) -> bool:
+        """Compare-and-set: record a notification as `pending` only when none with this key was
+        ever recorded. True: this writer claimed it and sends it; False: someone already did."""
+
+    @abstractmethod
+    async def notification_result(self, model: str, fingerprint: str, event: str, result: str, detail: str) -> None:
+        """Record how the delivery of a claimed notification ended (`sent` or `failed`, and why)."""
+
+    @abstractmethod
+    async def notifications(self, model: str | None = None) -> list[NotificationRecord]:
+        """The claimed notifications (of one model), oldest first."""
 
     @abstractmethod
     def lease(self, holder: str) -> Lease:

@@ -97,6 +97,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS reconciler_starts_provider_at ON reconciler_starts (provider, at)",
         "CREATE INDEX IF NOT EXISTS reconciler_starts_at ON reconciler_starts (at)",
     ),
+    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert;
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
+    (
+        """CREATE TABLE IF NOT EXISTS reconciler_notifications (
+            model text NOT NULL,
+            fingerprint text NOT NULL,
+            event text NOT NULL,
+            body jsonb NOT NULL,
+            result text NOT NULL,
+            detail text NOT NULL DEFAULT '',
+            claimed_at timestamptz NOT NULL,
+            finished_at timestamptz,
+            PRIMARY KEY (model, fingerprint, event)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

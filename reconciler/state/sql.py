@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import StateError
-from reconciler.state.base import Start, StateStore, dump_json
+from reconciler.state.base import PENDING, NotificationRecord, Start, StateStore, dump_json
 from reconciler.values import as_utc, utc_now
 
 RECORD_FIELDS = (
@@ -329,3 +329,43 @@ class SQLStateStore(StateStore):
             (provider, model),
         )
         return {row["content_hash"]: row["remote_id"] for row in rows}
+
+    # -- notifications ---------------------------------------------------------------------
+
+    async def claim_notification(self, model: str, fingerprint: str, event: str, body: dict[str, Any]) -> bool:
+        """`INSERT ... ON CONFLICT DO NOTHING RETURNING`: the one writer whose row went in sends it."""
+        t, p = self._table("notifications"), self.PARAM
+        sql = (
+            f"INSERT INTO {t} (model, fingerprint, event, body, result, detail, claimed_at)"
+            f" VALUES ({p}, {p}, {p}, {self.JSON_PARAM}, {p}, '', {p})"
+            " ON CONFLICT (model, fingerprint, event) DO NOTHING RETURNING event"
+        )
+        row = (model, fingerprint, event, dump_json(body, f"a {event!r} notification"), PENDING)
+        written = await self._write((), [RowWrite(sql, (*row, self._time_in(utc_now())), required=True)])
+        return written is not None
+
+    async def notification_result(self, model: str, fingerprint: str, event: str, result: str, detail: str) -> None:
+        t, p = self._table("notifications"), self.PARAM
+        sql = (
+            f"UPDATE {t} SET result = {p}, detail = {p}, finished_at = {p}"
+            f" WHERE model = {p} AND fingerprint = {p} AND event = {p}"
+        )
+        await self._write((), [RowWrite(sql, (result, detail, self._time_in(utc_now()), model, fingerprint, event))])
+
+    async def notifications(self, model: str | None = None) -> list[NotificationRecord]:
+        t, p = self._table("notifications"), self.PARAM
+        where, params = (f" WHERE model = {p}", (model,)) if model is not None else ("", ())
+        rows = await self._fetchall(f"SELECT * FROM {t}{where} ORDER BY claimed_at, model, event", params)
+        return [
+            NotificationRecord(
+                model=row["model"],
+                fingerprint=row["fingerprint"],
+                event=row["event"],
+                body=self._json_out(row["body"]),
+                result=row["result"],
+                detail=row["detail"],
+                claimed_at=self._time_out(row["claimed_at"]),
+                finished_at=self._opt_time_out(row["finished_at"]),
+            )
+            for row in rows
+        ]

@@ -89,6 +89,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS starts_provider_at ON starts (provider, at)",
         "CREATE INDEX IF NOT EXISTS starts_at ON starts (at)",
     ),
+    # Notifications: at most one per (model, fingerprint, event), claimed by the row's insert;
+    # IF NOT EXISTS: a state rolled back to an older schema version by hand migrates again.
+    (
+        """CREATE TABLE IF NOT EXISTS notifications (
+            model TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            event TEXT NOT NULL,
+            body TEXT NOT NULL,
+            result TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '',
+            claimed_at TEXT NOT NULL,
+            finished_at TEXT,
+            PRIMARY KEY (model, fingerprint, event)
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -85,6 +85,18 @@ def _names(ids: Sequence[str]) -> str:
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > _NAMED_BATCHES else "")
 
 
+def _matching(listed: list[dict[str, Any]], tags: tuple[str, ...]) -> list[str]:
+    """Sorted ids of the listed batches carrying all `tags`."""
+    ids: set[str] = set()
+    for item in listed:
+        batch_tags = item.get("tags")
+        # [D] the server matches all tags; checked again in case a server matches any
+        if isinstance(batch_tags, list) and not set(tags) <= {str(t) for t in batch_tags}:
+            continue
+        ids.add(item["batch_id"])
+    return sorted(ids)
+
+
 class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
     provider_type = LUCID
     # [D] the example request sends both; HttpClient sets the same Accept, named here on purpose
@@ -107,10 +119,10 @@ class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
     async def observe_many(
         self, models: Sequence[DesiredModel[LucidModel, LucidTraining]], records: dict[str, ModelRecord]
     ) -> dict[str, Observation | ProviderError]:
-        """One status read per model, one batch query per distinct data_tags set."""
+        """One status read per model, and one batch query for all the models' data_tags sets."""
         groups = list(dict.fromkeys(_tags(m) for m in models))
         batch_results, status_results = await asyncio.gather(
-            asyncio.gather(*(self._current_batches(g) for g in groups), return_exceptions=True),
+            self._batches_of(groups),
             asyncio.gather(*(self._status(m) for m in models), return_exceptions=True),
         )
         batches = dict(zip(groups, batch_results, strict=True))
@@ -183,22 +195,32 @@ class LucidAdapter(ProviderAdapter[LucidModel, LucidTraining]):
             )
         return body
 
-    async def _current_batches(self, tags: tuple[str, ...]) -> list[str]:
-        """Sorted ids of the batches carrying all `tags` (every batch for no tags [I])."""
+    async def _batches_of(self, groups: list[tuple[str, ...]]) -> list[list[str] | BaseException]:
+        """The current batch ids of each data_tags set: one unfiltered query when it shows every
+        batch's tags, else one query per set (a server whose list omits the tags)."""
+        if len(groups) > 1:
+            try:
+                listed = await self._batch_list(None)
+            except ProviderError:
+                listed = None  # each set's own query says what is wrong
+            if listed is not None and all(isinstance(item.get("tags"), list) for item in listed):
+                return [_matching(listed, g) for g in groups]
+        return list(await asyncio.gather(*(self._current_batches(g) for g in groups), return_exceptions=True))
+
+    async def _batch_list(self, tags: tuple[str, ...] | None) -> list[dict[str, Any]]:
+        """The data_batch metadata list, filtered by `tags` at the server (None: every batch [I])."""
         # [I] list values go out as repeated parameters: ?tags=a&tags=b
         params = {"tags": list(tags)} if tags else None
         resp = await self.http.request("GET", self._path(DATA_BATCH_PATH), params=params)
         body = resp.json_list()
-        ids: set[str] = set()
         for item in body:
             if not isinstance(item, dict) or not isinstance(item.get("batch_id"), str):
                 raise BadResponseError("data_batch answered an entry without a batch_id", provider=self.config.name)
-            batch_tags = item.get("tags")
-            # [D] the server matches all tags; checked again in case a server matches any
-            if isinstance(batch_tags, list) and not set(tags) <= {str(t) for t in batch_tags}:
-                continue
-            ids.add(item["batch_id"])
-        return sorted(ids)
+        return body
+
+    async def _current_batches(self, tags: tuple[str, ...]) -> list[str]:
+        """Sorted ids of the batches carrying all `tags` (every batch for no tags [I])."""
+        return _matching(await self._batch_list(tags), tags)
 
     def _observation(
         self,

@@ -52,6 +52,11 @@ INPUT_TYPE = "modelInput"
 IMAGES_PAGE_SIZE = 20
 MAX_IMAGE_PAGES = 50
 
+#: [I] at most this many pages of the model list, should a server paginate it
+MAX_MODEL_PAGES = 100
+#: what an observation reads of a listed model: an entry without one of them is read on its own
+LISTED_FIELDS = ("id", "status", "updatedAt")
+
 #: [D] status words; anything else is an intermediate backend state [I]
 NEW, TRAINING, READY, DELETED = "new", "training", "ready", "deleted"
 
@@ -103,30 +108,64 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
     async def observe_many(
         self, models: Sequence[DesiredModel[PhotoGPTModel, PhotoGPTTraining]], records: dict[str, ModelRecord]
     ) -> dict[str, Observation | ProviderError]:
-        """One `GET /models` for several models; any model it does not show is read on its own."""
+        """One `GET /models` for several models; any model it does not show in full is read on its own."""
         if len(models) < 2:
             return await super().observe_many(models, records)
-        resp = await self.http.request("GET", MODELS_PATH)
-        listed = self._result(resp, "GET models")
-        if not isinstance(listed, list):
-            raise BadResponseError("GET models: `result` is not a list", provider=self.config.name)
-        by_id = {str(e["id"]): e for e in listed if isinstance(e, dict) and "id" in e}
+        by_id = await self._listed()
         out: dict[str, Observation | ProviderError] = {}
-        # pagination of the list is undocumented [?]: a model missing from it may be on a later page
         missing = [m for m in models if self._model_id(m) not in by_id]
-        for m in models:
-            entry = by_id.get(self._model_id(m))
-            if entry is None:
-                continue
+        shown = [m for m in models if self._model_id(m) in by_id]
+        # the declared images of every listed model, read in one worker thread (not a thread hop each)
+        local = await asyncio.to_thread(self._local_all, shown)
+        for m in shown:
             try:
-                out[m.name] = await self._observation(m, records.get(m.name), entry)
+                out[m.name] = await self._observation(m, records.get(m.name), by_id[self._model_id(m)], local[m.name])
             except ProviderError as exc:
                 out[m.name] = exc.with_model(m.name)
         out.update(await super().observe_many(missing, records))
         return out
 
+    async def _listed(self) -> dict[str, dict[str, Any]]:
+        """The models `GET /models` shows with every field an observation reads, by id.
+
+        The list's pagination is undocumented [?]: asked without pageNum/pageSize [D], a server that
+        still answers a page (`pageSize` in the envelope, the page full) is asked for the next ones.
+        """
+        by_id: dict[str, dict[str, Any]] = {}
+        params: dict[str, Any] | None = None
+        for page in range(1, MAX_MODEL_PAGES + 1):
+            resp = await self.http.request("GET", MODELS_PATH, params=params)
+            body = resp.json_object()
+            listed = self._result(resp, "GET models")
+            if not isinstance(listed, list):
+                raise BadResponseError("GET models: `result` is not a list", provider=self.config.name)
+            for e in listed:
+                if isinstance(e, dict) and all(isinstance(e.get(k), str) and e[k] for k in LISTED_FIELDS):
+                    by_id[e["id"]] = e
+            size = body.get("pageSize")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1 or len(listed) < size:
+                break
+            params = {"pageNum": page + 1, "pageSize": size}
+        return by_id
+
+    @classmethod
+    def _local_all(cls, models: Sequence[DesiredModel[PhotoGPTModel, PhotoGPTTraining]]) -> dict[str, list[LocalImage]]:
+        """`_local` of each model by name; models declaring the same glob in the same folder share one scan."""
+        scans: dict[tuple[str, Any, Any], list[LocalImage]] = {}
+        out = {}
+        for m in models:
+            key = (m.training.input_images, m.manifest_dir, m.root)
+            if key not in scans:
+                scans[key] = cls._local(m)
+            out[m.name] = scans[key]
+        return out
+
     async def _observation(
-        self, m: DesiredModel[PhotoGPTModel, PhotoGPTTraining], record: ModelRecord | None, model: dict[str, Any]
+        self,
+        m: DesiredModel[PhotoGPTModel, PhotoGPTTraining],
+        record: ModelRecord | None,
+        model: dict[str, Any],
+        local: list[LocalImage] | None = None,
     ) -> Observation:
         from reconciler.domain import RecordStatus
 
@@ -144,7 +183,8 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
             ).with_model(m.name)
         updated = model.get("updatedAt")
         marker = f"{updated}|{word}"
-        local = await asyncio.to_thread(self._local, m)
+        if local is None:
+            local = await asyncio.to_thread(self._local, m)
         hashes = sorted(img.sha256 for img in local)
         obs = Observation(
             status=TrainingStatus.RUNNING,

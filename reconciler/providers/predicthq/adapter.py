@@ -2,7 +2,9 @@
 
 API used (kept in the constants below so a change at PredictHQ is a one-line edit):
 - auth: `Authorization: Bearer <token>` [D];
-- observe: `GET /v1/forecasts/models/{model_id}` -> `{"model": {...}}`, one request per model [D];
+- observe: `GET /v1/forecasts/models/{model_id}` -> `{"model": {...}}` [D]; several models at once
+  from the pages of `GET /v1/forecasts/models?limit=&offset=` -> `{"count", "next", "results"}` [D],
+  with a single read for any model the list does not show in full;
 - prepare: `PATCH /v1/forecasts/models/{model_id}` with only the fields that differ, 204 [D]. A
   training-relevant change moves the model to `stale`, and training from `stale` is allowed [I];
 - train: `POST /v1/forecasts/models/{model_id}/train`, no body, 204; runs asynchronously [D].
@@ -14,12 +16,14 @@ training (data-changed, from `metrics.*.date_range` [I]).
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from reconciler.domain import Observation, RecordStatus, TrainingStatus, TrainResult
-from reconciler.errors import BadResponseError
+from reconciler.errors import BadResponseError, ProviderError
 from reconciler.providers.base import ProviderAdapter, path_segment, read_time
 from reconciler.providers.policy import Auth, RetryPolicy
 from reconciler.providers.predicthq.schema import PREDICTHQ, PredictHQModel, PredictHQTraining
@@ -28,7 +32,14 @@ from reconciler.values import Change
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
 
+MODELS_PATH = "/v1/forecasts/models"
 MODEL_PATH = "/v1/forecasts/models/{model_id}"
+#: [I] the page size asked of the list: no maximum is documented (the default is 10 [D]); a server
+#: that answers fewer per page only makes the pages more numerous
+LIST_PAGE_SIZE = 100
+#: the fields an observation reads: a list entry without one of them is read on its own (a missing
+#: `train_dt` would read as "never trained", a missing `demand_type` as a changed spec)
+OBSERVED_FIELDS = ("model_id", "algo", "forecast_window", "location", "readiness", "train_dt", "demand_type", "metrics")
 TRAIN_PATH = "/v1/forecasts/models/{model_id}/train"
 
 #: `readiness.status` words [D]. The run goes preparing -> training -> forecasting -> ready|failed [I].
@@ -66,6 +77,17 @@ def _range(metrics: Any, key: str) -> dict[str, Any] | None:
     return {"start": rng.get("start"), "end": rng.get("end")}
 
 
+def _complete_entries(results: list[Any], wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """The wanted models of a list page that carry every field an observation reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in results:
+        if not isinstance(entry, dict) or entry.get("model_id") not in wanted:
+            continue
+        if all(k in entry for k in OBSERVED_FIELDS) and _obj(entry["readiness"]).get("status"):
+            out[str(entry["model_id"])] = entry
+    return out
+
+
 class PredictHQAdapter(ProviderAdapter[PredictHQModel, PredictHQTraining]):
     provider_type = PREDICTHQ
     auth = Auth(header="Authorization", prefix="Bearer ")
@@ -85,6 +107,65 @@ class PredictHQAdapter(ProviderAdapter[PredictHQModel, PredictHQTraining]):
         if not isinstance(found, dict):
             raise BadResponseError("model response has no 'model' object", provider=self.config.name)
         return self.observation(found, model, record)
+
+    async def observe_many(
+        self, models: Sequence[DesiredModel[PredictHQModel, PredictHQTraining]], records: dict[str, ModelRecord]
+    ) -> dict[str, Observation | ProviderError]:
+        """Several models from the list's pages; any model it does not show in full is read on its own.
+
+        The list is read only while its pages cost fewer requests than single reads of the models
+        still missing; a page it refuses (past the plan's maximum depth [D], an error) leaves its
+        models to single reads, which also turn a deleted model into its own 404.
+        """
+        if len(models) < 2:
+            return await super().observe_many(models, records)
+        listed = await self._listed({m.model.model_id for m in models})
+        out: dict[str, Observation | ProviderError] = {}
+        alone = []
+        for m in models:
+            entry = listed.get(m.model.model_id)
+            if entry is None:
+                alone.append(m)
+                continue
+            try:
+                out[m.name] = self.observation(entry, m, records.get(m.name))
+            except ProviderError as exc:
+                out[m.name] = exc.with_model(m.name)
+        out.update(await super().observe_many(alone, records))
+        return out
+
+    async def _listed(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
+        """The wanted models the list shows in full, by id (pages fetched concurrently)."""
+        try:
+            results, count = await self._page(0, LIST_PAGE_SIZE)
+        except ProviderError:
+            return {}  # single reads say what is wrong, model by model
+        found = _complete_entries(results, wanted)
+        size = len(results)
+        if size == 0 or count <= size:
+            return found
+        pages = math.ceil((count - size) / size)
+        if pages > len(wanted) - len(found):
+            return found  # a big account and few models: single reads cost less
+        answers = await asyncio.gather(
+            *(self._page(k * size, size) for k in range(1, pages + 1)), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, ProviderError):
+                continue  # e.g. past the plan's maximum depth: those models are read one by one
+            if isinstance(answer, BaseException):
+                raise answer
+            found.update(_complete_entries(answer[0], wanted))
+        return found
+
+    async def _page(self, offset: int, limit: int) -> tuple[list[Any], int]:
+        """One page of the list: its results and the total count."""
+        resp = await self.http.request("GET", MODELS_PATH, params={"limit": limit, "offset": offset})
+        body = resp.json_object()
+        results, count = body.get("results"), body.get("count")
+        if not isinstance(results, list) or not isinstance(count, int) or isinstance(count, bool):
+            raise BadResponseError("the model list has no `results` list or no `count`", provider=self.config.name)
+        return results, count
 
     def observation(
         self, found: dict[str, Any], m: DesiredModel[PredictHQModel, PredictHQTraining], record: ModelRecord | None

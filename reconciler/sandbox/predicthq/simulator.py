@@ -240,8 +240,11 @@ class PredictHQSimulator(PredictHQState):
                 haystack = [m["name"], m.get("external_id") or "", *(m.get("label") or [])]
                 if not any(needle in str(h).lower() for h in haystack):
                     continue
-            items.append(self.model_view(m))
-        return SimResponse(200, self._page(req, "/v1/forecasts/models", items, limit, offset))
+            items.append(m)
+        # only the page's models are rendered: a page of a big account costs its size, not the account's
+        page = self._page(req, "/v1/forecasts/models", items, limit, offset)
+        page["results"] = [self.model_view(m) for m in page["results"]]
+        return SimResponse(200, page)
 
     @route("GET", _MODEL)
     def get_model(self, req: SimRequest, model_id: str) -> SimResponse:
@@ -458,6 +461,11 @@ class PredictHQSimulator(PredictHQState):
             days = (end - start).days + 1
             if days > 0:
                 self._put_demand(model_id, self._synthetic_demand(model_id, end, days))
+
+    def set_max_depth(self, depth: int) -> None:
+        """The plan's maximum list depth (offset + limit), past which the list answers 400 [D]."""
+        with self.transaction():
+            self.world.setdefault("_sandbox", {})["max_depth"] = depth
 
     def make_stale(self, model_id: str) -> None:
         """Flag the model stale, as PredictHQ does after a training-relevant change."""

@@ -251,6 +251,11 @@ class PredictHQState(Simulator):
             "training_data": success[0].get("training_data") if success is not None else None,
         }
 
+    @property
+    def max_depth(self) -> int:
+        """How deep the list pages go (offset + limit): "set per plan" [D], MAX_DEPTH unless set."""
+        return int(self.world.get("_sandbox", {}).get("max_depth", MAX_DEPTH))
+
     def model_view(self, m: dict[str, Any]) -> dict[str, Any]:
         """A stored model as `PublicForecastModel` [D]."""
         status = self.readiness_status(m)
@@ -282,7 +287,7 @@ class PredictHQState(Simulator):
         return {**fields, "errors": [], "warnings": []}
 
     def _page(self, req: SimRequest, path: str, items: list[Any], limit: int, offset: int) -> dict[str, Any]:
-        if offset + limit > MAX_DEPTH:
+        if offset + limit > self.max_depth:
             raise SimHTTPError(
                 400,
                 {
