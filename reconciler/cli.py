@@ -7,6 +7,7 @@ httpx, the engine, the renderers) are imported inside commands, so `--help` is f
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from datetime import timedelta
@@ -423,8 +424,9 @@ def main(argv: Sequence[str] | None = None, *, seams: Seams | None = None) -> No
     """
     from reconciler.report.failures import STOPS, report_failure
 
-    # no pydantic plugins unless PYDANTIC_DISABLE_PLUGINS asks for them (start-up time)
-    runtime.without_pydantic_plugins()
+    # no pydantic plugins (entry points) in this process: looking them up scans every installed
+    # distribution at the first schema (start-up time); setting the variable turns them back on
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         # click hands `obj` to every command's context: how `_seams()` finds it
         cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, obj=seams)

@@ -10,13 +10,11 @@ from __future__ import annotations
 import functools
 import gc
 import os
-import sys
-import types
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from reconciler.budget import Limits
@@ -45,44 +43,6 @@ HTTP_TIMEOUT_ENV = "RECONCILER_HTTP_TIMEOUT"
 NOTIFY_URL_ENV = "RECONCILER_NOTIFY_URL"
 #: `apply --max-trainings` when the flag is not given (the blast radius of one commit).
 MAX_TRAININGS_ENV = "RECONCILER_MAX_TRAININGS"
-
-
-#: How the environment turns pydantic's plugins off (its own spellings of "no plugins").
-PYDANTIC_PLUGINS_ENV = "PYDANTIC_DISABLE_PLUGINS"
-PYDANTIC_PLUGINS_OFF = ("__all__", "1", "true")
-_PYDANTIC_LOADER = "pydantic.plugin._loader"
-
-
-def without_pydantic_plugins(env: MutableMapping[str, str] | None = None) -> None:
-    """No pydantic plugins in this process unless the environment asks for them.
-
-    Looking plugins up scans every installed distribution's entry points; and pydantic's loader
-    module imports `importlib.metadata` (about 10 ms of start-up, `validate` of one file) even
-    when the variable turns plugins off. While they are off, a stand-in for that module answers
-    "no plugins" as pydantic's would; should the variable turn them back on later in the process,
-    the stand-in hands over to pydantic's own loader. Call it before the first pydantic schema.
-    """
-    env = os.environ if env is None else env
-    env.setdefault(PYDANTIC_PLUGINS_ENV, "__all__")
-    if env[PYDANTIC_PLUGINS_ENV] in PYDANTIC_PLUGINS_OFF and _PYDANTIC_LOADER not in sys.modules:
-        sys.modules[_PYDANTIC_LOADER] = _no_plugins_loader(env)
-
-
-def _no_plugins_loader(env: Mapping[str, str]) -> types.ModuleType:
-    loader = types.ModuleType(_PYDANTIC_LOADER, "reconciler's stand-in while pydantic plugins are off (runtime.py)")
-
-    def get_plugins() -> Iterable[Any]:
-        if env.get(PYDANTIC_PLUGINS_ENV) in PYDANTIC_PLUGINS_OFF:
-            return ()
-        import importlib
-
-        if sys.modules.get(_PYDANTIC_LOADER) is loader:
-            del sys.modules[_PYDANTIC_LOADER]
-        real: Iterable[Any] = importlib.import_module(_PYDANTIC_LOADER).get_plugins()
-        return real
-
-    loader.get_plugins = get_plugins  # type: ignore[attr-defined]
-    return loader
 
 
 def state_url(flag: str | None, env: Mapping[str, str] | None = None) -> str:
