@@ -123,13 +123,15 @@ def load(paths: Sequence[str]) -> ManifestSet:
     """The manifests under `paths` (default `specs/`), checked against the operator's trust
     policy; ManifestError lists every problem."""
     from reconciler.logs import provider_key_envs
-    from reconciler.spec import load_manifests
 
     # the manifests live as long as the command: frozen out of the cyclic collector's sight before
     # it resumes, no collection (nor the one at exit) walks their objects (0.1 s a walk at 10,000)
     enabled = gc.isenabled()
     gc.disable()
     try:
+        # imported under the pause too: pydantic's and PyYAML's modules are long-lived objects as well
+        from reconciler.spec import load_manifests
+
         manifests = load_manifests(paths_or_default(paths), trust=trust())
     finally:
         gc.freeze()

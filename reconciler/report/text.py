@@ -10,14 +10,14 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
-from reconciler.plan import Action, ModelPlan
 from reconciler.report.base import ApplyRun, Renderer
-from reconciler.report.views import ACTION_ORDER, QUEUED_NOTE, by_name, change_text, event_reason, queued, summarize
+from reconciler.report.views import QUEUED_NOTE, action_order, by_name, change_text, event_reason, queued, summarize
 
 if TYPE_CHECKING:
     from reconciler.budget import BlastRadius
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
     from reconciler.engine import TriggerOutcome
+    from reconciler.plan import ModelPlan
 
 
 def _reasons_text(p: ModelPlan) -> str:
@@ -43,7 +43,8 @@ def _plan_line(p: ModelPlan, width: int) -> str:
 def render_plan(plans: Sequence[ModelPlan]) -> str:
     """One line per model, grouped by action; changed fields as `epochs: 100 -> 150`."""
     lines = []
-    for action in ACTION_ORDER:
+    order = action_order()
+    for action in order:
         group = [p for p in plans if p.action is action]
         if not group:
             continue
@@ -51,13 +52,15 @@ def render_plan(plans: Sequence[ModelPlan]) -> str:
         width = max(len(p.name) for p in group)
         lines.extend(_plan_line(p, width) for p in by_name(group))
     summary = summarize(plans)
-    total = ", ".join(f"{summary[a.value]} {a.value}" for a in ACTION_ORDER if a.value in summary)
+    total = ", ".join(f"{summary[a.value]} {a.value}" for a in order if a.value in summary)
     lines.append(f"Plan: {total or 'no models'}.")
     return "\n".join(lines)
 
 
 def _next_text(e: dict[str, Any]) -> str:
     """The NEXT column: the action and why (an error's message is in OBSERVED already)."""
+    from reconciler.plan import Action  # not at the top: `validate` renders text and never plans
+
     reasons: dict[str, str] = {}
     for r in e["reasons"]:
         detail = "" if e["action"] == Action.ERROR.value else r["detail"]
