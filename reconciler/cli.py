@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,8 +20,12 @@ from reconciler import __version__, runtime
 from reconciler.report import formats
 
 if TYPE_CHECKING:
+    from reconciler.domain import DesiredModel
+    from reconciler.engine import Engine
+    from reconciler.orphans import Orphan
     from reconciler.seams import Seams
     from reconciler.selectors import Requirement
+    from reconciler.state_commands import Edited
 
 T = TypeVar("T")
 
@@ -194,11 +198,13 @@ def plan(
             limit = runtime.max_trainings(max_trainings)
             async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
                 report.notices(manifests.notices)
-                plans = await engine.plan(manifests.select(targets, selector))
+                models = manifests.select(targets, selector)
+                plans = await engine.plan(models)
+                orphans = await _orphans(engine, models, filtered=bool(targets or selector))
                 report.state_opened(engine.state.url, engine.state.created)
         except ReconcilerError as exc:
             return report.failed(exc)
-        return report.planned(plans, max_trainings=limit)
+        return report.planned(plans, orphans, max_trainings=limit)
 
     sys.exit(_run(run()))
 
@@ -297,10 +303,12 @@ def status(
     async def run() -> int:
         try:
             async with runtime.session(paths, url, sandbox, _seams()) as (manifests, engine):
-                plans = await engine.plan(manifests.select(targets, selector))
+                models = manifests.select(targets, selector)
+                plans = await engine.plan(models)
+                orphans = await _orphans(engine, models, filtered=bool(targets or selector))
         except ReconcilerError as exc:
             return report.failed(exc)
-        return report.shown(plans)
+        return report.shown(plans, orphans)
 
     sys.exit(_run(run()))
 
@@ -356,6 +364,70 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
             return AdoptReport().adopted(name)
 
     sys.exit(_run(run()))
+
+
+# ---------------------------------------------------------------- orphans, renames, retries
+
+
+async def _orphans(engine: Engine, models: Sequence[DesiredModel], *, filtered: bool) -> list[Orphan]:
+    """The records no manifest declares; with --target/--selector only those renamed to a selected model."""
+    from reconciler.orphans import find_orphans
+
+    return find_orphans(await engine.state.all(), engine.manifests.models, models if filtered else None)
+
+
+def _edit_state(
+    paths: tuple[str, ...], state: str | None, edit: Callable[..., Awaitable[Edited]], *names: str
+) -> Edited:
+    """Run one of `state_commands` on the manifests under `paths` and the state (no engine)."""
+
+    async def run() -> Edited:
+        async with runtime.state_session(paths, runtime.state_url(state)) as (manifests, st, commit):
+            return await edit(st, manifests.models, *names, git_commit=commit)
+
+    return _run(run())
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@_paths
+@_state
+def rename(old: str, new: str, paths: tuple[str, ...], state: str | None) -> None:
+    """Move OLD's record and history to NEW, a model renamed in its manifest (as `terraform state mv`).
+
+    Refused when OLD has no record or is still declared, when no manifest declares NEW, when NEW
+    has a record, or when NEW points at another provider model. Nothing is sent to a provider."""
+    from reconciler.report.commands import StateEditReport
+    from reconciler.state_commands import rename as move
+
+    sys.exit(StateEditReport().renamed(old, new, _edit_state(paths, state, move, old, new)))
+
+
+@cli.command()
+@click.argument("name")
+@_paths
+@_state
+def forget(name: str, paths: tuple[str, ...], state: str | None) -> None:
+    """Drop the record of NAME, a model no manifest declares (an orphan); its history stays and
+    nothing is deleted at the provider. Refused for a model the manifests still declare."""
+    from reconciler.report.commands import StateEditReport
+    from reconciler.state_commands import forget as drop
+
+    sys.exit(StateEditReport().forgotten(name, _edit_state(paths, state, drop, name)))
+
+
+@cli.command()
+@click.argument("name")
+@_paths
+@_state
+def retry(name: str, paths: tuple[str, ...], state: str | None) -> None:
+    """Re-arm NAME, whose failed trainings reached policy.max_retries: its attempts reset, so the
+    next plan shows retry. Refused when its retries are not exhausted."""
+    from reconciler.report.commands import StateEditReport
+    from reconciler.state_commands import retry as rearm
+
+    sys.exit(StateEditReport().retried(name, _edit_state(paths, state, rearm, name)))
 
 
 @cli.command()

@@ -178,6 +178,9 @@ class ModelRecord:
     marker: str | None = None
     data_marker: Any = None  # provider's data identity at trigger time (batch ids, image hashes)
     reasons: list[str] = field(default_factory=list)
+    #: which model at the provider this record is of (`ProviderType.model_identity`), written with
+    #: each intent; None in records older than the field (read from `training` instead)
+    provider_model: str | None = None
     #: the stored row's version (0: not stored yet); every write bumps it, and compare-and-set
     #: writes (`StateStore.save_if`) succeed only on the version they read. Not part of equality:
     #: two records say the same when their content does, whichever write stored them.

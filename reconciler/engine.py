@@ -43,12 +43,14 @@ from reconciler.errors import (
     TemporaryProviderError,
 )
 from reconciler.notify import Announcer, EventSink
+from reconciler.orphans import model_identity, rename_candidates
 from reconciler.plan import (
     Action,
     ModelPlan,
     Reason,
     count_in_flight,
     error_code,
+    hint_renames,
     limit_concurrency,
     plan_model,
 )
@@ -273,6 +275,11 @@ class Engine:
         observed = await self.observe(models, records)
         now = self.clock()
         plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
+        # a model without a record, at the provider model of an orphan's record: hint the rename
+        if unrecorded := [m for m in models if m.name not in records]:
+            if len(models) <= FEW_RECORDS:  # only the records that could be theirs
+                records = {**await self.state.of_provider_models({model_identity(m) for m in unrecorded}), **records}
+            hint_renames(plans, rename_candidates(records, self.manifests.models, models))
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
         names = {p.name for p in plans}
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
@@ -345,6 +352,7 @@ class Engine:
             marker=obs.marker,
             data_marker=obs.data_marker,
             reasons=[reason],
+            provider_model=model_identity(model),
         )
         ev = self._event(model.name, "adopted", reason, model.fingerprint, observed=obs.observed_training)
         return record if await self.state.save_if(record, expected_version, ev) else None
@@ -434,6 +442,7 @@ class Engine:
                 marker=obs.marker,
                 data_marker=obs.data_marker,
                 reasons=[r.code for r in p.reasons],
+                provider_model=model_identity(m),
             )
             won = await budget.write_intent(
                 self,

@@ -4,7 +4,8 @@
     ├── ManifestError                bad manifests: carries a list of `Problem(file, line, col, message)`
     ├── ConfigError                  bad configuration: missing key variable, bad --state URL, missing base URL
     ├── StateError                   the state store cannot be opened, migrated or written
-    │   └── LockHeldError            the leader lease is held by another process (names the holder)
+    │   ├── LockHeldError            the leader lease is held by another process (names the holder)
+    │   └── RefusedError             `rename`/`forget`/`retry` refused: says why and what to do instead
     └── ProviderError                a provider call failed; carries `provider` and optionally `model`
         ├── TemporaryProviderError   retry later: 429, 5xx, timeouts, connection errors, 409 "busy"
         │   └── RequestNotSentError  the request provably never left (connection refused): safe to resend a train call
@@ -67,6 +68,11 @@ class LockHeldError(StateError):
         super().__init__(
             f"the state is locked by {holder} (waited {waited:.0f}s); wait for it to finish or raise --lock-timeout"
         )
+
+
+class RefusedError(StateError):
+    """A command that edits the state by hand (`rename`, `forget`, `retry`) refused, or lost to
+    another writer: nothing was written; the message says why and what to do instead."""
 
 
 class ProviderError(ReconcilerError):

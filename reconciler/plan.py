@@ -195,7 +195,8 @@ def _drift(model: DesiredModel, rec: ModelRecord, obs: Observation, now: datetim
     if obs.status is TrainingStatus.NONE and rec.status in (RecordStatus.SUCCEEDED, RecordStatus.ADOPTED):
         reasons.append(Reason("never-trained", "the provider shows no trained model although one was recorded"))
     if rec.status is RecordStatus.FAILED and not any(r.code == "spec-changed" for r in reasons):
-        reasons.append(Reason("training-failed", f"attempt {rec.attempts} failed"))
+        failed = f"attempt {rec.attempts} failed" if rec.attempts else "failed; `reconciler retry` re-armed it"
+        reasons.append(Reason("training-failed", failed))
     elif (
         obs.status is TrainingStatus.FAILED
         and rec.status in (RecordStatus.SUCCEEDED, RecordStatus.ADOPTED)
@@ -287,8 +288,27 @@ def _unrecorded(p: ModelPlan, obs: Observation) -> ModelPlan:
         )
     if choice == "train":
         return _gated(p, [Reason("unknown-baseline", detail)])
-    hint = f"; run `reconciler adopt {p.name}` or set policy.on_unknown_baseline"
-    return _decide(p, Action.HOLD, [Reason("unknown-baseline", detail + hint)])
+    return _decide(p, Action.HOLD, [Reason("unknown-baseline", detail + _ADOPT_HINT.format(name=p.name))])
+
+
+#: how an unrecorded model's first reason says it looks like a rename (the `adopt` hint dropped)
+RENAME_HINT = (
+    "it looks like a rename of {old} (a record no manifest declares, of the same provider model): "
+    "run `reconciler rename {old} {new}`"
+)
+_ADOPT_HINT = "; run `reconciler adopt {name}` or set policy.on_unknown_baseline"
+
+
+def hint_renames(plans: Iterable[ModelPlan], renames: Mapping[str, str]) -> None:
+    """Say on each unrecorded model in `renames` (new name -> orphan, see `orphans`) that it looks
+    like a rename, with the command, on its first reason (in place of the adopt hint). In place."""
+    for p in plans:
+        old = renames.get(p.name)
+        if old is None or p.record is not None or not p.reasons:
+            continue
+        first = p.reasons[0]
+        detail = first.detail.removesuffix(_ADOPT_HINT.format(name=p.name))
+        p.reasons[0] = Reason(first.code, f"{detail}; {RENAME_HINT.format(old=old, new=p.name)}")
 
 
 def _unacknowledged(

@@ -123,13 +123,15 @@ def load(paths: Sequence[str]) -> ManifestSet:
     """The manifests under `paths` (default `specs/`), checked against the operator's trust
     policy; ManifestError lists every problem."""
     from reconciler.logs import provider_key_envs
-    from reconciler.spec import load_manifests
 
     # the manifests live as long as the command: frozen out of the cyclic collector's sight before
     # it resumes, no collection (nor the one at exit) walks their objects (0.1 s a walk at 10,000)
     enabled = gc.isenabled()
     gc.disable()
     try:
+        # imported under the pause too: pydantic's and PyYAML's modules are long-lived objects as well
+        from reconciler.spec import load_manifests
+
         manifests = load_manifests(paths_or_default(paths), trust=trust())
     finally:
         gc.freeze()
@@ -426,3 +428,17 @@ def git_commit(paths: Sequence[str], env: Mapping[str, str]) -> str | None:
             except OSError:
                 return None
     return env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA")
+
+
+@asynccontextmanager
+async def state_session(paths: Sequence[str], url: str) -> AsyncIterator[tuple[ManifestSet, StateStore, str | None]]:
+    """Manifests, an open state and the manifests' git commit, for the commands that edit the
+    state by hand (`rename`, `forget`, `retry`): no engine, nothing sent to a provider."""
+    from reconciler.state import open_state
+
+    manifests = load(paths)
+    state = await open_state(url)
+    try:
+        yield manifests, state, git_commit(paths_or_default(paths), os.environ)
+    finally:
+        await state.close()

@@ -63,6 +63,28 @@ spec: {type: TYPE, requests_per_second: 1000}
 """
 
 
+# ---------------------------------------------------------------- raw SQL on a state
+
+
+def run_sql(state_url: str, *statements: str) -> None:
+    """Run statements on the state's database underneath the store (SQLite file or PostgreSQL)."""
+    if state_url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(state_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            for statement in statements:
+                conn.execute(statement)
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(state_url, autocommit=True) as pg:
+        for statement in statements:
+            pg.execute(statement.encode())
+
+
 # ---------------------------------------------------------------- waiting
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from helpers import ROOT
 
 from reconciler import __version__, runtime
+from reconciler.providers.catalog import known_types
 
 PROBE = """\
 import json, sys
@@ -26,9 +27,51 @@ except SystemExit as exc:
     code = exc.code
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
+BARE = "import json, sys; print(json.dumps(sorted(sys.modules)))"
 
 #: never needed to print a version or check manifests offline
 HEAVY = ("asyncio", "httpx", "reconciler.engine", "reconciler.state", "reconciler.sandbox", "stamina")
+
+#: all of reconciler that `validate` of one Roboflow file loads: the manifest layer, its provider
+#: types' schemas and the report's problem list, never plan (nor anything that runs a plan)
+VALIDATE_MODULES = {
+    "reconciler",
+    "reconciler.cli",
+    "reconciler.domain",
+    "reconciler.errors",
+    "reconciler.logs",
+    "reconciler.manifest_files",
+    "reconciler.providers",
+    "reconciler.providers.catalog",
+    "reconciler.providers.identity",
+    "reconciler.providers.origins",
+    "reconciler.providers.provider_type",
+    *(f"reconciler.providers.{name}{part}" for name in known_types() for part in ("", ".schema")),
+    "reconciler.report",
+    "reconciler.report.base",
+    "reconciler.report.commands",
+    "reconciler.report.exits",
+    "reconciler.report.failures",
+    "reconciler.report.github",
+    "reconciler.report.progress",
+    "reconciler.report.text",
+    "reconciler.report.views",
+    "reconciler.runtime",
+    "reconciler.selectors",
+    "reconciler.spec",
+    "reconciler.values",
+    "reconciler.yamlpos",
+}
+#: the third-party packages it needs (top-level import names)
+VALIDATE_PACKAGES = {
+    "annotated_types",
+    "click",
+    "pydantic",
+    "pydantic_core",
+    "typing_extensions",
+    "typing_inspection",
+    "yaml",
+}
 
 
 def loaded(*args: str, cwd: Path) -> tuple[int, set[str], str]:
@@ -56,3 +99,17 @@ def test_validate_of_one_file_loads_no_engine_and_no_other_providers_files(tmp_p
     assert not modules & set(HEAVY), modules & set(HEAVY)
     # the PhotoGPT image walker loads only for PhotoGPT manifests
     assert "reconciler.providers.photogpt.images" not in modules
+
+
+def test_validate_of_one_file_loads_exactly_its_manifest_layer(tmp_path: Path) -> None:
+    code, modules, out = loaded("validate", str(ROOT / "specs" / "roboflow.yaml"), cwd=tmp_path)
+    assert code == 0, out
+    ours = {m for m in modules if m.partition(".")[0] == "reconciler"}
+    assert ours == VALIDATE_MODULES, (
+        f"loaded, not pinned: {ours - VALIDATE_MODULES}; pinned, not loaded: {VALIDATE_MODULES - ours}"
+    )
+    # what site loads (an editable install's finder) is not ours, nor private helper modules
+    # (`_cython_*` of PyYAML's C loader, `_sysconfigdata_*`)
+    bare = json.loads(subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, check=True).stdout)
+    tops = {m.partition(".")[0] for m in modules if not m.startswith(("_", "cython_"))}
+    assert tops - set(bare) - set(sys.stdlib_module_names) - {"reconciler"} == VALIDATE_PACKAGES

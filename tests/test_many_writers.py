@@ -19,7 +19,6 @@ import asyncio
 import dataclasses
 import random
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from helpers import DaemonProcess, Workspace
+from helpers import DaemonProcess, Workspace, run_sql
 from helpers import wait_until as wait_for
 from test_daemon import HARDHATS, PROVIDER, start
 
@@ -65,14 +64,6 @@ async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture
@@ -162,17 +153,10 @@ async def test_existing_rows_get_version_1(state_url: str) -> None:
     prefix = "" if state_url.startswith("sqlite") else "reconciler_"
     statements = [
         f"ALTER TABLE {prefix}models DROP COLUMN version",
+        f"ALTER TABLE {prefix}models DROP COLUMN provider_model",  # a later migration's column
         f"UPDATE {prefix}meta SET value = '1' WHERE key = 'schema_version'",
     ]
-    if state_url.startswith("sqlite"):
-        conn = sqlite3.connect(state_url.removeprefix("sqlite:///"), isolation_level=None)
-        for statement in statements:
-            conn.execute(statement)
-        conn.close()
-    else:
-        with psycopg.connect(state_url, autocommit=True) as pg:
-            for statement in statements:
-                pg.execute(statement.encode())
+    run_sql(state_url, *statements)
     async with await open_state(state_url) as store:
         got = await store.get(NAME)
         assert got is not None and got.version == 1

@@ -137,8 +137,8 @@ def test_plan_text_error_first_and_empty(models: dict[str, DesiredModel]) -> Non
 
 def test_plan_json_shape(mixed: list[ModelPlan]) -> None:
     doc = json.loads(renderer("json").plan(mixed))
-    assert list(doc) == ["format_version", "models", "summary"]
-    assert doc["format_version"] == 1
+    assert list(doc) == ["format_version", "models", "summary", "orphans"]
+    assert doc["format_version"] == 1 and doc["orphans"] == []
     assert [m["name"] for m in doc["models"]] == ["a", "bb", "hardhat-detector", "z-long-model-name"]
     assert all(list(m) == ["name", "provider", "action", "reasons", "changes"] for m in doc["models"])
     assert doc["models"][3] == {
@@ -163,6 +163,7 @@ def test_plan_report_exit_code_and_errors_document() -> None:
         "format_version": 1,
         "models": [],
         "summary": {},
+        "orphans": [],
         "errors": ["a.yaml:4:3: spec.model: field required", "b.yaml:1:1: bad"],
     }
     assert con.stderr == ["a.yaml:4:3: spec.model: field required", "b.yaml:1:1: bad"]

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import test_many_writers
 from helpers import Gate, Workspace, by_name, codes, train_calls
 from test_daemon_parts import MODEL
 
@@ -33,8 +32,7 @@ from reconciler.seams import Seams
 from reconciler.spec import load_manifests
 from reconciler.state import open_state
 
-#: the state fixture of the many-writers tests: SQLite and a fresh PostgreSQL schema
-state_url = test_many_writers.state_url
+# `state_url` (conftest): SQLite and a fresh PostgreSQL schema
 SANDBOX_TRAINING_SECONDS = 30  # trainings stay in flight: nothing ends during a test
 
 PROVIDER = """\

@@ -611,15 +611,18 @@ async def post_json(url: str, body: Any, *, timeout: float, user_agent: str = "r
     content = json.dumps(body, ensure_ascii=False).encode("utf-8")
     headers = {"Content-Type": "application/json", "User-Agent": user_agent}
     try:
-        # httpx's timeout is per phase; the outer one bounds an endpoint that answers byte by byte
-        async with asyncio.timeout(timeout):
-            async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False) as client:
-                raw = await client.post(url, content=content, headers=headers)
+        # one bound for the whole exchange, so an endpoint that answers byte by byte is cut off too
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with (
+            aiohttp.ClientSession(timeout=client_timeout) as client,
+            client.post(url, data=content, headers=headers, allow_redirects=False) as raw,
+        ):
+            status = raw.status
     except TimeoutError:
         return PostOutcome(None, f"no answer within {timeout:g}s")
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         # the exception's text may quote the URL: only its kind is reported
         return PostOutcome(None, type(exc).__name__)
-    if 200 <= raw.status_code < 300:
-        return PostOutcome(raw.status_code)
-    return PostOutcome(raw.status_code, f"HTTP {raw.status_code}")
+    if 200 <= status < 300:
+        return PostOutcome(status)
+    return PostOutcome(status, f"HTTP {status}")

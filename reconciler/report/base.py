@@ -44,7 +44,8 @@ class ApplyRun:
 class PlanExtras:
     """Optional parts of the plan view, filled in by the commands that know them; empty: not shown."""
 
-    #: records whose model is in no manifest, as plan JSON's `orphans` entries (name, provider, last_training)
+    #: records whose model is in no manifest, as plan JSON's `orphans` entries (name, provider,
+    #: last_training, status, rename_to, command: `Orphan.entry`)
     orphans: Sequence[Mapping[str, Any]] = ()
     #: the blast radius when apply would refuse: `{"would_start": 25, "limit": 20}`
     max_trainings: Mapping[str, int] | None = None

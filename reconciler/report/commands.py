@@ -26,11 +26,14 @@ from reconciler.report.progress import Lines, LiveTable, Progress
 from reconciler.report.text import (
     adopted_by_hand_line,
     adopted_line,
+    forgotten_line,
     fresh_state_warning,
     no_history_line,
     not_succeeded_line,
     outcome_line,
     refused_line,
+    renamed_line,
+    retried_line,
 )
 from reconciler.report.views import by_name, status_entry
 
@@ -38,8 +41,10 @@ if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord
     from reconciler.engine import ApplyResult, TriggerOutcome
     from reconciler.errors import ReconcilerError
+    from reconciler.orphans import Orphan
     from reconciler.plan import ModelPlan
     from reconciler.slots import Tick, WaitResult
+    from reconciler.state_commands import Edited
 
 
 class Report:
@@ -89,6 +94,10 @@ class Report:
             self.console.err(line)
         return exits.FAILED
 
+    def orphans(self, orphans: Sequence[Orphan]) -> None:
+        """The records no manifest declares, for the documents that list them after the models."""
+        self.renderer.extras = dataclasses.replace(self.renderer.extras, orphans=[o.entry() for o in orphans])
+
     def state_opened(self, url: str, created: bool, env: Mapping[str, str] | None = None) -> None:
         """Warn on CI when this run created the state: an ephemeral runner forgets it."""
         env = os.environ if env is None else env
@@ -108,11 +117,15 @@ class ValidateReport(Report):
 class PlanReport(Report):
     """`plan`: the plan, exit 0/2/1."""
 
-    def planned(self, plans: Sequence[ModelPlan], *, max_trainings: int | None = None) -> int:
-        """Show the plan (and, when it would start more than `max_trainings`, that apply would refuse); its exit code."""
+    def planned(
+        self, plans: Sequence[ModelPlan], orphans: Sequence[Orphan] = (), *, max_trainings: int | None = None
+    ) -> int:
+        """Show the plan (and, when it would start more than `max_trainings`, that apply would refuse),
+        then the orphans (they never change the exit code); its exit code."""
         from reconciler.budget import refused_by_blast_radius
         from reconciler.report.markdown import render_markdown
 
+        self.orphans(orphans)
         refusal = refused_by_blast_radius(plans, max_trainings)
         if refusal is not None:
             self.renderer.extras = dataclasses.replace(self.renderer.extras, max_trainings=refusal.as_json())
@@ -225,8 +238,9 @@ class ApplyReport(Report):
 class StatusReport(Report):
     """`status`: every model's provider state, last training and next action."""
 
-    def shown(self, plans: Sequence[ModelPlan]) -> int:
-        """Show the models; exit 1 when any could not be observed."""
+    def shown(self, plans: Sequence[ModelPlan], orphans: Sequence[Orphan] = ()) -> int:
+        """Show the models, then the orphans; exit 1 when any model could not be observed."""
+        self.orphans(orphans)
         self._out(self.renderer.status([status_entry(p) for p in by_name(plans)]))
         return exits.status_exit_code(plans)
 
@@ -255,3 +269,26 @@ class AdoptReport(Report):
         """The provider's model of `name` is now recorded as matching its spec."""
         self.console.out(adopted_by_hand_line(name))
         return exits.OK
+
+
+class StateEditReport(Report):
+    """`rename`, `forget`, `retry`: one line on stdout, a warning on stderr; refusals are
+    `RefusedError`s, reported by `main()` (exit 1)."""
+
+    def _done(self, line: str, edited: Edited) -> int:
+        self.console.out(line)
+        if edited.warning:
+            self.console.err(f"warning: {edited.record.name}: {edited.warning}")
+        return exits.OK
+
+    def renamed(self, old: str, new: str, edited: Edited) -> int:
+        """OLD's record and history are NEW's now."""
+        return self._done(renamed_line(old, new, edited.moved_events), edited)
+
+    def forgotten(self, name: str, edited: Edited) -> int:
+        """The orphan's record is dropped."""
+        return self._done(forgotten_line(name), edited)
+
+    def retried(self, name: str, edited: Edited) -> int:
+        """The model's retries are re-armed."""
+        return self._done(retried_line(name, edited.before.attempts if edited.before else 0), edited)

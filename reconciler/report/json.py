@@ -24,14 +24,19 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False, default=str)
 
 
-def plan_document(plans: Sequence[ModelPlan], extras: PlanExtras | None = None) -> dict[str, Any]:
-    """`{"format_version", "models": [...], "summary": {action: count}}`, and `max_trainings`
+def plan_document(
+    plans: Sequence[ModelPlan], extras: PlanExtras | None = None, *, orphans: bool = False
+) -> dict[str, Any]:
+    """`{"format_version", "models": [...], "summary": {action: count}}`, with `orphans` (`plan`:
+    the records no manifest declares; `apply` does not list them) and `max_trainings`
     (`{"would_start", "limit"}`) only when apply would refuse the plan."""
     doc: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "models": [plan_entry(p) for p in by_name(plans)],
         "summary": summarize(plans),
     }
+    if orphans:
+        doc["orphans"] = [dict(o) for o in (extras.orphans if extras is not None else ())]
     if extras is not None and extras.max_trainings:
         doc["max_trainings"] = dict(extras.max_trainings)
     return doc
@@ -53,11 +58,12 @@ class JsonRenderer(Renderer):
         return dumps({"valid": True, "models": sorted(models), "providers": sorted(providers)})
 
     def plan(self, plans: Sequence[ModelPlan]) -> str:
-        return dumps(plan_document(plans, self.extras))
+        return dumps(plan_document(plans, self.extras, orphans=True))
 
     def plan_failed(self, problems: Sequence[str]) -> str | None:
         # plan --output json prints its JSON whatever the exit code
-        return dumps({"format_version": FORMAT_VERSION, "models": [], "summary": {}, "errors": list(problems)})
+        doc = {"format_version": FORMAT_VERSION, "models": [], "summary": {}, "orphans": [], "errors": list(problems)}
+        return dumps(doc)
 
     def apply_planned(self, plans: Sequence[ModelPlan]) -> str | None:
         return None  # the plan is part of the one document printed at the end
@@ -67,7 +73,8 @@ class JsonRenderer(Renderer):
 
     def status(self, entries: Sequence[dict[str, Any]]) -> str:
         # "role": who wrote this view (design.md "Many writers"): the daemon says leader/standby
-        return dumps({"format_version": FORMAT_VERSION, "role": "cli", "models": list(entries)})
+        orphans = [dict(o) for o in self.extras.orphans]
+        return dumps({"format_version": FORMAT_VERSION, "role": "cli", "models": list(entries), "orphans": orphans})
 
     def status_failed(self, problems: Sequence[str]) -> str | None:
         # as plan: status --output json prints its JSON whatever the exit code

@@ -58,8 +58,13 @@ def _orphans(orphans: Sequence[Mapping[str, object]]) -> list[str]:
     ]
     for o in orphans:
         last = o.get("last_training")
+        hint = f": looks renamed to {_code(str(o['rename_to']))}" if o.get("rename_to") else ""
+        command = f"; {_code(str(o['command']))}" if o.get("command") else ""
         lines.append(
-            f"- {_code(str(o.get('name', '')))} ({o.get('provider', '')})" + (f", last training {last}" if last else "")
+            f"- {_code(str(o.get('name', '')))} ({o.get('provider', '')})"
+            + (f", last training {last}" if last else "")
+            + hint
+            + command
         )
     return lines
 

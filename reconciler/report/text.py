@@ -10,14 +10,14 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
-from reconciler.plan import Action, ModelPlan
 from reconciler.report.base import ApplyRun, Renderer
-from reconciler.report.views import ACTION_ORDER, QUEUED_NOTE, by_name, change_text, event_reason, queued, summarize
+from reconciler.report.views import QUEUED_NOTE, action_order, by_name, change_text, event_reason, queued, summarize
 
 if TYPE_CHECKING:
     from reconciler.budget import BlastRadius
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
     from reconciler.engine import TriggerOutcome
+    from reconciler.plan import ModelPlan
 
 
 def _reasons_text(p: ModelPlan) -> str:
@@ -43,7 +43,8 @@ def _plan_line(p: ModelPlan, width: int) -> str:
 def render_plan(plans: Sequence[ModelPlan]) -> str:
     """One line per model, grouped by action; changed fields as `epochs: 100 -> 150`."""
     lines = []
-    for action in ACTION_ORDER:
+    order = action_order()
+    for action in order:
         group = [p for p in plans if p.action is action]
         if not group:
             continue
@@ -51,13 +52,15 @@ def render_plan(plans: Sequence[ModelPlan]) -> str:
         width = max(len(p.name) for p in group)
         lines.extend(_plan_line(p, width) for p in by_name(group))
     summary = summarize(plans)
-    total = ", ".join(f"{summary[a.value]} {a.value}" for a in ACTION_ORDER if a.value in summary)
+    total = ", ".join(f"{summary[a.value]} {a.value}" for a in order if a.value in summary)
     lines.append(f"Plan: {total or 'no models'}.")
     return "\n".join(lines)
 
 
 def _next_text(e: dict[str, Any]) -> str:
     """The NEXT column: the action and why (an error's message is in OBSERVED already)."""
+    from reconciler.plan import Action  # not at the top: `validate` renders text and never plans
+
     reasons: dict[str, str] = {}
     for r in e["reasons"]:
         detail = "" if e["action"] == Action.ERROR.value else r["detail"]
@@ -85,6 +88,22 @@ def render_status(entries: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def render_orphans(orphans: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The section after the plan or status table: records no manifest declares, and what to run."""
+    if not orphans:
+        return []
+    lines = ["", f"Orphans ({len(orphans)}): recorded, in no manifest any more (nothing is deleted at the provider):"]
+    width = max(len(str(o["name"])) for o in orphans)
+    for o in orphans:
+        last = f"{o['status']} {(o['last_training'] or '')[:16]}".rstrip()
+        if o.get("rename_to"):
+            what = f"looks renamed to {o['rename_to']}: run `{o['command']}`"
+        else:
+            what = f"`{o['command']}` drops its record"
+        lines.append(f"  {o['name']:<{width}}  {o['provider']:<10} {last}  {what}")
+    return lines
+
+
 def history_line(e: HistoryEvent) -> str:
     """`2024-05-01 12:00:00  triggered    spec-changed         3f2a...  message`."""
     at = e.at.strftime("%Y-%m-%d %H:%M:%S") if e.at else "?"
@@ -101,7 +120,7 @@ class TextRenderer(Renderer):
 
     def plan(self, plans: Sequence[ModelPlan]) -> str:
         above = [blast_radius_line(self.extras.max_trainings)] if self.extras.max_trainings else []
-        return "\n".join([*above, render_plan(plans)])
+        return "\n".join([*above, render_plan(plans), *render_orphans(self.extras.orphans)])
 
     def plan_failed(self, problems: Sequence[str]) -> str | None:
         return None  # main() says it on stderr, as for every other command
@@ -113,7 +132,7 @@ class TextRenderer(Renderer):
         return None  # the outcomes were said on stderr as they came
 
     def status(self, entries: Sequence[dict[str, Any]]) -> str:
-        return render_status(entries)
+        return "\n".join([render_status(entries), *render_orphans(self.extras.orphans)])
 
     def history(self, name: str, events: Sequence[HistoryEvent]) -> str | None:
         return "\n".join(history_line(e) for e in events) if events else None
@@ -203,6 +222,23 @@ def fresh_state_warning(url: str) -> str:
         f"warning: the state {url} was just created: on an ephemeral CI runner a local SQLite file "
         "forgets every training; use a shared state (--state postgresql://... or RECONCILER_STATE)"
     )
+
+
+def renamed_line(old: str, new: str, moved_events: int) -> str:
+    """`reconciler rename OLD NEW` succeeded (stdout)."""
+    return (
+        f"{old}: renamed to {new}; its record and {moved_events} history events moved (nothing changed at the provider)"
+    )
+
+
+def forgotten_line(name: str) -> str:
+    """`reconciler forget NAME` succeeded (stdout)."""
+    return f"{name}: record dropped; its history stays (nothing deleted at the provider)"
+
+
+def retried_line(name: str, attempts: int) -> str:
+    """`reconciler retry NAME` succeeded (stdout)."""
+    return f"{name}: retries re-armed ({attempts} failed attempts reset to 0); the next plan shows retry"
 
 
 def no_history_line(name: str) -> str:

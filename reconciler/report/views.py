@@ -11,14 +11,21 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
-from reconciler.plan import Action, ModelPlan, error_code
 
 if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
     from reconciler.engine import TriggerOutcome
+    from reconciler.plan import Action, ModelPlan
 
-#: Order of the action groups in text output and of the summary line.
-ACTION_ORDER = (Action.ERROR, Action.TRAIN, Action.RETRY, Action.WAIT, Action.HOLD, Action.NONE)
+# `reconciler.plan` is imported inside the functions that need it at run time: `validate` reports
+# through this module (the text renderer) and never plans (start-up time, tests/test_cli_startup.py).
+
+
+def action_order() -> tuple[Action, ...]:
+    """Order of the action groups in text output and of the summary line."""
+    from reconciler.plan import Action
+
+    return (Action.ERROR, Action.TRAIN, Action.RETRY, Action.WAIT, Action.HOLD, Action.NONE)
 
 
 def by_name(plans: Iterable[ModelPlan]) -> list[ModelPlan]:
@@ -32,11 +39,15 @@ QUEUED_NOTE = "trains once the current training ends"
 
 def queued(p: ModelPlan) -> bool:
     """A model that waits for its training with a spec change queued: it trains once that ends."""
+    from reconciler.plan import Action
+
     return p.action is Action.WAIT and any(r.code == "spec-changed" for r in p.reasons)
 
 
 def warned(p: ModelPlan) -> bool:
     """A model that drifted under `policy.drift: warn`: reported, never trained."""
+    from reconciler.plan import Action
+
     return p.action is Action.HOLD and any(r.code == "warn-only" for r in p.reasons)
 
 
@@ -115,6 +126,7 @@ def event_reason(e: HistoryEvent) -> str:
     """An event's reason code. Before reason codes, a refused or unconfirmed train call recorded
     the error's class name (`TemporaryProviderError`): shown as its code, never as a class name."""
     from reconciler import errors
+    from reconciler.plan import error_code
 
     cls = getattr(errors, e.reason, None) if e.reason.endswith("Error") else None
     if isinstance(cls, type) and issubclass(cls, ProviderError):

@@ -14,7 +14,7 @@ import enum
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -117,6 +117,11 @@ class StateStore(ABC):
     async def all(self) -> dict[str, ModelRecord]: ...
 
     @abstractmethod
+    async def of_provider_models(self, identities: Collection[str]) -> dict[str, ModelRecord]:
+        """The records of these provider models (`ModelRecord.provider_model`), and those older than
+        the field (None): the rename candidates of a few models, without reading every record."""
+
+    @abstractmethod
     async def save(self, record: ModelRecord, *events: HistoryEvent) -> None:
         """Write the record whatever is stored and append the events in one transaction (tools and
         tests; the engine writes only by compare-and-set). Sets `record.version` to the new one."""
@@ -160,6 +165,13 @@ class StateStore(ABC):
     async def delete_if(self, name: str, expected_version: int, *events: HistoryEvent) -> bool:
         """Compare-and-set: remove the record and append the events only when the stored version is
         `expected_version`; False (nothing written) otherwise."""
+
+    @abstractmethod
+    async def move_if(self, old: str, expected_version: int, record: ModelRecord, *events: HistoryEvent) -> bool:
+        """Compare-and-set rename (`reconciler rename`): in one transaction remove `old`'s record
+        when its stored version is `expected_version`, write `record` under its own name only when
+        that name has no record, move `old`'s uploaded-file map along and append the events.
+        True and `record.version` set when written; False (nothing written) otherwise."""
 
     @abstractmethod
     async def append(self, *events: HistoryEvent) -> None: ...

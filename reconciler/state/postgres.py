@@ -112,6 +112,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (model, fingerprint, event)
         )""",
     ),
+    # Orphans and renames: which provider model a record is of (NULL in older records).
+    ("ALTER TABLE reconciler_models ADD COLUMN IF NOT EXISTS provider_model text",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -37,6 +37,7 @@ RECORD_FIELDS = (
     "marker",
     "data_marker",
     "reasons",
+    "provider_model",
 )
 JSON_FIELDS = frozenset({"training", "data_marker", "reasons"})
 MODEL_COLUMNS = ", ".join(RECORD_FIELDS) + ", version"
@@ -142,6 +143,7 @@ class SQLStateStore(StateStore):
             record.marker,
             dump_json(record.data_marker, what),
             dump_json(list(record.reasons), what),
+            record.provider_model,
         )
 
     def _event_row(self, ev: HistoryEvent) -> tuple[Any, ...]:
@@ -170,6 +172,7 @@ class SQLStateStore(StateStore):
             marker=row["marker"],
             data_marker=self._json_out(row["data_marker"]),
             reasons=list(self._json_out(row["reasons"])),
+            provider_model=row["provider_model"],
             version=row["version"],
         )
 
@@ -195,6 +198,16 @@ class SQLStateStore(StateStore):
 
     async def all(self) -> dict[str, ModelRecord]:
         rows = await self._fetchall(f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} ORDER BY name")
+        return {row["name"]: self._record(row) for row in rows}
+
+    async def of_provider_models(self, identities: Collection[str]) -> dict[str, ModelRecord]:
+        """The records of these provider models, and those that do not say theirs (NULL)."""
+        wanted = sorted(set(identities))
+        among = f" OR provider_model IN ({', '.join([self.PARAM] * len(wanted))})" if wanted else ""
+        rows = await self._fetchall(
+            f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} WHERE provider_model IS NULL{among} ORDER BY name",
+            wanted,
+        )
         return {row["name"]: self._record(row) for row in rows}
 
     def _record_sql(self, mode: str) -> str:
@@ -309,6 +322,32 @@ class SQLStateStore(StateStore):
         p = self.PARAM
         sql = f"DELETE FROM {self._table('models')} WHERE name = {p} AND version = {p} RETURNING version"
         return await self._write(events, [RowWrite(sql, (name, expected_version), required=True)]) is not None
+
+    async def move_if(self, old: str, expected_version: int, record: ModelRecord, *events: HistoryEvent) -> bool:
+        """Compare-and-set rename: remove `old` (at `expected_version`), insert `record` (only when
+        its name has no record) and move the uploads, all or nothing. False: nothing written."""
+        p, models, uploads = self.PARAM, self._table("models"), self._table("uploads")
+        writes = [
+            RowWrite(
+                f"DELETE FROM {models} WHERE name = {p} AND version = {p} RETURNING version",
+                (old, expected_version),
+                required=True,
+            ),
+            self._record_write(record, None, conditional=True),
+            # the files already uploaded for the model are the same files under its new name
+            RowWrite(
+                f"INSERT INTO {uploads} (provider, model, content_hash, remote_id, uploaded_at)"
+                f" SELECT provider, {p}, content_hash, remote_id, uploaded_at FROM {uploads} WHERE model = {p}"
+                " ON CONFLICT (provider, model, content_hash) DO NOTHING",
+                (record.name, old),
+            ),
+            RowWrite(f"DELETE FROM {uploads} WHERE model = {p}", (old,)),
+        ]
+        written = await self._write(events, writes)
+        if written is None or written[1] is None:
+            return False
+        record.version = int(written[1]["version"])
+        return True
 
     async def append(self, *events: HistoryEvent) -> None:
         """Append events to the history, all or none."""

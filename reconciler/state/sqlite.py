@@ -104,6 +104,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (model, fingerprint, event)
         )""",
     ),
+    # Orphans and renames: which provider model a record is of (NULL in older records).
+    ("ALTER TABLE models ADD COLUMN provider_model TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
