@@ -47,8 +47,9 @@ from reconciler.errors import (
 )
 from reconciler.plan import Action
 from reconciler.providers.base import path_segment
-from reconciler.providers.http import HttpClient, secret_forms
+from reconciler.providers.http import HttpClient
 from reconciler.providers.policy import Auth, RetryPolicy
+from reconciler.providers.wire import secret_forms
 from reconciler.sandbox.faults import Fault
 from reconciler.sandbox.server import Sandbox
 from reconciler.spec import load_manifests

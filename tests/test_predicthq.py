@@ -16,9 +16,10 @@ from helpers import ROOT, Clock, Workspace, codes, one_simulator, sim, train_pat
 from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingStatus
 from reconciler.plan import Action, plan_model
 from reconciler.providers.base import ProviderContext
-from reconciler.providers.http import HttpClient, error_message
+from reconciler.providers.http import HttpClient
 from reconciler.providers.predicthq.adapter import PredictHQAdapter
 from reconciler.providers.predicthq.schema import PredictHQModel, PredictHQTraining
+from reconciler.providers.wire import error_message
 from reconciler.sandbox.faults import Fault, LoggedRequest
 from reconciler.sandbox.predicthq.simulator import PredictHQSimulator
 from reconciler.sandbox.predicthq.state import SEED_DEMAND_DAYS, SEED_LOCATION_ID, SEED_MODEL_ID

@@ -34,7 +34,7 @@ from reconciler.providers.policy import Auth
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
-    from reconciler.providers.http import Response
+    from reconciler.providers.wire import Response
 
 #: The adapter adds this to the configured host; a base URL already ending in it is used as is.
 API_PREFIX = "/v1"
@@ -70,7 +70,7 @@ def _model_id(m: DesiredModel[LucidModel, LucidTraining]) -> str:
 
 
 def _route_missing(resp: Response) -> bool:
-    from reconciler.providers.http import error_message  # imported late: validate never loads httpx
+    from reconciler.providers.wire import error_message
 
     try:
         body = resp.json()

@@ -33,7 +33,7 @@ from reconciler.providers.policy import Auth
 
 if TYPE_CHECKING:
     from reconciler.domain import DesiredModel, ModelRecord
-    from reconciler.providers.http import Response
+    from reconciler.providers.wire import Response
 
 log = logging.getLogger("reconciler.providers.photogpt")
 
@@ -75,7 +75,7 @@ class PhotoGPTAdapter(ProviderAdapter[PhotoGPTModel, PhotoGPTTraining]):
         """The envelope's `result`; a 2xx answer that is not `status: OK` is unreadable."""
         body = resp.json_object()
         if body.get("status") != "OK":
-            from reconciler.providers.http import error_message
+            from reconciler.providers.wire import error_message
 
             # the provider's words are quoted: masked like every message the HTTP layer builds
             detail = resp.redact(error_message(body) or f"status {body.get('status')!r}")
