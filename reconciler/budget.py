@@ -16,7 +16,7 @@ inserts atomically in the state, and a writer refused there re-plans that model 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -47,17 +47,21 @@ class BlastRadius:
         return {"would_start": self.would_start, "limit": self.limit}
 
 
-def would_start(plans: Sequence[ModelPlan]) -> int:
-    """How many trainings applying these plans would start (train and retry actions)."""
-    return sum(1 for p in plans if p.triggers)
+def counted_starts(plans: Sequence[ModelPlan], also: Callable[[ModelPlan], bool] | None = None) -> list[ModelPlan]:
+    """The plans an apply would start: train and retry actions, and those `also` says it starts
+    too (`apply --wait` starts its `concurrency-limit` holds as slots free)."""
+    return [p for p in plans if p.triggers or (also is not None and also(p))]
 
 
-def refused_by_blast_radius(plans: Sequence[ModelPlan], limit: int | None) -> BlastRadius | None:
-    """The blast-radius decision: when these plans would start more than `limit` trainings, apply
-    starts none of them and reports this; None (apply goes ahead) otherwise or without a limit."""
+def refused_by_blast_radius(
+    plans: Sequence[ModelPlan], limit: int | None, also: Callable[[ModelPlan], bool] | None = None
+) -> BlastRadius | None:
+    """The blast-radius decision: when these plans would start more than `limit` trainings (see
+    `counted_starts`), apply starts none of them and reports this; None (apply goes ahead)
+    otherwise or without a limit."""
     if limit is None:
         return None
-    count = would_start(plans)
+    count = len(counted_starts(plans, also))
     return BlastRadius(count, limit) if count > limit else None
 
 
@@ -141,6 +145,7 @@ __all__ = [
     "DEFAULT_MAX_TRAININGS",
     "BlastRadius",
     "Limits",
+    "counted_starts",
     "hold_over_budget",
     "refused_by_blast_radius",
     "write_intent",

@@ -269,7 +269,8 @@ def apply(
                 return report.finish()
             from reconciler import slots
 
-            result = await slots.apply(engine, plans, max_trainings=limit)
+            # the held models it starts as slots free count towards --max-trainings too
+            result = await engine.apply(plans, max_trainings=limit, also_starts=slots.waits_for_slot)
             report.applied(result)
             report.waited(await slots.wait_for_all(engine, plans, result, timeout=wait_timeout, listener=report))
             return report.finish()

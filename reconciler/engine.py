@@ -358,15 +358,21 @@ class Engine:
         return record if await self.state.save_if(record, expected_version, ev) else None
 
     async def apply(
-        self, plans: Sequence[ModelPlan], *, fence: Fence | None = None, max_trainings: int | None = None
+        self,
+        plans: Sequence[ModelPlan],
+        *,
+        fence: Fence | None = None,
+        max_trainings: int | None = None,
+        also_starts: Callable[[ModelPlan], bool] | None = None,
     ) -> ApplyResult:
         """Run the plan: persist refreshes, adopt where asked, trigger train/retry actions.
         `fence` (the daemon's leader lease) is awaited before every trigger; False: trigger nothing.
-        Plans that would start more than `max_trainings` are refused whole: nothing is written."""
-        result = ApplyResult(list(plans), refused=budget.refused_by_blast_radius(plans, max_trainings))
+        Plans that would start more than `max_trainings` are refused whole: nothing is written;
+        `also_starts` names plans this apply starts later, which count too (`apply --wait`)."""
+        result = ApplyResult(list(plans), refused=budget.refused_by_blast_radius(plans, max_trainings, also_starts))
         if result.refused is not None:
             self.announce.blast_radius(
-                [p for p in plans if p.triggers], result.refused.would_start, result.refused.limit
+                budget.counted_starts(plans, also_starts), result.refused.would_start, result.refused.limit
             )
             return result
         lost = await self.persist_refresh(plans)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from reconciler import budget
 from reconciler.domain import ModelRecord, Observation, RecordStatus
 from reconciler.engine import ApplyResult, Engine, TriggerOutcome
 from reconciler.errors import PermanentProviderError, ProviderError
@@ -225,25 +224,6 @@ def _slot_detail(p: ModelPlan) -> str:
     return next((r.detail for r in p.reasons if r.code == SLOT_REASON), "")
 
 
-def blast_radius(plans: Sequence[ModelPlan], limit: int | None) -> budget.BlastRadius | None:
-    """`apply --wait --max-trainings N`: the held models it starts as slots free are started by
-    this apply too, so they count: more than N in all, and it starts none."""
-    if limit is None:
-        return None
-    count = budget.would_start(plans) + sum(1 for p in plans if waits_for_slot(p))
-    return budget.BlastRadius(count, limit) if count > limit else None
-
-
-async def apply(engine: Engine, plans: Sequence[ModelPlan], *, max_trainings: int | None = None) -> ApplyResult:
-    """`Engine.apply` for `apply --wait`: refused whole (nothing written) by `blast_radius`."""
-    refused = blast_radius(plans, max_trainings)
-    if refused is not None:
-        would = [p for p in plans if p.triggers or waits_for_slot(p)]
-        engine.announce.blast_radius(would, refused.would_start, refused.limit)  # each told as `held`
-        return ApplyResult(list(plans), refused=refused)
-    return await engine.apply(plans, max_trainings=max_trainings)
-
-
 async def wait_for_all(
     engine: Engine,
     plans: Sequence[ModelPlan],
@@ -290,4 +270,4 @@ async def wait_for_all(
     return w.out
 
 
-__all__ = ["Phase", "Tick", "WaitListener", "WaitResult", "apply", "blast_radius", "wait_for_all", "waits_for_slot"]
+__all__ = ["Phase", "Tick", "WaitListener", "WaitResult", "wait_for_all", "waits_for_slot"]
