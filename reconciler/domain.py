@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +40,16 @@ class Policy(Strict):
     on_unknown_baseline: Literal["hold", "adopt", "train"] = "hold"
     #: first wait before retrying a failed training; doubles per failure, capped at 24h
     retry_backoff: Duration = timedelta(minutes=5)
+
+
+#: one object per distinct policy: a daemon holds 10k models, most with the default or a few
+#: shared policies; weak, so policies no manifest uses any more are freed
+_POLICIES: weakref.WeakValueDictionary[Policy, Policy] = weakref.WeakValueDictionary()
+
+
+def shared_policy(policy: Policy) -> Policy:
+    """The one Policy object equal to `policy` (Policy is frozen, so sharing is safe)."""
+    return _POLICIES.setdefault(policy, policy)
 
 
 @dataclass(frozen=True)
@@ -118,7 +129,7 @@ class TrainingStatus(enum.StrEnum):
     UNKNOWN = "unknown"  # the provider does not let us tell
 
 
-@dataclass
+@dataclass(slots=True)
 class Observation:
     """Facts read from the provider about one model; never a decision."""
 
@@ -142,7 +153,7 @@ class Observation:
         return self.status is TrainingStatus.RUNNING
 
 
-@dataclass
+@dataclass(slots=True)
 class TrainResult:
     """What a successful train call returned for one model."""
 
@@ -160,7 +171,7 @@ class RecordStatus(enum.StrEnum):
     ADOPTED = "adopted"  # a training nobody recorded, accepted as matching the spec
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelRecord:
     """The last training `reconciler` triggered (or adopted) for one model."""
 
@@ -187,7 +198,7 @@ class ModelRecord:
     version: int = field(default=0, compare=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class HistoryEvent:
     """One line of a model's append-only history."""
 

@@ -28,7 +28,7 @@ from pydantic import (
     field_validator,
 )
 
-from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source
+from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source, shared_policy
 from reconciler.errors import ManifestError, Problem
 
 # re-exported: the daemon and runtime find manifest files through `spec`
@@ -136,7 +136,7 @@ class RawModel:
     def of(cls, data: dict[str, Any], doc: YamlDocument, manifest: TrainedModelManifest | None) -> RawModel:
         if manifest is not None:
             s = manifest.spec
-            envelope = (manifest.metadata.labels, s.policy)
+            envelope = (manifest.metadata.labels, shared_policy(s.policy))
             return cls(doc, envelope, manifest.metadata.name, s.provider, s.model, s.training)
         raw_meta, raw_spec = data.get("metadata"), data.get("spec")
         meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}

@@ -12,6 +12,7 @@ whether a row was touched, so the check and the write are one statement in one t
 from __future__ import annotations
 
 import asyncio
+import sys
 from abc import abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -160,9 +161,9 @@ class SQLStateStore(StateStore):
     def _record(self, row: Any) -> ModelRecord:
         return ModelRecord(
             name=row["name"],
-            provider=row["provider"],
+            provider=sys.intern(row["provider"]),
             fingerprint=row["fingerprint"],
-            training=self._json_out(row["training"]),
+            training=_interned_keys(self._json_out(row["training"])),
             status=record_status(row["status"], row["name"]),
             handle=row["handle"],
             attempts=row["attempts"],
@@ -171,7 +172,7 @@ class SQLStateStore(StateStore):
             finished_at=self._opt_time_out(row["finished_at"]),
             marker=row["marker"],
             data_marker=self._json_out(row["data_marker"]),
-            reasons=list(self._json_out(row["reasons"])),
+            reasons=[sys.intern(r) if isinstance(r, str) else r for r in self._json_out(row["reasons"])],
             provider_model=row["provider_model"],
             version=row["version"],
         )
@@ -408,3 +409,13 @@ class SQLStateStore(StateStore):
             )
             for row in rows
         ]
+
+
+def _interned_keys(value: Any) -> Any:
+    """`value` with its dicts' keys interned: a daemon holds one record per model (10k), whose
+    training dicts repeat the same few field names, each decoded afresh per row."""
+    if isinstance(value, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: _interned_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned_keys(v) for v in value]
+    return value
