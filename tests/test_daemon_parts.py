@@ -4,6 +4,7 @@ plans it shows (`/status` and the `reconciler_models` gauge read one snapshot). 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -90,7 +91,9 @@ async def test_queue_take_waits_for_work() -> None:
 # ---------------------------------------------------------------- tracker
 
 
-def test_tracker_keeps_a_broken_files_last_good_version_and_reports_changes(tmp_path: Path) -> None:
+def test_tracker_keeps_a_broken_files_last_good_version_and_reports_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     specs = tmp_path / "specs"
     specs.mkdir()
     write(specs, "alpha")
@@ -101,7 +104,9 @@ def test_tracker_keeps_a_broken_files_last_good_version_and_reports_changes(tmp_
     assert t.load() is None  # nothing changed on disk
 
     beta.write_text("apiVersion: reconciler/v1\nkind: TrainedModel\nmetadata: {name: beta\n")
-    assert t.load() is None  # broken: the models stay as they were
+    with caplog.at_level(logging.ERROR, logger="reconciler"):
+        assert t.load() is None  # broken: the models stay as they were
+    assert [r.getMessage().endswith("; its last good version stays in use") for r in caplog.records] == [True]
     assert t.manifests.models["beta"].training.model_dump()["epochs"] == 10
     assert [p.file for p in t.problems] == [str(beta)]
 
@@ -181,7 +186,9 @@ def test_tracker_edit_reads_only_the_edited_file(tmp_path: Path, monkeypatch: py
     assert t.load() is None and parsed == ["m2.yaml"] and hashed == ["m2.yaml"]  # its stat changed once more
 
 
-def test_tracker_a_change_in_an_image_folder_runs_the_cached_check_again(tmp_path: Path) -> None:
+def test_tracker_a_change_in_an_image_folder_runs_the_cached_check_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     specs = tmp_path / "specs"
     specs.mkdir()
     for folder in ("faces", "pets"):
@@ -200,7 +207,10 @@ def test_tracker_a_change_in_an_image_folder_runs_the_cached_check_again(tmp_pat
     removed = specs / "faces" / "00.png"
     removed.unlink()
     t.files_changed({removed})
-    change = t.load()
+    with caplog.at_level(logging.ERROR, logger="reconciler"):
+        change = t.load()
+    # the version in use fails too: its models are left out, so the log must not say it stays in use
+    assert len(caplog.records) == 2 and not any("stays in use" in r.getMessage() for r in caplog.records)
     assert change is not None and change.gone == ["a", "b"]
     assert {p.file for p in t.problems} == {str(specs / "a.yaml")}
     assert all("matches 11 files" in p.message for p in t.problems)
