@@ -9,7 +9,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,13 @@ from reconciler.daemon.app import build_app
 from reconciler.daemon.lifecycle import Daemon
 from reconciler.daemon.queue import WorkQueue, batch_trigger
 from reconciler.daemon.tracker import ManifestTracker
-from reconciler.domain import DesiredModel
+from reconciler.domain import DesiredModel, ModelRecord, RecordStatus
 from reconciler.engine import ApplyResult
 from reconciler.logs import Redactor
+from reconciler.orphans import model_identity
 from reconciler.plan import Action, ModelPlan, Reason
 from reconciler.spec import parse_file
+from reconciler.state import open_state
 
 MODEL = """\
 apiVersion: reconciler/v1
@@ -360,3 +362,34 @@ def test_two_batches_in_flight_are_both_shown_and_each_settles_its_own(tmp_path:
     assert [p.name for p in book.current(known)] == ["m1", "m2", "m3"] and set(book.deciding) == {"m1", "m2"}
     book.abandon(["m1", "m2"])
     assert book.deciding == {} and [p.name for p in book.current(known)] == ["m3"]
+
+
+async def test_status_lists_orphans_like_the_status_command(tmp_path: Path) -> None:
+    """design.md: `/status` is JSON as `status`, which lists the orphans (and their renames)."""
+    d = daemon_with(tmp_path, "alpha", "renamed")
+    alpha, renamed = d.manifests.models["alpha"], d.manifests.models["renamed"]
+
+    def record(model: DesiredModel, name: str) -> ModelRecord:
+        return ModelRecord(
+            name=name,
+            provider=model.provider,
+            fingerprint=model.fingerprint,
+            training=model.snapshot,
+            status=RecordStatus.SUCCEEDED,
+            finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+            provider_model=model_identity(model),
+        )
+
+    d.state = await open_state(d.opts.state_url)
+    try:
+        await d.state.save(record(alpha, "alpha"))
+        await d.state.save(record(renamed, "original"))  # its manifest renamed it
+        await d.state.save(record(alpha, "retired"))  # alpha's provider model, but alpha has a record
+        async with client(d) as c:
+            orphans = (await c.get("/status")).json()["orphans"]
+    finally:
+        await d.state.close()
+    assert [(o["name"], o["rename_to"], o["command"]) for o in orphans] == [
+        ("original", "renamed", "reconciler rename original renamed"),
+        ("retired", None, "reconciler forget retired"),
+    ]

@@ -200,6 +200,10 @@ class SQLStateStore(StateStore):
         rows = await self._fetchall(f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} ORDER BY name")
         return {row["name"]: self._record(row) for row in rows}
 
+    async def names(self) -> set[str]:
+        rows = await self._fetchall(f"SELECT name FROM {self._table('models')}")
+        return {row["name"] for row in rows}
+
     async def of_provider_models(self, identities: Collection[str]) -> dict[str, ModelRecord]:
         """The records of these provider models, and those that do not say theirs (NULL)."""
         wanted = sorted(set(identities))
