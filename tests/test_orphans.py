@@ -481,3 +481,4 @@ async def test_of_provider_models_reads_only_the_records_that_could_be_renamed(s
         await store.save(record_of(models[NEW], "older", provider_model=None))
         assert set(await store.of_provider_models({"acme/hardhats"})) == {OLD, "older"}
         assert set(await store.of_provider_models(set())) == {"older"}
+        assert await store.names() == {OLD, "forklift-detector", "older"}  # without reading the records
