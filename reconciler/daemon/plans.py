@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable
 
 from reconciler.plan import ModelPlan
+
+
+def settled_view(p: ModelPlan) -> ModelPlan:
+    """`p` as the daemon keeps it until the model's next batch: only what `/status`
+    (`report.views.status_entry`), the scheduler (`queue.in_flight`, `Schedule.schedule_wake`) and
+    `max_concurrent_trainings` (`plan.count_in_flight`) read of it. The next batch reads the record
+    from the state and observes afresh, so the rest of each record (its training fields, data
+    marker) and observation (the training read back, config changes) would only hold 10,000 dicts
+    for a whole resync interval (benchmarks/daemon_scale.py: the RSS after many resyncs)."""
+    rec, obs = p.record, p.observation
+    return dataclasses.replace(
+        p,
+        record=None if rec is None else dataclasses.replace(rec, training={}, data_marker=None, reasons=[]),
+        observation=None
+        if obs is None
+        else dataclasses.replace(obs, data_marker=None, config_changes=[], observed_training={}),
+        events=[],  # logged and counted by the daemon before settling
+    )
 
 
 class PlanBook:
@@ -36,9 +55,9 @@ class PlanBook:
         self.deciding.update((p.name, p) for p in plans)
 
     def settle(self, plans: Iterable[ModelPlan]) -> None:
-        """The batch is done: its plans are the models' plans now."""
+        """The batch is done: its plans (their `settled_view`) are the models' plans now."""
         for p in plans:
-            self.settled[p.name] = p
+            self.settled[p.name] = settled_view(p)
             if self.deciding.get(p.name) is p:
                 del self.deciding[p.name]
 
