@@ -59,10 +59,15 @@ def _recency(record: ModelRecord) -> tuple[datetime, str]:
 
 
 def rename_candidates(
-    records: Mapping[str, ModelRecord], declared: Collection[str], models: Iterable[DesiredModel]
+    records: Mapping[str, ModelRecord],
+    declared: Collection[str],
+    models: Iterable[DesiredModel],
+    recorded: Collection[str] | None = None,
 ) -> dict[str, str]:
     """New name -> orphan name, for each of `models` that has no record and points at the same
-    provider model as an orphan (the most recently trained one when several do)."""
+    provider model as an orphan (the most recently trained one when several do). `recorded`: every
+    name with a record, when `records` holds only some of them (the orphans')."""
+    has_record = records if recorded is None else recorded
     by_key: dict[tuple[str, str], list[ModelRecord]] = {}
     for name, record in records.items():
         if name in declared:
@@ -74,7 +79,7 @@ def rename_candidates(
         return {}
     found: dict[str, str] = {}
     for m in models:
-        if m.name in records:
+        if m.name in has_record:
             continue
         candidates = by_key.get((m.provider, model_identity(m)))
         if candidates:
@@ -122,14 +127,17 @@ def find_orphans(
     records: Mapping[str, ModelRecord],
     declared: Mapping[str, DesiredModel],
     selected: Sequence[DesiredModel] | None = None,
+    *,
+    recorded: Collection[str] | None = None,
 ) -> list[Orphan]:
     """The orphans among `records`, by name, each with the declared model it looks renamed to.
 
     Orphans are found against every declared model, never only the selected ones: a plan filtered
     by --target/--selector calls no declared model an orphan. Filtered (`selected` given), it lists
     only the orphans that look like renames of a selected model: an orphan has no labels to match.
+    `recorded`: every name with a record, when `records` holds only the orphans' records.
     """
-    renamed_to = {old: new for new, old in rename_candidates(records, declared, declared.values()).items()}
+    renamed_to = {old: new for new, old in rename_candidates(records, declared, declared.values(), recorded).items()}
     orphans = [
         Orphan(
             name=r.name,

@@ -4,11 +4,12 @@ plans it shows (`/status` and the `reconciler_models` gauge read one snapshot). 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from reconciler.daemon.app import build_app
 from reconciler.daemon.lifecycle import Daemon
 from reconciler.daemon.queue import WorkQueue, batch_trigger
 from reconciler.daemon.tracker import ManifestTracker
-from reconciler.domain import DesiredModel
+from reconciler.domain import DesiredModel, ModelRecord, RecordStatus
 from reconciler.engine import ApplyResult
 from reconciler.logs import Redactor
+from reconciler.orphans import model_identity
 from reconciler.plan import Action, ModelPlan, Reason
 from reconciler.spec import parse_file
+from reconciler.state import open_state
 
 MODEL = """\
 apiVersion: reconciler/v1
@@ -90,7 +93,9 @@ async def test_queue_take_waits_for_work() -> None:
 # ---------------------------------------------------------------- tracker
 
 
-def test_tracker_keeps_a_broken_files_last_good_version_and_reports_changes(tmp_path: Path) -> None:
+def test_tracker_keeps_a_broken_files_last_good_version_and_reports_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     specs = tmp_path / "specs"
     specs.mkdir()
     write(specs, "alpha")
@@ -101,7 +106,9 @@ def test_tracker_keeps_a_broken_files_last_good_version_and_reports_changes(tmp_
     assert t.load() is None  # nothing changed on disk
 
     beta.write_text("apiVersion: reconciler/v1\nkind: TrainedModel\nmetadata: {name: beta\n")
-    assert t.load() is None  # broken: the models stay as they were
+    with caplog.at_level(logging.ERROR, logger="reconciler"):
+        assert t.load() is None  # broken: the models stay as they were
+    assert [r.getMessage().endswith("; its last good version stays in use") for r in caplog.records] == [True]
     assert t.manifests.models["beta"].training.model_dump()["epochs"] == 10
     assert [p.file for p in t.problems] == [str(beta)]
 
@@ -181,7 +188,9 @@ def test_tracker_edit_reads_only_the_edited_file(tmp_path: Path, monkeypatch: py
     assert t.load() is None and parsed == ["m2.yaml"] and hashed == ["m2.yaml"]  # its stat changed once more
 
 
-def test_tracker_a_change_in_an_image_folder_runs_the_cached_check_again(tmp_path: Path) -> None:
+def test_tracker_a_change_in_an_image_folder_runs_the_cached_check_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     specs = tmp_path / "specs"
     specs.mkdir()
     for folder in ("faces", "pets"):
@@ -200,7 +209,10 @@ def test_tracker_a_change_in_an_image_folder_runs_the_cached_check_again(tmp_pat
     removed = specs / "faces" / "00.png"
     removed.unlink()
     t.files_changed({removed})
-    change = t.load()
+    with caplog.at_level(logging.ERROR, logger="reconciler"):
+        change = t.load()
+    # the version in use fails too: its models are left out, so the log must not say it stays in use
+    assert len(caplog.records) == 2 and not any("stays in use" in r.getMessage() for r in caplog.records)
     assert change is not None and change.gone == ["a", "b"]
     assert {p.file for p in t.problems} == {str(specs / "a.yaml")}
     assert all("matches 11 files" in p.message for p in t.problems)
@@ -350,3 +362,34 @@ def test_two_batches_in_flight_are_both_shown_and_each_settles_its_own(tmp_path:
     assert [p.name for p in book.current(known)] == ["m1", "m2", "m3"] and set(book.deciding) == {"m1", "m2"}
     book.abandon(["m1", "m2"])
     assert book.deciding == {} and [p.name for p in book.current(known)] == ["m3"]
+
+
+async def test_status_lists_orphans_like_the_status_command(tmp_path: Path) -> None:
+    """design.md: `/status` is JSON as `status`, which lists the orphans (and their renames)."""
+    d = daemon_with(tmp_path, "alpha", "renamed")
+    alpha, renamed = d.manifests.models["alpha"], d.manifests.models["renamed"]
+
+    def record(model: DesiredModel, name: str) -> ModelRecord:
+        return ModelRecord(
+            name=name,
+            provider=model.provider,
+            fingerprint=model.fingerprint,
+            training=model.snapshot,
+            status=RecordStatus.SUCCEEDED,
+            finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+            provider_model=model_identity(model),
+        )
+
+    d.state = await open_state(d.opts.state_url)
+    try:
+        await d.state.save(record(alpha, "alpha"))
+        await d.state.save(record(renamed, "original"))  # its manifest renamed it
+        await d.state.save(record(alpha, "retired"))  # alpha's provider model, but alpha has a record
+        async with client(d) as c:
+            orphans = (await c.get("/status")).json()["orphans"]
+    finally:
+        await d.state.close()
+    assert [(o["name"], o["rename_to"], o["command"]) for o in orphans] == [
+        ("original", "renamed", "reconciler rename original renamed"),
+        ("retired", None, "reconciler forget retired"),
+    ]

@@ -376,6 +376,7 @@ async def test_move_if_is_one_transaction_with_one_winner(state_url: str, tmp_pa
     async with await open_state(state_url) as a, await open_state(state_url) as b:
         await a.save(record_of(models[NEW], OLD), HistoryEvent(OLD, "succeeded"))
         await a.record_upload("roboflow", OLD, "h1", "remote-1")
+        assert await a.claim_notification(OLD, "fp", "held", {"model": OLD})
         old = await a.get(OLD)
         assert old is not None
         one, two = dataclasses.replace(old, name="one"), dataclasses.replace(old, name="two")
@@ -387,6 +388,9 @@ async def test_move_if_is_one_transaction_with_one_winner(state_url: str, tmp_pa
         winner = "one" if won[0] else "two"
         assert set(await a.all()) == {winner}
         assert await a.uploads("roboflow", winner) == {"h1": "remote-1"} and await a.uploads("roboflow", OLD) == {}
+        # what was told under the old name is not told again under the new one; the old keeps its rows
+        assert not await a.claim_notification(winner, "fp", "held", {"model": winner})
+        assert [n.model for n in await a.notifications()] == sorted([OLD, winner])
         loser = "two" if won[0] else "one"
         assert await a.history(loser) == []
         # onto a name that has a record: nothing at all is written, OLD keeps its record
@@ -481,3 +485,4 @@ async def test_of_provider_models_reads_only_the_records_that_could_be_renamed(s
         await store.save(record_of(models[NEW], "older", provider_model=None))
         assert set(await store.of_provider_models({"acme/hardhats"})) == {OLD, "older"}
         assert set(await store.of_provider_models(set())) == {"older"}
+        assert await store.names() == {OLD, "forklift-detector", "older"}  # without reading the records

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from reconciler.daemon.metrics import Metrics
+from reconciler.orphans import Orphan, find_orphans
 from reconciler.report.views import status_entry
 
 if TYPE_CHECKING:
@@ -145,16 +146,27 @@ class Endpoints:
         return Response(self.daemon.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def status(self, request: Request) -> Response:
-        """Like `reconciler status --output json`, plus the manifest problems."""
+        """Like `reconciler status --output json` (its orphans too), plus the manifest problems."""
         d = self.daemon
         doc = {
             "format_version": 1,
             "role": d.role,
             "models": [status_entry(p) for p in d.current_plans()],
+            "orphans": [o.entry() for o in await self._orphans()],
             "manifest_errors": [str(p) for p in d.problems],
             "pending": sorted(d.pending),
         }
         return _json(doc)
+
+    async def _orphans(self) -> list[Orphan]:
+        """As `status` lists them, reading the names of every record and the orphans' records only
+        (never all 10,000 records per request)."""
+        state, declared = self.daemon.state, self.daemon.manifests.models
+        if state is None:
+            return []
+        names = await state.names()
+        records = {n: r for n in sorted(names - declared.keys()) if (r := await state.get(n)) is not None}
+        return find_orphans(records, declared, recorded=names)
 
     async def lucid_hook(self, request: Request) -> Response:
         """Lucid's training callback: observe the models with that model_id at once."""

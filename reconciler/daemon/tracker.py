@@ -130,6 +130,7 @@ class ManifestTracker:
         self._assembled = False
         self._suspect: set[str] = set()  # files an event named: hashed on the next load
         self._local_changed = False  # a cached local check was dropped: reassemble
+        self._fallbacks: set[str] = set()  # files whose last good version is in use, without problems
 
     def files_changed(self, paths: Iterable[Path]) -> None:
         """What a file event named: those files are hashed on the next load, whatever their stat,
@@ -238,14 +239,16 @@ class ManifestTracker:
         for path, result in chosen.items():
             if result is self.files[path].latest:
                 self.files[path].good = result
+        # a version in use that still has problems (a PhotoGPT image gone for it too): its models
+        # with problems are left out, so no "last good version stays in use" for that file
+        self._fallbacks = {p for p, r in chosen.items() if r is not self.files[p].latest and p not in blamed}
         return manifests, list(dict.fromkeys(reported))
 
     def _report_problems(self, problems: list[Problem]) -> None:
         old = set(self.problems)
         for p in problems:
             if p not in old:
-                kept = self.files.get(p.file)
-                note = "; its last good version stays in use" if kept is not None and kept.good is not None else ""
+                note = "; its last good version stays in use" if p.file in self._fallbacks else ""
                 log.error("manifest error: %s%s", p, note, extra={"file": p.file, "line": p.line, "col": p.col})
         fixed = {p.file for p in old} - {p.file for p in problems}
         for file in sorted(fixed):

@@ -117,6 +117,10 @@ class StateStore(ABC):
     async def all(self) -> dict[str, ModelRecord]: ...
 
     @abstractmethod
+    async def names(self) -> set[str]:
+        """Every recorded model's name, without reading the records (the daemon's orphans)."""
+
+    @abstractmethod
     async def of_provider_models(self, identities: Collection[str]) -> dict[str, ModelRecord]:
         """The records of these provider models (`ModelRecord.provider_model`), and those older than
         the field (None): the rename candidates of a few models, without reading every record."""

@@ -200,6 +200,10 @@ class SQLStateStore(StateStore):
         rows = await self._fetchall(f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} ORDER BY name")
         return {row["name"]: self._record(row) for row in rows}
 
+    async def names(self) -> set[str]:
+        rows = await self._fetchall(f"SELECT name FROM {self._table('models')}")
+        return {row["name"] for row in rows}
+
     async def of_provider_models(self, identities: Collection[str]) -> dict[str, ModelRecord]:
         """The records of these provider models, and those that do not say theirs (NULL)."""
         wanted = sorted(set(identities))
@@ -325,8 +329,10 @@ class SQLStateStore(StateStore):
 
     async def move_if(self, old: str, expected_version: int, record: ModelRecord, *events: HistoryEvent) -> bool:
         """Compare-and-set rename: remove `old` (at `expected_version`), insert `record` (only when
-        its name has no record) and move the uploads, all or nothing. False: nothing written."""
+        its name has no record), move the uploads and copy the notifications sent, all or nothing.
+        False: nothing written."""
         p, models, uploads = self.PARAM, self._table("models"), self._table("uploads")
+        notifications = self._table("notifications")
         writes = [
             RowWrite(
                 f"DELETE FROM {models} WHERE name = {p} AND version = {p} RETURNING version",
@@ -342,6 +348,14 @@ class SQLStateStore(StateStore):
                 (record.name, old),
             ),
             RowWrite(f"DELETE FROM {uploads} WHERE model = {p}", (old,)),
+            # what was told of the model stays told under its new name (a hold is not announced
+            # twice); the old name keeps its rows, like its history
+            RowWrite(
+                f"INSERT INTO {notifications} (model, fingerprint, event, body, result, detail, claimed_at, finished_at)"
+                f" SELECT {p}, fingerprint, event, body, result, detail, claimed_at, finished_at FROM {notifications}"
+                f" WHERE model = {p} ON CONFLICT (model, fingerprint, event) DO NOTHING",
+                (record.name, old),
+            ),
         ]
         written = await self._write(events, writes)
         if written is None or written[1] is None:
