@@ -14,27 +14,137 @@ A control API for out-of-process use is served under `/_sandbox/` (see `ControlA
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from reconciler.sandbox.control import CONTROL_PREFIX, ControlAPI
 from reconciler.sandbox.faults import Fault, LoggedRequest, Traffic
-from reconciler.sandbox.http11 import Dropped, HTTPRequest, Server, bind
 from reconciler.sandbox.registry import SANDBOX_API_KEYS, available_simulators, base_url_env, key_env
 from reconciler.sandbox.simulator import Simulator
 from reconciler.sandbox.wire import SimRequest, SimResponse
 from reconciler.sandbox.world import WorldStore
 
 log = logging.getLogger("reconciler.sandbox")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # idle keep-alive connections must not block stop()
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox, provider: str | None = None) -> None:
+        self.sandbox = sandbox
+        self.provider = provider  # a simulator's own port: every path is that simulator's
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _RequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that goes away mid-request (killed, timed out) is normal for a simulator: one
+        # debug line, not socketserver's traceback on stderr (which a CLI in the same process shares)
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("client %s went away: %s", client_address, exc)
+            return
+        log.exception("sandbox request from %s failed", client_address)
+
+
+class _Dropped(Exception):
+    """The answer must be: close the connection without a response."""
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
+    timeout = 120  # idle keep-alive connections are closed after this (clients expire sooner)
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus delayed ACKs
+    # add ~40 ms to every keep-alive request.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("sandbox: %s " + format, self.address_string(), *args)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(65537)
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            # the client went away mid-request (killed, timed out): like a real server, never act
+            # on a truncated request
+            raise ConnectionError(f"request body cut off after {len(body)} of {length} bytes")
+        return body
+
+    def _dispatch(self) -> None:
+        try:
+            body = self._read_body()
+        except (ValueError, OSError):
+            self.close_connection = True
+            return
+        try:
+            response = self.server.sandbox._serve(self, body)
+        except _Dropped:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        except Exception as exc:  # never let a bug kill the connection without an answer
+            log.exception("sandbox: request failed: %s %s", self.command, self.path)
+            response = SimResponse(500, {"error": f"sandbox internal error: {type(exc).__name__}: {exc}"})
+        try:
+            self._send(response)
+        except OSError:  # the client went away (timed out on a delayed answer, ...)
+            self.close_connection = True
+
+    def _send(self, response: SimResponse) -> None:
+        payload = response.encode()
+        self.send_response(response.status)
+        no_body = response.status in (204, 304) or 100 <= response.status < 200
+        if not no_body:
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(payload)))
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if payload and not no_body and self.command != "HEAD":
+            self.wfile.write(payload)
+        self.wfile.flush()
+
+    # Every method OpenAPI names (3.2 adds QUERY): without a do_<METHOD>, http.server answers an
+    # HTML 501 where an API server answers 405 with `Allow`.
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_TRACE = do_QUERY = _dispatch
 
 
 class Sandbox:
@@ -77,7 +187,8 @@ class Sandbox:
         self.extra_simulators = dict(simulators or {})
         self.url = ""
         self._sims: dict[str, Simulator] = {}
-        self._server: Server | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards the request log and the faults
         self._log: deque[LoggedRequest] = deque(maxlen=max_logged)
@@ -86,6 +197,7 @@ class Sandbox:
         self.root_ports: dict[str, int] | None = (
             dict(root_ports) if isinstance(root_ports, dict) else ({} if root_ports else None)
         )
+        self._root_servers: list[tuple[_Server, threading.Thread]] = []
         #: requests in flight per simulator (`GET /_sandbox/traffic`)
         self.traffic = Traffic()
 
@@ -129,26 +241,32 @@ class Sandbox:
             return
         self._stopping.clear()
         self._build_simulators()
-        sockets: list[tuple[socket.socket, str | None]] = [(bind(self.host, self.port), None)]
-        self.port = sockets[0][0].getsockname()[1]
+        server = _Server((self.host, self.port), self)
+        self._server = server
+        self.port = server.server_address[1]
         self.url = f"http://{self.host}:{self.port}"
         for type_name, sim in self._sims.items():
             sim.base_url = self.base_url(type_name)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"reconciler-sandbox-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
         if self.root_ports is not None:
             for type_name in self._sims:
-                own = bind(self.host, self.root_ports.get(type_name, 0))
+                own = _Server((self.host, self.root_ports.get(type_name, 0)), self, provider=type_name)
                 # kept, so that a restarted sandbox answers on the same ports (like `port`)
-                self.root_ports[type_name] = own.getsockname()[1]
-                sockets.append((own, type_name))
-        # One loop serves every port: the simulators' CPU runs under one GIL either way.
-        server = Server(self._serve, name=f"reconciler-sandbox-{self.port}")
-        try:
-            server.serve(sockets)
-        except BaseException:
-            for sock, _ in sockets:
-                sock.close()
-            raise
-        self._server = server
+                self.root_ports[type_name] = own.server_address[1]
+                thread = threading.Thread(
+                    target=own.serve_forever,
+                    kwargs={"poll_interval": 0.05},
+                    name=f"reconciler-sandbox-{type_name}-{own.server_address[1]}",
+                    daemon=True,
+                )
+                thread.start()
+                self._root_servers.append((own, thread))
         log.info("sandbox serving %s on %s", ", ".join(self._sims), self.url)
 
     def stop(self) -> None:
@@ -160,12 +278,25 @@ class Sandbox:
         server = self._server
         if server is None:
             return
-        self._stopping.set()
-        server.close()  # cancels requests waiting out a delay
+        self._stopping.set()  # wakes requests sleeping in a delay
+        servers = [(server, self._thread), *self._root_servers]
+        for each, _ in servers:
+            each.shutdown()
+        for each, thread in servers:
+            with each.connections_lock:
+                conns = list(each.connections)
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            each.server_close()
+            if thread is not None:
+                thread.join(timeout=5)
+        self._root_servers = []
         for sim in self._sims.values():
             if sim.store is not None:
                 sim.store.close()
         self._server = None
+        self._thread = None
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -273,28 +404,23 @@ class Sandbox:
 
     # -- serving ----------------------------------------------------------------------------
 
-    @staticmethod
-    async def _sleep(seconds: float) -> None:
+    def _sleep(self, seconds: float) -> None:
         if seconds > 0:
-            await asyncio.sleep(seconds)
+            self._stopping.wait(seconds)
 
-    async def _serve(self, request: HTTPRequest, provider: str | None) -> SimResponse:
-        method = request.method
-        body = request.body
-        split = urlsplit(request.target)
+    def _serve(self, handler: _RequestHandler, body: bytes) -> SimResponse:
+        method = handler.command.upper()
+        split = urlsplit(handler.path)
         query = parse_qs(split.query, keep_blank_values=True)
-        headers: dict[str, str] = {}
-        for name, value in request.headers:
-            # the last of repeated headers wins, as before
-            headers[name.lower()] = value
-        if provider is not None:
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        if handler.server.provider is not None:
             # a simulator's own port: the whole path is the provider's (no control API here)
-            first, rest = provider, "/" + split.path.lstrip("/")
+            first, rest = handler.server.provider, "/" + split.path.lstrip("/")
         else:
             segments = split.path.lstrip("/").split("/", 1)
             first = unquote(segments[0])
             rest = "/" + segments[1] if len(segments) > 1 else "/"
-        if provider is None and first == CONTROL_PREFIX:
+        if handler.server.provider is None and first == CONTROL_PREFIX:
             return ControlAPI(self).handle(method, unquote(rest), query, body)
         sim = self._sims.get(first)
         if sim is None:
@@ -307,7 +433,7 @@ class Sandbox:
                 miss = SimRequest(method, sub, query, headers, body, first)
                 answer = sim.not_found(miss)
                 self._record(
-                    LoggedRequest(first, method, sub, query, headers, body, 0, time.time(), request.target),
+                    LoggedRequest(first, method, sub, query, headers, body, 0, time.time(), handler.path),
                     answer.status,
                 )
                 return answer
@@ -315,41 +441,41 @@ class Sandbox:
         self.traffic.enter(first)
         entered = time.monotonic()
         try:
-            return await self._answer(sim, first, request, method, sub, query, headers, body)
+            return self._answer(sim, first, handler, method, sub, query, headers, body)
         finally:
             self.traffic.leave(first, time.monotonic() - entered)
 
-    async def _answer(
+    def _answer(
         self,
         sim: Simulator,
         first: str,
-        request: HTTPRequest,
+        handler: _RequestHandler,
         method: str,
         sub: str,
         query: dict[str, list[str]],
         headers: dict[str, str],
         body: bytes,
     ) -> SimResponse:
-        entry = LoggedRequest(first, method, sub, query, headers, body, 0, time.time(), request.target)
+        entry = LoggedRequest(first, method, sub, query, headers, body, 0, time.time(), handler.path)
         req = SimRequest(method, sub, query, headers, body, first)
 
-        await self._sleep(self.latency)
+        self._sleep(self.latency)
         fault = self._take_fault(first, method, sub)
         response: SimResponse | None = None
         if fault is not None and not fault.after_handling:
-            await self._sleep(fault.delay)
+            self._sleep(fault.delay)
             if fault.drop:
                 self._record(entry, 0)
-                raise Dropped
+                raise _Dropped
             if fault.status is not None:
                 response = fault.response()
         if response is None:
             response = sim.handle(req)
         if fault is not None and fault.after_handling:
-            await self._sleep(fault.delay)
+            self._sleep(fault.delay)
             if fault.drop:
                 self._record(entry, 0)
-                raise Dropped
+                raise _Dropped
             if fault.status is not None:
                 response = fault.response()
         self._record(entry, response.status)
