@@ -10,6 +10,7 @@ CLI as a subprocess, ROUNDS times each (default 5), and prints the medians besid
     ratio             validate wall / floor                                        <= 4x
     start-up          `reconciler --version`                                       <= 150 ms
     start-up          `reconciler validate <one file>` (one document)              <= 150 ms
+    interpreter       `python -c pass` and `python -S -c pass`: the start that is not ours
 
     python benchmarks/validate_scale.py [--files 100] [--docs 100] [--rounds 5]
 """
@@ -132,15 +133,20 @@ def _children_cpu() -> float:
 def time_cli(args: Sequence[str], rounds: int, cwd: Path) -> tuple[float, float]:
     """Median wall and CPU (user + system) seconds of the CLI with `args`, process start to exit;
     it must exit 0. CPU says what the wall time would be on an idle machine (this one is shared)."""
+    return time_command([*reconciler_command(), *args], rounds, cwd)
+
+
+def time_command(command: Sequence[str], rounds: int, cwd: Path) -> tuple[float, float]:
+    """Median wall and CPU seconds of running `command` (which must exit 0) ROUNDS times."""
     walls, cpus = [], []
     env = {k: v for k, v in os.environ.items() if k != "GITHUB_ACTIONS"}
     for _ in range(rounds):
         cpu, start = _children_cpu(), time.perf_counter()
-        done = subprocess.run([*reconciler_command(), *args], cwd=cwd, env=env, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
         walls.append(time.perf_counter() - start)
         cpus.append(_children_cpu() - cpu)
         if done.returncode != 0:
-            raise SystemExit(f"reconciler {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+            raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return statistics.median(walls), statistics.median(cpus)
 
 
@@ -182,6 +188,9 @@ def run(files: int, docs: int, rounds: int) -> dict[str, float]:
         wall, wall_cpu = time_cli(["validate", str(root / "specs")], rounds, root)
         version, version_cpu = time_cli(["--version"], rounds, root)
         single, single_cpu = time_cli(["validate", str(one / "models-000.yaml")], rounds, root)
+        # the interpreter's own start (with and without `site`): the part of start-up that is not ours
+        bare, bare_cpu = time_command([sys.executable, "-c", "pass"], rounds, root)
+        no_site, no_site_cpu = time_command([sys.executable, "-S", "-c", "pass"], rounds, root)
     models = files * docs
     ratio = wall / floor
     ms = 1000
@@ -201,6 +210,10 @@ def run(files: int, docs: int, rounds: int) -> dict[str, float]:
     )
     print(
         f"start-up validate one file   {single * ms:.0f} ms    (target <= {STARTUP_TARGET * ms:.0f} ms)   CPU {single_cpu * ms:.0f} ms"
+    )
+    print(
+        f"interpreter alone            {bare * ms:.0f} ms    (python -c pass; -S: {no_site * ms:.0f} ms)   "
+        f"CPU {bare_cpu * ms:.0f} ms (-S: {no_site_cpu * ms:.0f} ms)"
     )
     return {"validate": wall, "floor": floor, "ratio": ratio, "version": version, "single": single}
 

@@ -552,3 +552,54 @@ def test_a_client_that_resets_its_connection_prints_no_traceback(
     with httpx.Client() as client:
         assert client.get(sandbox.url + "/_sandbox/requests").status_code == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(sandbox: Sandbox) -> None:
+    head = "Authorization: Bearer sandbox-echo-key\r\nHost: x\r\n"
+    raw = (
+        f"POST /echo/counter HTTP/1.1\r\n{head}Content-Length: 9\r\n\r\n" + '{"by": 2}'
+        f"GET /echo/counter HTTP/1.1\r\n{head}\r\n"
+        f"HEAD /echo/counter HTTP/1.1\r\n{head}\r\n"
+        f"GET /echo/counter HTTP/1.1\r\n{head}Connection: close\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", sandbox.port), timeout=5) as sock:
+        sock.sendall(raw.encode())
+        stream = sock.makefile("rb")
+
+        class OneStream:  # every response read from one buffer, as the answers arrive together
+            def makefile(self, *args: Any) -> Any:
+                return self
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(stream, name)
+
+            def close(self) -> None:  # http.client closes its file after each answer
+                pass
+
+        answers = []
+        for method in ("POST", "GET", "HEAD", "GET"):
+            resp = http.client.HTTPResponse(OneStream(), method=method)  # type: ignore[arg-type]
+            resp.begin()
+            answers.append((resp.status, resp.read()))
+        assert stream.read(1) == b""  # closed after the request that asked for it
+    assert [s for s, _ in answers] == [201, 200, 200, 200]
+    assert json.loads(answers[1][1]) == {"counter": 2} and answers[2][1] == b""
+
+
+def test_a_delayed_request_does_not_hold_up_other_connections(sandbox: Sandbox) -> None:
+    sandbox.inject(Fault(provider="echo", method="GET", delay=600))
+    slow = socket.create_connection(("127.0.0.1", sandbox.port), timeout=5)
+    try:
+        slow.sendall(b"GET /echo/counter HTTP/1.1\r\nAuthorization: Bearer sandbox-echo-key\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while sandbox.traffic.stats().get("echo", {}).get("in_flight", 0) < 1:
+            assert time.monotonic() < deadline, "the slow request never reached the simulator"
+            time.sleep(0.01)
+        # answered while the first request still waits out its delay
+        assert call_json("POST", f"{sandbox.base_url('echo')}/counter", body=b'{"by": 1}', headers=AUTH) == (
+            201,
+            {"counter": 1},
+        )
+        assert sandbox.traffic.stats()["echo"]["in_flight"] == 1
+    finally:
+        slow.close()

@@ -101,6 +101,8 @@ class Simulator:
         self.lock = threading.RLock()
         self.store: WorldStore | None = None  # set by the Sandbox when persisting
         self.base_url = ""  # set by the Sandbox once serving, for links in responses
+        #: how often `sync` reloaded the world: what a subclass derived from it is stale after a change
+        self.reloads = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -192,6 +194,7 @@ class Simulator:
             fresh = store.load()
             self.world.clear()
             self.world.update(fresh)
+            self.reloads += 1
 
     def save(self) -> None:
         """Persist the world (atomic write); in-memory sandboxes have nothing to do."""

@@ -76,6 +76,8 @@ class LucidSimulator(Simulator):
 
     type: ClassVar[str] = "lucid"
     base_path: ClassVar[str] = ""
+    _awaiting: list[dict[str, Any]] | None = None  # see _awaiting_callback
+    _awaiting_at = -1
 
     # -- world --------------------------------------------------------------------------------
 
@@ -212,9 +214,11 @@ class LucidSimulator(Simulator):
         if not batch_ids:
             raise unprocessable(["body", "data_tags"], "no data batch matches all data_tags")  # [I]
         record = self.new_training(model_id=model_id, data_batch_ids=batch_ids, callback_sent=False, **options)
+        awaiting = self._awaiting_callback()  # before the append: a first scan would find it too
         self.world.setdefault("models", {}).setdefault(model_id, {"trainings": []})["trainings"].append(record)
         self.save()
         if record.get("callback_url"):
+            awaiting.append(record)
             self._schedule_callback(float(record["duration"]))
         return SimResponse(200, self._status_view(record))
 
@@ -241,18 +245,32 @@ class LucidSimulator(Simulator):
         (each in a thread); returns how many were sent off."""
         due: list[tuple[str, dict[str, Any]]] = []
         with self.transaction(save=False):
-            for model in self.world.get("models", {}).values():
-                for record in model["trainings"]:
-                    if record.get("callback_url") and not record.get("callback_sent"):
-                        if self.training_state(record).active:
-                            continue
-                        record["callback_sent"] = True
-                        due.append((str(record["callback_url"]), self._status_view(record)))
+            awaiting = self._awaiting_callback()
+            for record in list(awaiting):
+                if record.get("callback_sent") or self.training_state(record).active:
+                    continue
+                record["callback_sent"] = True
+                awaiting.remove(record)
+                due.append((str(record["callback_url"]), self._status_view(record)))
             if due:
                 self.save()
         for url, payload in due:
             threading.Thread(target=self._post_callback, args=(url, payload), daemon=True).start()
         return len(due)
+
+    def _awaiting_callback(self) -> list[dict[str, Any]]:
+        """The trainings with a callback_url not sent yet (call under the lock). Found by one scan
+        of the world, then kept (`train` adds to it) until `sync` reloads the world: every request
+        delivers callbacks, and a scan of 2,000 models per request was the sandbox's largest cost."""
+        if self._awaiting is None or self._awaiting_at != self.reloads:
+            self._awaiting = [
+                record
+                for model in self.world.get("models", {}).values()
+                for record in model["trainings"]
+                if record.get("callback_url") and not record.get("callback_sent")
+            ]
+            self._awaiting_at = self.reloads
+        return self._awaiting
 
     def _post_callback(self, url: str, payload: dict[str, Any]) -> None:
         entry: dict[str, Any] = {"url": url, "model_id": payload["model_id"], "status": payload["status"]}
