@@ -1,12 +1,12 @@
 """Daemon failover time: kill -9 of the leader to the standby's first trigger.
 
-Two `reconciler daemon` processes on one PostgreSQL state (a fresh schema, dropped afterwards)
+Two `reconciler daemon` processes on one PostgreSQL state (a fresh database, dropped afterwards)
 against the sandbox. The first leads and trains the first drift; the second stands by. Then the
 leader is killed with SIGKILL, a manifest edit makes a drift at once, and the time until the
 sandbox receives the standby's train call is measured. Repeated (default 5 times); prints the
 median and the max beside the 15 s target (design.md, "Many writers").
 
-    python benchmarks/failover.py [--rounds 5] [--postgres postgresql://postgres@127.0.0.1:5432/test]
+    python benchmarks/failover.py [--rounds 5] [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -77,9 +78,9 @@ def train_calls(sb: Sandbox, epochs: int) -> list[float]:
 
 def one_round(pg_url: str, work: Path) -> float:
     """One failover, in seconds from the kill to the standby's train call."""
-    schema = f"reconciler_bench_{uuid.uuid4().hex[:10]}"
+    database = f"reconciler_bench_{uuid.uuid4().hex[:10]}"
     admin = psycopg.connect(pg_url, autocommit=True)
-    admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     sb = Sandbox(work / "world", training_seconds=0.3).start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -88,8 +89,7 @@ def one_round(pg_url: str, work: Path) -> float:
         (specs / "model.yaml").write_text(MODEL.replace("EPOCHS", "10"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
         env.update(sb.env())
-        sep = "&" if "?" in pg_url else "?"
-        env["RECONCILER_STATE"] = f"{pg_url}{sep}options=-csearch_path%3D{schema}"
+        env["RECONCILER_STATE"] = urlunsplit(urlsplit(pg_url)._replace(path=f"/{database}"))
         env["RECONCILER_POLL_INTERVAL"] = "0.2s"
 
         def daemon() -> str:
@@ -116,7 +116,7 @@ def one_round(pg_url: str, work: Path) -> float:
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=15)
         sb.stop()
-        admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
         admin.close()
 
 
@@ -126,7 +126,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--postgres",
-        default=os.environ.get("RECONCILER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        default=os.environ.get("RECONCILER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a server to create (and drop) each round's own database on",
     )
     args = parser.parse_args()
     times = []

@@ -9,7 +9,7 @@
   takes over within 15 s, nothing is trained twice;
 - a daemon and an apply at once on SQLite.
 
-PostgreSQL tests use a fresh schema per test (conftest `postgres_url`) and skip without a server.
+PostgreSQL tests use a fresh database per test (conftest `postgres_url`) and skip without a server.
 Every wait is on a condition with a deadline.
 """
 
@@ -251,7 +251,7 @@ def ready(d: DaemonProcess) -> bool:
 
 def pg_daemon(ws: Workspace, url: str, name: str, daemons: list[DaemonProcess]) -> DaemonProcess:
     """A daemon on the PostgreSQL state whose sessions carry `application_name=name`."""
-    named = url.replace("?", f"?application_name={name}&", 1)
+    named = f"{url}{'&' if '?' in url else '?'}application_name={name}"
     env = {"RECONCILER_STATE": named}  # `start` polls every 0.2 s
     return start(daemons, ws, env=env, name=name)
 

@@ -2,7 +2,7 @@
 renamed model is hinted, and `rename`, `forget`, `retry` edit the state by compare-and-set.
 
 CLI tests run in-process against the sandbox over HTTP; the races run on both stores
-(PostgreSQL in a fresh schema, skipped when the server is not reachable).
+(PostgreSQL in a fresh database, skipped when the server is not reachable).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The state store contract, run against both backends (SQLite in tmp_path, PostgreSQL).
 
-PostgreSQL tests use a fresh schema per test (via `options=-csearch_path=...` in the URL) that is
-dropped afterwards; they are skipped when the server at RECONCILER_TEST_POSTGRES_URL (default
-postgresql://postgres@127.0.0.1:5432/test) cannot be reached.
+PostgreSQL tests each create a fresh database (conftest `postgres_url`) that is dropped afterwards;
+they are skipped when the server at RECONCILER_TEST_POSTGRES_URL (default
+postgresql://postgres@127.0.0.1:5432/postgres, used only to create and drop those databases)
+cannot be reached.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import PG_URL, with_search_path
+from conftest import with_search_path
 
 from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import LockHeldError, StateError
@@ -552,11 +553,7 @@ async def test_postgres_store_url_is_redacted(backend: Backend) -> None:
         assert store.created is False
 
 
-async def test_postgres_missing_schema_is_a_state_error() -> None:
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.OperationalError:
-        pytest.skip("PostgreSQL not reachable")
-    url = with_search_path(PG_URL, f"missing_{uuid.uuid4().hex[:8]}")
+async def test_postgres_missing_schema_is_a_state_error(postgres_url: str) -> None:
+    url = with_search_path(postgres_url, f"missing_{uuid.uuid4().hex[:8]}")
     with pytest.raises(StateError, match="no schema"):
         await open_state(url)
