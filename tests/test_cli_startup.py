@@ -53,7 +53,6 @@ VALIDATE_MODULES = {
     "reconciler.report.exits",
     "reconciler.report.failures",
     "reconciler.report.github",
-    "reconciler.report.progress",
     "reconciler.report.text",
     "reconciler.report.views",
     "reconciler.runtime",
@@ -113,3 +112,11 @@ def test_validate_of_one_file_loads_exactly_its_manifest_layer(tmp_path: Path) -
     bare = json.loads(subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, check=True).stdout)
     tops = {m.partition(".")[0] for m in modules if not m.startswith(("_", "cython_"))}
     assert tops - set(bare) - set(sys.stdlib_module_names) - {"reconciler"} == VALIDATE_PACKAGES
+
+
+def test_an_install_adds_no_import_finder_to_every_python_start() -> None:
+    # setuptools' editable finder (flat layout) is imported by `site` at every start of the venv's
+    # Python; `package-dir` in pyproject.toml makes `pip install -e .` write a plain path instead
+    bare = json.loads(subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, check=True).stdout)
+    assert not [m for m in bare if m.startswith("__editable__")]
+    assert not [f for f in sys.meta_path if type(f).__module__.startswith("__editable__")]

@@ -22,7 +22,6 @@ from reconciler.report.github import (
     plan_annotations,
     problem_annotations,
 )
-from reconciler.report.progress import Lines, LiveTable, Progress
 from reconciler.report.text import (
     adopted_by_hand_line,
     adopted_line,
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from reconciler.errors import ReconcilerError
     from reconciler.orphans import Orphan
     from reconciler.plan import ModelPlan
+    from reconciler.report.progress import Progress
     from reconciler.slots import Tick, WaitResult
     from reconciler.state_commands import Edited
 
@@ -172,6 +172,9 @@ class ApplyReport(Report):
         self.result: ApplyResult | None = None
         self.final: dict[str, ModelRecord | None] = {}
         self.followed_records: list[ModelRecord | None] = []
+        # only apply shows progress: validate, plan and status start without loading it
+        from reconciler.report.progress import Lines, LiveTable
+
         #: `--wait` progress: a live table on `terminal` (a TTY outside CI), else lines on stderr
         self.view: Progress = LiveTable(terminal, width) if terminal is not None else Lines(self.console.err)
         self._said: set[str] = set()
