@@ -19,6 +19,13 @@ import orjson
 
 from reconciler.errors import BadResponseError
 
+#: every digit to b"0", every other byte to a space: a body holding b"0" * 20 after translation may
+#: hold an integer past 64 bits (20 digits at most fit; floats as Python writes them have at most 17
+#: significant digits), and is read by json instead of orjson. bytes.translate and `in` run at C
+#: speed: a third of orjson's own time, where a regular expression took longer than json itself.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_TWENTY_DIGITS = b"0" * 20
+
 
 class Response:
     """A provider's answer, with helpers that turn bad bodies into BadResponseError."""
@@ -42,11 +49,14 @@ class Response:
         if not self.content:
             raise BadResponseError("empty body where JSON was expected", provider=self.provider, status=self.status)
         try:
-            try:
-                return orjson.loads(self.content)
-            except orjson.JSONDecodeError:
-                # what orjson refuses and json reads (NaN, integers past 64 bits): read as before
-                return json.loads(self.content)
+            if _TWENTY_DIGITS not in self.content.translate(_DIGITS_ONLY):
+                try:
+                    return orjson.loads(self.content)
+                except orjson.JSONDecodeError:
+                    pass  # what orjson refuses and json reads (NaN, Infinity): read as json does
+            # json keeps an integer past 64 bits exact; orjson would read it as a float, and an
+            # id (or anything compared later) would silently change
+            return json.loads(self.content)
         except (ValueError, UnicodeDecodeError):
             snippet = self.redact(self.text)[:80].replace("\n", " ")
             raise BadResponseError(
