@@ -13,6 +13,11 @@ beside its target:
   PhotoGPT);
 - 0 train calls.
 
+The same rounds of `reconciler plan` (the CLI in its own process against the same sandbox) then
+time what an operator waits for, start to exit, split where the simulator saw the first and the
+last request: start-up, manifests loaded and validated, state read (before the first request);
+the network; the plan, orphans and report (after the last).
+
     python benchmarks/plan_scale.py [--models 2000] [--latency 0.02] [--rounds 3] [--profile]
 
 The PredictHQ world is given a plan whose list depth covers the account ("the maximum depth is set
@@ -28,6 +33,7 @@ import base64
 import cProfile
 import io
 import json
+import os
 import pstats
 import statistics
 import subprocess
@@ -79,6 +85,8 @@ class Figures:
     trains: int = 0
     bare_cpu_per_request: list[float] = field(default_factory=list)
     bare_walls: list[float] = field(default_factory=list)
+    #: `reconciler plan` per round: (start to exit, start to first request, first to last request)
+    cli: list[tuple[float, float, float]] = field(default_factory=list)
     profile: str = ""
 
 
@@ -193,6 +201,28 @@ async def bare_client(url: str, log: list[dict[str, Any]], concurrency: dict[str
         return time.perf_counter() - start, time.process_time() - cpu
 
 
+def plan_command(root: Path, url: str) -> tuple[float, float, float]:
+    """`reconciler plan` of every model in its own process, as an operator runs it: (start to
+    exit, start to the first request the simulator saw, first to last request), in seconds."""
+    control(url, "requests", "DELETE")
+    env = {**os.environ, **control(url, "")["env"]}  # each type's base URL and key
+    command = [
+        sys.executable,
+        "-m",
+        "reconciler.cli",
+        "plan",
+        str(root / "specs"),
+        "--state",
+        f"sqlite:///{root / 'state.db'}",
+    ]
+    started = time.time()  # the simulator logs each request's arrival in time.time()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    wall = time.time() - started
+    assert done.returncode == 0, done.stderr[-2000:]  # every model in sync
+    arrivals = sorted(e["at"] for e in control(url, "requests"))
+    return wall, arrivals[0] - started, arrivals[-1] - arrivals[0]
+
+
 async def prepare(root: Path, n: int) -> tuple[ManifestSet, StateStore]:
     """Manifests, worlds and a state that has adopted every model (kept in `root` for reuse)."""
     specs = root / "specs"
@@ -253,6 +283,8 @@ async def run(n: int, latency: float, rounds: int, profile: bool, workdir: Path 
                 bare_wall, bare_cpu = await bare_client(url, replay, peak)
                 figures.bare_walls.append(bare_wall)
                 figures.bare_cpu_per_request.append(bare_cpu / max(1, len(replay)))
+            for _ in range(rounds):
+                figures.cli.append(plan_command(root, url))
         finally:
             proc.terminate()
             proc.wait()
@@ -309,6 +341,16 @@ def report(fig: Figures, n: int, latency: float) -> dict[str, float]:
     print(f"reconciler CPU (median)     {cpu:.2f} s = {ours * 1000:.3f} ms per request")
     print(f"bare aiohttp CPU            {bare * 1000:.3f} ms per request (same requests, same simulator)")
     print(f"CPU per request ratio       {ours / bare if bare else 0:.2f}x  (target <= 2x)")
+    if fig.cli:
+        cli_wall, before, network = (statistics.median(c[k] for c in fig.cli) for k in range(3))
+        after = statistics.median(c[0] - c[1] - c[2] for c in fig.cli)
+        print(
+            f"reconciler plan (median of {len(fig.cli)}) {cli_wall:.2f} s start to exit "
+            f"({', '.join(f'{c[0]:.2f}' for c in fig.cli)}) = {cli_wall / floor:.2f}x the floor"
+        )
+        print(f"  before the first request  {before:.2f} s  (start-up, manifests loaded and validated, state read)")
+        print(f"  first to last request     {network:.2f} s  (the network: {network / floor:.2f}x the floor)")
+        print(f"  after the last request    {after:.2f} s  (plan, orphans, report, exit)")
     if fig.profile:
         print("\nwhere the CPU goes (cProfile of the last plan, by own time):")
         print("\n".join(fig.profile.splitlines()[:32]))
@@ -317,6 +359,7 @@ def report(fig: Figures, n: int, latency: float) -> dict[str, float]:
         "floor": floor,
         "cpu_ratio": ours / bare if bare else 0.0,
         "trains": float(fig.trains),
+        "cli_wall": statistics.median(c[0] for c in fig.cli) if fig.cli else 0.0,
         **{f"per_model.{t}": requests[t] / n for t in TYPES},
     }
 

@@ -372,9 +372,9 @@ def adopt(name: str, paths: tuple[str, ...], state: str | None, sandbox: bool, l
 
 async def _orphans(engine: Engine, models: Sequence[DesiredModel], *, filtered: bool) -> list[Orphan]:
     """The records no manifest declares; with --target/--selector only those renamed to a selected model."""
-    from reconciler.orphans import find_orphans
+    from reconciler.state_commands import read_orphans
 
-    return find_orphans(await engine.state.all(), engine.manifests.models, models if filtered else None)
+    return await read_orphans(engine.state, engine.manifests.models, models if filtered else None)
 
 
 def _edit_state(

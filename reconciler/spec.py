@@ -15,7 +15,7 @@ import functools
 import gc
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,6 +422,25 @@ def _local_problems(
     return provider_type(type_name).local_problems(model, training, manifest_dir, root)
 
 
+def shared_local_checks() -> LocalCheck:
+    """The types' own checks for one load, each asked once per inputs: models whose check reads
+    the same fields in the same folder (`ProviderType.local_key`) share its answer, as 2,000
+    PhotoGPT models sharing 100 image folders share 100 walks and hashes instead of 2,000."""
+    answers: dict[tuple[str, Hashable, Path, Path], LocalProblems] = {}
+
+    def check(type_name: str, model: BaseModel, training: BaseModel, manifest_dir: Path, root: Path) -> LocalProblems:
+        ptype = provider_type(type_name)
+        if not ptype.reads_local_files:
+            return []
+        key = (type_name, ptype.local_key(model, training), manifest_dir, root)
+        found = answers.get(key)
+        if found is None:
+            found = answers[key] = ptype.local_problems(model, training, manifest_dir, root)
+        return found
+
+    return check
+
+
 def _resolve_model(
     raw: RawModel, r: FileResult, provider: ProviderConfig, problems: list[Problem], local_check: LocalCheck
 ) -> DesiredModel | None:
@@ -569,7 +588,7 @@ def load_manifests(paths: Iterable[str | Path], trust: TrustPolicy | None = None
     files, problems = find_manifest_files(paths)
     with collector_paused():
         results = [parse_file(f, trust, manifest_root(f, paths)) for f in files]
-        manifests, more = assemble(results)
+        manifests, more = assemble(results, shared_local_checks())
     problems.extend(more)
     if problems:
         raise ManifestError(problems)

@@ -1,5 +1,5 @@
 """`reconciler rename`, `forget` and `retry`: the state edited by hand (design.md "Orphans, renames,
-retries"). Nothing is sent to a provider.
+retries"), and the orphans `plan` and `status` list. Nothing is sent to a provider.
 
 Each reads the record, checks that the edit makes sense against the manifests, then writes by
 compare-and-set on the version it read (`save_if`, `delete_if`, `move_if`), with a history event
@@ -10,14 +10,24 @@ saying why and what to do; then nothing was written. Of two `rename`s at once, o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, RecordStatus
 from reconciler.errors import RefusedError
-from reconciler.orphans import forget_command, model_identity, record_identity, same_provider_model
+from reconciler.orphans import (
+    Orphan,
+    find_orphans,
+    forget_command,
+    model_identity,
+    record_identity,
+    same_provider_model,
+)
 from reconciler.state.base import StateStore
+
+#: up to this many orphans, their records are read one by one (else every record at once)
+FEW_ORPHANS = 32
 
 #: what `reconciler status` and `plan` show of records no manifest declares
 LOOK = "`reconciler status` lists the models and the recorded ones no manifest declares"
@@ -34,6 +44,21 @@ class Edited:
     moved_events: int = 0
     #: something the operator should know (a training that may still run at the provider)
     warning: str = ""
+
+
+async def read_orphans(
+    state: StateStore, declared: Mapping[str, DesiredModel], selected: Sequence[DesiredModel] | None = None
+) -> list[Orphan]:
+    """The orphans as `find_orphans` lists them, reading every record's name and the orphans'
+    records only: never all 10,000 records again after a plan (a tenth of a second or more).
+    Many orphans are read at once instead of one by one."""
+    names = await state.names()
+    orphaned = sorted(names - declared.keys())
+    if len(orphaned) > FEW_ORPHANS:
+        records = {n: r for n, r in (await state.all()).items() if n not in declared}
+    else:
+        records = {n: r for n in orphaned if (r := await state.get(n)) is not None}
+    return find_orphans(records, declared, selected, recorded=names)
 
 
 def _where(model: DesiredModel) -> str:

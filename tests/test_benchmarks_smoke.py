@@ -41,6 +41,7 @@ def test_plan_scale_runs_and_reads_each_model_at_most_once(tmp_path: Path, capsy
     out = capsys.readouterr().out
     assert "target <= 1.5x" in out and "target <= 2x" in out and "CPU per request ratio" in out
     assert figures["trains"] == 0
+    assert "start to exit" in out and figures["cli_wall"] > 0  # `reconciler plan` itself, in its own process
     assert all(figures[f"per_model.{t}"] <= 1.34 for t in plan_scale.TYPES)  # Lucid: 3 statuses + 1 batch list
     assert figures["per_model.predicthq"] == figures["per_model.photogpt"] == pytest.approx(1 / 3)
 

@@ -588,6 +588,26 @@ def test_no_key_in_output_logs_state_or_daemon_status(tmp_path: Path) -> None:
         sb.stop()
 
 
+def test_an_observation_is_copied_only_to_mask_the_key() -> None:
+    """`redacted` masks the key wherever an observation quotes the provider (its texts and the
+    training read back) and returns an observation without it as it is: no copy of 10,000."""
+    from reconciler.domain import Observation, TrainingStatus
+    from reconciler.providers.base import redacted
+
+    def redact(text: str) -> str:
+        return text.replace("s3cret", "***")
+
+    clean = Observation(status=TrainingStatus.SUCCEEDED, message="finished", observed_training={"epochs": 3})
+    assert redacted(clean, redact) is clean
+    for echoed in (
+        Observation(status=TrainingStatus.FAILED, message="bad key s3cret", observed_training={"epochs": 3}),
+        Observation(status=TrainingStatus.SUCCEEDED, marker="m", observed_training={"model_type": "x-s3cret"}),
+    ):
+        masked = redacted(echoed, redact)
+        assert masked is not echoed and "s3cret" not in repr(masked) and "***" in repr(masked)
+        assert masked.observed_training.get("epochs", 3) == 3 and masked.status is echoed.status
+
+
 def _daemon_status(ws: Workspace, env: dict[str, str]) -> str:
     """GET /status of a running daemon (`-vv`) on the same workspace, and all it logged."""
     d = DaemonProcess(ws, env=env, global_args=("-vv",))

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import FAST_PROVIDER, Workspace, by_name, codes, roboflow_model, run_sql, train_calls, write_text
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ from reconciler.spec import load_manifests
 from reconciler.state import StateStore, open_state
 from reconciler.state.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from reconciler.state.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
-from reconciler.state_commands import forget, rename, retry
+from reconciler.state_commands import FEW_ORPHANS, forget, read_orphans, rename, retry
 
 PROVIDER = FAST_PROVIDER.replace("TYPE", "roboflow")
 OLD, NEW = "hardhat-detector", "helmet-detector"
@@ -486,3 +487,35 @@ async def test_of_provider_models_reads_only_the_records_that_could_be_renamed(s
         assert set(await store.of_provider_models({"acme/hardhats"})) == {OLD, "older"}
         assert set(await store.of_provider_models(set())) == {"older"}
         assert await store.names() == {OLD, "forklift-detector", "older"}  # without reading the records
+
+
+async def test_read_orphans_reads_the_orphans_records_only(
+    state_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plan` and `status` list the orphans after a plan that read every record: they read the
+    names and the orphans' records, not every record again; the list is find_orphans' over all."""
+    models = declared(tmp_path, roboflow_model(NEW), forklifts())
+    async with await open_state(state_url) as store:
+        await store.save(record_of(models["forklift-detector"]))
+        await store.save(record_of(models[NEW], OLD))
+        await store.save(record_of(models[NEW], "older", provider_model=None))
+        everything = await store.all()
+        expected = find_orphans(everything, models)
+        assert [o.name for o in expected] == [OLD, "older"] and NEW in {o.rename_to for o in expected}
+        read_all = 0
+        real_all = store.all
+
+        async def counted_all() -> dict[str, ModelRecord]:
+            nonlocal read_all
+            read_all += 1
+            return await real_all()
+
+        monkeypatch.setattr(store, "all", counted_all)
+        assert await read_orphans(store, models) == expected
+        assert await read_orphans(store, models, [models[NEW]]) == find_orphans(everything, models, [models[NEW]])
+        assert read_all == 0
+        # many orphans: one read of every record instead of one read each, the same list
+        for i in range(FEW_ORPHANS + 1):
+            await store.save(record_of(models["forklift-detector"], f"gone-{i:02d}", provider_model=f"acme/gone-{i}"))
+        many = await read_orphans(store, models)
+        assert read_all == 1 and many == find_orphans(await real_all(), models) and len(many) == FEW_ORPHANS + 3

@@ -23,7 +23,7 @@ import pytest
 from helpers import ROOT, Clock, Workspace, one_simulator, train_calls, wait_until
 
 from reconciler.domain import DesiredModel, ModelRecord, RecordStatus, TrainingStatus
-from reconciler.errors import NotFoundError
+from reconciler.errors import ManifestError, NotFoundError
 from reconciler.providers.base import ProviderContext
 from reconciler.providers.http import HttpClient
 from reconciler.providers.photogpt.adapter import PhotoGPTAdapter
@@ -352,6 +352,40 @@ def test_scan_images_rejects_bad_files(tmp_path: Path) -> None:
     (sub / "x.PNG").write_bytes(png(50))
     images, problems = scan_images("**/*.[pP][nN][gG]", tmp_path)
     assert problems == [] and len(images) == 13
+
+
+def test_one_load_checks_a_shared_image_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models declaring the same glob in the same folder share one walk and hash of it per load
+    (as the adapter's scan), and each is still told its folder's problem at its own line."""
+    from reconciler.providers.photogpt import images as images_module
+
+    specs = tmp_path / "specs"
+    for folder, count in (("faces", 12), ("pets", 11)):
+        (specs / folder).mkdir(parents=True)
+        for n in range(count):
+            (specs / folder / f"{n:02d}.png").write_bytes(png(n))
+    docs = [
+        MANIFEST.replace("NAME", name).replace("MODEL_ID", f"id-{name}").replace("faces/", f"{folder}/")
+        for name, folder in (("a", "faces"), ("b", "faces"), ("c", "faces"), ("d", "pets"), ("e", "pets"))
+    ]
+    (specs / "m.yaml").write_text("---\n".join(docs))
+    scanned: list[str] = []
+    real_scan = images_module.scan_images
+
+    def counted(pattern: str, *args: Any) -> tuple[list[Any], list[str]]:
+        scanned.append(pattern)
+        return real_scan(pattern, *args)
+
+    monkeypatch.setattr(images_module, "scan_images", counted)
+    with pytest.raises(ManifestError) as refused:
+        load_manifests([specs])
+    assert sorted(scanned) == ["faces/*.png", "pets/*.png"]
+    lines = {p.line for p in refused.value.problems if "matches 11 files" in p.message}
+    assert len(lines) == 2 == len(refused.value.problems)  # d's and e's own input_images lines
+    (specs / "pets" / "11.png").write_bytes(png(11))
+    scanned.clear()
+    assert sorted(load_manifests([specs]).models) == ["a", "b", "c", "d", "e"]
+    assert sorted(scanned) == ["faces/*.png", "pets/*.png"]  # a new load looks again
 
 
 # ---------------------------------------------------------------- the simulator over HTTP

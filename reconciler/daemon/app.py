@@ -24,8 +24,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from reconciler.daemon.metrics import Metrics
-from reconciler.orphans import Orphan, find_orphans
+from reconciler.orphans import Orphan
 from reconciler.report.views import status_entry
+from reconciler.state_commands import read_orphans
 
 if TYPE_CHECKING:
     from reconciler.errors import Problem
@@ -161,12 +162,10 @@ class Endpoints:
     async def _orphans(self) -> list[Orphan]:
         """As `status` lists them, reading the names of every record and the orphans' records only
         (never all 10,000 records per request)."""
-        state, declared = self.daemon.state, self.daemon.manifests.models
+        state = self.daemon.state
         if state is None:
             return []
-        names = await state.names()
-        records = {n: r for n in sorted(names - declared.keys()) if (r := await state.get(n)) is not None}
-        return find_orphans(records, declared, recorded=names)
+        return await read_orphans(state, self.daemon.manifests.models)
 
     async def lucid_hook(self, request: Request) -> Response:
         """Lucid's training callback: observe the models with that model_id at once."""

@@ -153,11 +153,14 @@ def unexpected_error(provider: str, doing: str, exc: Exception, redact: Callable
 
 
 def redacted(obs: Observation, redact: Callable[[str], str]) -> Observation:
-    """A copy of `obs` with the key masked in the provider's words (a provider may echo it back)."""
+    """`obs` with the key masked in the provider's words (a provider may echo it back): a copy
+    where a text held it, else `obs` itself (no copy of 10,000 observations to mask nothing)."""
     texts: dict[str, Any] = {
-        name: redact(value)
+        name: masked
         for name in ("message", "stale", "data_changed", "provider_state", "marker", "handle")
-        if isinstance(value := getattr(obs, name), str)
+        if isinstance(value := getattr(obs, name), str) and (masked := redact(value)) != value
     }
-    texts["observed_training"] = {k: redact(v) if isinstance(v, str) else v for k, v in obs.observed_training.items()}
-    return dataclasses.replace(obs, **texts)
+    training = obs.observed_training
+    if any(isinstance(v, str) and redact(v) != v for v in training.values()):
+        texts["observed_training"] = {k: redact(v) if isinstance(v, str) else v for k, v in training.items()}
+    return dataclasses.replace(obs, **texts) if texts else obs

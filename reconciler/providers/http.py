@@ -120,7 +120,6 @@ class HttpClient:
         self._observers = tuple(observers)
         self._interval = 1.0 / requests_per_second if requests_per_second > 0 else 0.0
         self._next_slot = 0.0
-        self._rate_lock = asyncio.Lock()
         self.concurrency = ConcurrencyController(ceiling=max_concurrent, requests_per_second=requests_per_second)
         self._gate = ConcurrencyGate(self.concurrency)
         self._max_concurrent = max(1, max_concurrent)
@@ -169,10 +168,11 @@ class HttpClient:
     async def _throttle(self) -> None:
         if not self._interval:
             return
-        async with self._rate_lock:
-            now = time.monotonic()
-            wait = self._next_slot - now
-            self._next_slot = max(now, self._next_slot) + self._interval
+        # no lock: nothing is awaited between reading and moving the next slot, so no other
+        # request of this loop can take the same one
+        now = time.monotonic()
+        wait = self._next_slot - now
+        self._next_slot = max(now, self._next_slot) + self._interval
         if wait > 0:
             await asyncio.sleep(wait)
 

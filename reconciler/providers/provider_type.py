@@ -6,7 +6,7 @@ Validating manifests needs only this record (schemas, key variable, defaults, of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -51,6 +51,9 @@ class ProviderType(Generic[M, T]):
     #: repository root (the fourth argument); they add the folders they look in and the files they
     #: read to the set (the last argument), so a caller can cache the answer until one changes
     check_local: Callable[[M, T, Path, Path, set[Path]], LocalProblems] | None = None
+    #: what of `model` and `training` `check_local` reads (default: both whole): one load checks
+    #: the models with equal inputs in one folder once (PhotoGPT models sharing an image folder)
+    local_inputs: Callable[[M, T], Hashable] | None = None
     #: the `model` fields that name the provider's model (Roboflow: workspace and project), in
     #: order; () means every field of `model_schema`. Two TrainedModels with the same identity on
     #: one provider host train the same model at the provider, which `validate` refuses.
@@ -73,6 +76,13 @@ class ProviderType(Generic[M, T]):
         manifests name the same model at the provider (on the same host)."""
         fields = self.identity_fields or tuple(self.model_schema.model_fields)
         return "/".join(str(getattr(model, f)) for f in fields)
+
+    def local_key(self, model: Any, training: Any) -> Hashable:
+        """What `check_local` reads of the model's fields: equal keys (in one folder, under one
+        root) get the same answer."""
+        if self.local_inputs is not None:
+            return self.local_inputs(model, training)
+        return (model.model_dump_json(), training.model_dump_json())
 
     def local_problems(
         self, model: Any, training: Any, manifest_dir: Path, root: Path, reads: set[Path] | None = None

@@ -95,8 +95,12 @@ class _Walk:
             )
         return real
 
-    def _match(self, path: Path) -> None:
-        self._confined(path)
+    def _match(self, path: Path, symlink: bool = True) -> None:
+        # an entry listed in a folder whose real path is known (inside the root: the walk checked it)
+        # and that is not a symlink is inside too: only symlinks are resolved (a path each, the
+        # walk's largest cost at 12 images a model)
+        if symlink:
+            self._confined(path)
         self.matches[path] = None
         if len(self.matches) > MAX_MATCHES:
             raise GlobError(f"input_images {self.pattern!r} matches more than {MAX_MATCHES:,} files; narrow the glob")
@@ -106,13 +110,16 @@ class _Walk:
         while stack:
             folder, i = stack.pop()
             # by real path: a symlink loop inside the repository lists each folder once per step
-            key = (folder.resolve(), i)
+            real = folder.resolve()
+            key = (real, i)
             if key in self.seen:
                 continue
             self.seen.add(key)
             if i == len(segments):
                 continue
             seg, last = segments[i], i == len(segments) - 1
+            # the entries listed are inside the root as long as their folder is (or a symlink resolved)
+            listed_inside = _inside(real, self.root)
             if seg == "**":
                 stack.append((folder, i + 1))  # zero folders
                 for entry in self._list(folder):
@@ -124,23 +131,32 @@ class _Walk:
                             self._confined(path)
                         stack.append((path, i))
                     elif last and entry.is_file():
-                        self._match(path)
+                        self._match(path, entry.is_symlink() or not listed_inside)
             elif _MAGIC.search(seg):
                 for entry in self._list(folder):
                     if not (_hidden_ok(entry.name, seg) and fnmatch.fnmatchcase(entry.name, seg)):
                         continue
-                    self._step(Path(entry.path), i, last, stack)
+                    self._step(Path(entry.path), i, last, stack, entry, listed_inside)
             else:
                 self._step(folder / seg, i, last, stack)
         return sorted(self.matches)
 
-    def _step(self, path: Path, i: int, last: bool, stack: list[tuple[Path, int]]) -> None:
+    def _step(
+        self,
+        path: Path,
+        i: int,
+        last: bool,
+        stack: list[tuple[Path, int]],
+        entry: os.DirEntry[str] | None = None,
+        listed_inside: bool = False,
+    ) -> None:
+        """`path` matched segment `i`; `entry`: its folder's listing of it (file type known, no stat)."""
         self.reads.add(path.parent)  # whether `path` exists is an entry of its folder
         if last:
-            if path.is_file():
-                self._match(path)
-        elif path.is_dir():
-            if path.is_symlink():
+            if entry.is_file() if entry is not None else path.is_file():
+                self._match(path, entry is None or entry.is_symlink() or not listed_inside)
+        elif entry.is_dir() if entry is not None else path.is_dir():
+            if entry.is_symlink() if entry is not None else path.is_symlink():
                 self._confined(path)
             stack.append((path, i + 1))
 
@@ -192,12 +208,26 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _read(path: Path) -> tuple[int, str | None, str | None]:
+    """The file's size, the format its first bytes show and the sha256 of its content (None when
+    larger than PhotoGPT accepts or not an image: never hashed), from one open."""
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_IMAGE_BYTES:
+            return size, None, None
+        head = fh.read(16)
+        kind = _sniff(head)
+        if kind is None:
+            return size, None, None
+        digest = hashlib.sha256(head)
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+    return size, kind, digest.hexdigest()
+
+
+def _shown(path: Path, manifest_dir: Path) -> str:
+    """How a problem names the file: relative to the manifest's folder (only a problem needs it)."""
+    return os.path.relpath(path, manifest_dir)
 
 
 def scan_images(
@@ -219,25 +249,28 @@ def scan_images(
         reads.update(paths)
     allowed = ", ".join(CONTENT_TYPES)
     for path in paths:
-        shown = os.path.relpath(path, manifest_dir)
         ext = path.suffix.lower().lstrip(".")
         if ext not in CONTENT_TYPES:
-            problems.append(f"{shown}: PhotoGPT accepts only {allowed} images; narrow the glob or remove the file")
+            problems.append(
+                f"{_shown(path, manifest_dir)}: PhotoGPT accepts only {allowed} images; narrow the glob or remove the file"
+            )
             continue
         try:
-            size = path.stat().st_size
-            with open(path, "rb") as fh:
-                head = fh.read(16)
+            size, kind, sha256 = _read(path)
         except OSError as exc:
-            problems.append(f"{shown}: cannot read ({exc.strerror or exc})")
+            problems.append(f"{_shown(path, manifest_dir)}: cannot read ({exc.strerror or exc})")
             continue
         if size > MAX_IMAGE_BYTES:
-            problems.append(f"{shown}: {size / 1e6:.1f} MB; PhotoGPT accepts at most 20 MB per upload")
+            problems.append(
+                f"{_shown(path, manifest_dir)}: {size / 1e6:.1f} MB; PhotoGPT accepts at most 20 MB per upload"
+            )
             continue
-        if _sniff(head) is None:
-            problems.append(f"{shown}: not a {allowed} image (its content is not one of these formats)")
+        if kind is None or sha256 is None:
+            problems.append(
+                f"{_shown(path, manifest_dir)}: not a {allowed} image (its content is not one of these formats)"
+            )
             continue
-        images.append(LocalImage(path, _sha256(path)))
+        images.append(LocalImage(path, sha256))
     if not problems and not MIN_IMAGES <= len(paths) <= MAX_IMAGES:
         problems.append(
             f"input_images {pattern!r} matches {len(paths)} file{'s' if len(paths) != 1 else ''} "
@@ -247,8 +280,8 @@ def scan_images(
     for img in images:
         if img.sha256 in seen:
             problems.append(
-                f"{os.path.relpath(img.path, manifest_dir)} has the same content as "
-                f"{os.path.relpath(seen[img.sha256], manifest_dir)}; each input image must be distinct"
+                f"{_shown(img.path, manifest_dir)} has the same content as "
+                f"{_shown(seen[img.sha256], manifest_dir)}; each input image must be distinct"
             )
         seen.setdefault(img.sha256, img.path)
     return images, problems

@@ -54,4 +54,6 @@ PHOTOGPT = ProviderType(
     #: [D] the docs' example gives up after 35 min; no failure status is documented [?]
     training_timeout=timedelta(minutes=35),
     check_local=check_local,
+    # the glob alone: the model id is not read (the adapter shares one scan per folder too)
+    local_inputs=lambda _model, training: training.input_images,
 )
