@@ -14,6 +14,7 @@ their stat, so that:
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ def _stamp(path: str) -> int:
     return hash((st.st_mtime_ns, st.st_size, st.st_ino))
 
 
-_Key = tuple[str, str, str, str, str]
+_Key = tuple[str, Hashable, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,9 @@ class LocalChecks:
         ptype = provider_type(type_name)
         if not ptype.reads_local_files:
             return []
-        key = (type_name, model.model_dump_json(), training.model_dump_json(), str(manifest_dir), str(root))
+        # what the check reads (PhotoGPT: the glob), not the whole model: models sharing an image
+        # folder share one answer
+        key = (type_name, ptype.local_key(model, training), str(manifest_dir), str(root))
         found = self._answers.get(key)
         if found is not None:
             return found.problems
