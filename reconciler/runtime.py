@@ -11,7 +11,7 @@ import functools
 import gc
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -364,6 +364,14 @@ def release_freed_memory() -> None:
     if trim is not None:
         gc.collect()  # cycles freed first, so their pages are free when trimmed
         trim(0)
+
+
+def urgent_requests() -> AbstractContextManager[None]:
+    """Provider requests made inside (and in the tasks started inside) take the next free slot of
+    their provider's limits before every other waiting request: the daemon's change lane beside a resync."""
+    from reconciler.providers.concurrency import urgent_requests
+
+    return urgent_requests()
 
 
 def holder(command: str) -> str:

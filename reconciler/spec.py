@@ -112,7 +112,15 @@ class ProviderManifest(Strict):
 # ---------------------------------------------------------------- validated, resolved results
 
 
-@dataclass(eq=False)
+def _spec_fields(data: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """A TrainedModel document's `spec.model` and `spec.training` where they are mappings."""
+    raw_spec = data.get("spec") if isinstance(data, dict) else None
+    spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+    model, training = spec.get("model"), spec.get("training", {})
+    return (model if isinstance(model, dict) else None, training if isinstance(training, dict) else None)
+
+
+@dataclass(eq=False, slots=True)
 class RawModel:
     """A TrainedModel document as parsed: its envelope when valid, else the parts `assemble`
     can still check (the provider reference, `model`, `training`), so one run reports them all."""
@@ -122,7 +130,11 @@ class RawModel:
     #: every document's parse for as long as it runs)
     envelope: tuple[dict[str, str], Policy] | None
     name: str | None
+    #: where `metadata.name` is written (or the longest part of that path that is): every model's
+    #: source, looked up while the YAML nodes are at hand; other positions are asked of `doc`
+    name_at: Source
     provider: str | None
+    #: `spec.model` and `spec.training` as written, until they are checked (`fields`)
     model: dict[str, Any] | None
     training: dict[str, Any] | None
     #: provider type -> the validated model and training (None where invalid) and their problems:
@@ -131,26 +143,33 @@ class RawModel:
     #: the DesiredModel last resolved from this document and the provider it was resolved with:
     #: reassembling with the same provider yields the same (immutable) object, its fingerprint kept
     resolved: tuple[ProviderConfig, DesiredModel] | None = None
+    #: `model` and `training` were dropped once checked: `fields` builds them again from the text
+    dropped: bool = False
 
     @classmethod
-    def of(cls, data: dict[str, Any], doc: YamlDocument, manifest: TrainedModelManifest | None) -> RawModel:
+    def of(cls, data: dict[str, Any], doc: YamlDocument, manifest: TrainedModelManifest | None, file: str) -> RawModel:
+        name_at = Source(file, *doc.where(("metadata", "name")))
         if manifest is not None:
             s = manifest.spec
             envelope = (manifest.metadata.labels, shared_policy(s.policy))
-            return cls(doc, envelope, manifest.metadata.name, s.provider, s.model, s.training)
+            return cls(doc, envelope, manifest.metadata.name, name_at, s.provider, s.model, s.training)
         raw_meta, raw_spec = data.get("metadata"), data.get("spec")
         meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
         spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
         name, provider = meta.get("name"), spec.get("provider")
-        model, training = spec.get("model"), spec.get("training", {})
-        return cls(
-            doc,
-            None,
-            name if isinstance(name, str) else None,
-            provider if isinstance(provider, str) else None,
-            model if isinstance(model, dict) else None,
-            training if isinstance(training, dict) else None,
-        )
+        name, provider = (name if isinstance(name, str) else None), (provider if isinstance(provider, str) else None)
+        return cls(doc, None, name, name_at, provider, *_spec_fields(data))
+
+    def fields(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """`spec.model` and `spec.training` to check against a type's schemas. Kept only until the
+        first check: the validated models hold what is used, and a check against another type
+        (a Provider changed its type) builds them again from the document's text."""
+        if self.dropped:
+            return _spec_fields(self.doc.rebuild())
+        found = self.model, self.training
+        self.model = self.training = None
+        self.dropped = True
+        return found
 
 
 @dataclass
@@ -254,10 +273,6 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-#: positions `assemble` asks for every model, looked up while the YAML nodes are at hand
-_REMEMBER = (("metadata", "name"),)
-
-
 def builtin_trust() -> TrustPolicy:
     """The policy of an empty operator environment: only the types' built-in origins and key names."""
     return TrustPolicy.from_env({}, base_urls())
@@ -280,7 +295,7 @@ def parse_file(path: Path, trust: TrustPolicy | None = None, root: Path | None =
         return result
     result.digest = _digest(text)
     try:
-        docs = load_documents(text, _REMEMBER)
+        docs = load_documents(text)
     except YamlError as exc:
         result.problems.append(Problem(file, exc.line, exc.col, exc.message))
         return result
@@ -309,7 +324,7 @@ def _parse_document(doc: YamlDocument, result: FileResult, trust: TrustPolicy) -
     if kind == "TrainedModel":
         manifest = _validate(TrainedModelManifest, data, doc, (), file, result.problems)
         # an invalid envelope still has its provider, model and training checked by `assemble`
-        result.raw_models.append(RawModel.of(data, doc, manifest))
+        result.raw_models.append(RawModel.of(data, doc, manifest, file))
     elif kind == "Provider":
         pm = _validate(ProviderManifest, data, doc, (), file, result.problems)
         _add_provider(pm, data, doc, result, trust)
@@ -408,10 +423,11 @@ def _check_fields(raw: RawModel, type_name: str, file: str) -> tuple[BaseModel |
         ptype = provider_type(type_name)
         problems: list[Problem] = []
         model = training = None
-        if raw.model is not None:
-            model = _validate(ptype.model_schema, raw.model, raw.doc, ("spec", "model"), file, problems)
-        if raw.training is not None:
-            training = _validate(ptype.training_schema, raw.training, raw.doc, ("spec", "training"), file, problems)
+        model_data, training_data = raw.fields()
+        if model_data is not None:
+            model = _validate(ptype.model_schema, model_data, raw.doc, ("spec", "model"), file, problems)
+        if training_data is not None:
+            training = _validate(ptype.training_schema, training_data, raw.doc, ("spec", "training"), file, problems)
         done = raw.checked[type_name] = (model, training, problems)
     return done
 
@@ -460,7 +476,6 @@ def _resolve_model(
         return None
     if raw.resolved is not None and raw.resolved[0] == provider and raw.resolved[1].root == root:
         return raw.resolved[1]
-    line, col = raw.doc.where(("metadata", "name"))
     desired = DesiredModel(
         name=raw.name,
         labels=dict(envelope[0]),
@@ -469,7 +484,7 @@ def _resolve_model(
         model=model,
         training=training,
         policy=envelope[1],
-        source=Source(file, line, col),
+        source=raw.name_at,
         manifest_dir=manifest_dir,
         file=file,
         root=root,
@@ -504,18 +519,17 @@ def assemble(
         for raw in r.raw_models:
             name = raw.name
             if name is not None:
-                line, col = raw.doc.where(("metadata", "name"))
                 if name in first_at:
                     problems.append(
                         Problem(
                             r.path,
-                            line,
-                            col,
+                            raw.name_at.line,
+                            raw.name_at.col,
                             f"duplicate model name {name!r} (first at {first_at[name]}); names must be unique across all files",
                         )
                     )
                     continue
-                first_at[name] = Source(r.path, line, col)
+                first_at[name] = raw.name_at
             ref = raw.provider
             if ref is None:
                 continue  # missing or not a string: the envelope's problem says so
@@ -548,6 +562,9 @@ def assemble(
     problems.extend(provider_model_clashes(models.values(), providers))
     manifests = ManifestSet(models=models, providers=providers, files=[r.path for r in results])
     manifests.notices = replaced_defaults(providers.values())
+    for r in results:
+        for raw in r.raw_models[:1]:
+            raw.doc.release()  # nodes composed again for a problem's position: one file's stream
     return manifests, problems
 
 

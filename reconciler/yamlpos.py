@@ -9,14 +9,13 @@
 
 Speed: documents are composed by libyaml (PyYAML's C parser) when it is installed, and positions
 are not tabulated while building: `where()` walks the composed nodes, which a stream keeps only
-while its file is parsed (then composes again, once, if a position is asked later). The paths
-named in `remember` are looked up while the nodes are at hand.
+while its file is parsed (then composes its packed text again, once, if a position is asked later).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,27 +90,45 @@ def _compose(text: str) -> list[Node]:
 
 
 class _Stream:
-    """The text of a file's documents and, while it is parsed, their composed nodes."""
+    """The text of a file's documents and, while it is parsed, their composed nodes.
 
-    __slots__ = ("roots", "text")
+    Once released, the text is kept compressed (a daemon holds every file's parse for as long as
+    it runs, and manifests repeat themselves: about a thirtieth of the text): a position or a
+    document's data asked later is composed again from it, once, until the next release."""
+
+    __slots__ = ("packed", "roots", "text")
 
     def __init__(self, text: str, roots: list[Node] | None) -> None:
-        self.text = text
+        self.text: str | None = text
+        self.packed: bytes | None = None
         self.roots = roots
 
     def root(self, index: int) -> Node:
-        if self.roots is None:  # a position asked after parsing: compose again, once for all
-            self.roots = _compose(self.text)
+        if self.roots is None:
+            self.roots = _compose(self._text())
         return self.roots[index]
+
+    def _text(self) -> str:
+        if self.text is not None:
+            return self.text
+        assert self.packed is not None
+        return zlib.decompress(self.packed).decode("utf-8")
+
+    def release(self) -> None:
+        if self.text is not None:
+            self.packed = zlib.compress(self.text.encode("utf-8"), 1)
+            self.text = None
+        self.roots = None
 
 
 def _mark(node: Node) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class YamlDocument:
-    """One `---` document: its data, and the position of every path inside it."""
+    """One `---` document: its data, and the position of every path inside it (from the nodes of
+    its stream, composed again after a release when asked)."""
 
     data: Any
     line: int
@@ -119,14 +136,10 @@ class YamlDocument:
     problems: list[YamlError] = field(default_factory=list)
     _stream: _Stream | None = field(default=None, repr=False)
     _index: int = 0
-    _known: dict[Path_, tuple[tuple[int, int], Node | None]] = field(default_factory=dict, repr=False)
 
     def _walk(self, path: Path_) -> tuple[tuple[int, int], Node | None]:
         """The position of the longest known prefix of `path` (a key's, or an item's), and the
         node at `path` (None when the document has no such path)."""
-        known = self._known.get(path)
-        if known is not None:
-            return known
         if self._stream is None:
             return (self.line, 1), None
         node: Node = self._stream.root(self._index)
@@ -163,15 +176,17 @@ class YamlDocument:
             return None
         return node.value if value is not None and not isinstance(value, str) else None
 
-    def remember(self, paths: Iterable[Path_]) -> None:
-        """Look `paths` up now, while the nodes are at hand (positions asked for every document)."""
-        for path in paths:
-            self._known[path] = self._walk(path)[0], None
+    def rebuild(self) -> Any:
+        """The document's data built again from its text (the same values `data` had)."""
+        if self._stream is None:
+            return self.data
+        return _Builder().build(self._stream.root(self._index))
 
     def release(self) -> None:
-        """Drop the composed nodes of this document's stream (they are composed again if needed)."""
+        """Drop the composed nodes of this document's stream and pack its text (both are composed
+        again if a position or the data is asked later)."""
         if self._stream is not None:
-            self._stream.roots = None
+            self._stream.release()
 
 
 def _scalar(node: ScalarNode) -> Any:
@@ -255,21 +270,18 @@ class _Builder:
         raise YamlError(*_mark(node), "unsupported YAML node")
 
 
-def load_documents(text: str, remember: Iterable[Path_] = ()) -> list[YamlDocument]:
+def load_documents(text: str) -> list[YamlDocument]:
     """Parse every document of a YAML stream; raise YamlError with the position of the first error.
 
-    The documents keep their nodes until `release()` (positions asked later compose the text
-    again); the positions of `remember` are kept for good."""
+    The documents keep their nodes until `release()` (positions asked later compose the text again)."""
     roots = _compose(text)
     stream = _Stream(text, roots)
-    remember = tuple(remember)
     docs: list[YamlDocument] = []
     try:
         for index, node in enumerate(roots):
             builder = _Builder()
             doc = YamlDocument(data=builder.build(node), line=node.start_mark.line + 1, _stream=stream, _index=index)
             doc.problems = builder.problems
-            doc.remember(remember)
             docs.append(doc)
     except RecursionError:
         raise YamlError(0, 0, "invalid YAML: nested too deeply") from None

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -343,6 +343,36 @@ async def test_a_change_is_taken_in_its_own_lane_beside_a_resync() -> None:
     assert not waiting.done()
     q.put(["a"], "change")
     assert await waiting == {"a": "change"} and q.pending == {"e": "poll"}
+
+
+async def test_the_change_lane_asks_for_provider_request_slots_first_and_the_resync_lane_does_not(
+    tmp_path: Path,
+) -> None:
+    from reconciler.providers.concurrency import URGENT
+
+    d = daemon_with(tmp_path, "m1", "m2")
+    d.locked = True
+    asked: dict[str, bool] = {}
+    engine = object()
+
+    async def refresh() -> Any:
+        return engine
+
+    async def reconcile(batch: Mapping[str, str], _engine: Any = None) -> None:
+        async def request() -> bool:  # a task the batch starts, as the engine's reads are
+            return URGENT.get()
+
+        for name in batch:
+            asked[name] = await asyncio.create_task(request())
+        if len(asked) == 2:
+            d.request_stop()
+
+    d._refresh_engine = refresh  # type: ignore[method-assign]
+    d._reconcile = reconcile  # type: ignore[method-assign,assignment]
+    d.enqueue(["m1"], "resync")
+    d.enqueue(["m2"], "change")
+    await asyncio.gather(d._worker("bulk"), d._worker("urgent"))
+    assert asked == {"m1": False, "m2": True} and not URGENT.get()
 
 
 def test_two_batches_in_flight_are_both_shown_and_each_settles_its_own(tmp_path: Path) -> None:

@@ -100,3 +100,50 @@ def test_settled_plans_keep_only_what_status_and_the_scheduler_read(tmp_path: Pa
     assert in_flight(kept) and count_in_flight([kept]) == count_in_flight([plan]) == {"roboflow": 1}
     assert (kept.record.next_attempt_at, kept.record.finished_at) == (rec.next_attempt_at, rec.finished_at)
     assert kept.model is model and kept.action is plan.action and kept.reasons == plan.reasons
+
+
+def test_a_parsed_document_keeps_no_raw_fields_nor_positions_beside_its_validated_models(tmp_path: Path) -> None:
+    """The daemon holds every document's parse for as long as it runs: once checked, a document
+    keeps its validated models and where its name is, not the YAML dicts, nodes or a position
+    table; its text is packed. A later check against another type (a Provider changed its type)
+    builds the fields again from that text and still says file:line:col, without re-reading the file."""
+    from reconciler.daemon.tracker import ManifestTracker
+    from reconciler.logs import Redactor
+    from reconciler.spec import parse_file
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    model_file = specs / "models.yaml"
+    model_file.write_text(
+        "---\n".join(DOC.format(name=n, policy="").replace("provider: roboflow", "provider: p") for n in ("a", "b"))
+    )
+    provider = specs / "provider.yaml"
+    provider.write_text("apiVersion: reconciler/v1\nkind: Provider\nmetadata: {name: p}\nspec: {type: roboflow}\n")
+    parsed: list[Path] = []
+
+    def parse(path: Path, *args: Any) -> Any:
+        parsed.append(path)
+        return parse_file(path, *args)
+
+    tracker = ManifestTracker([str(specs)], Redactor({}), parse=parse)
+    tracker.load()
+    raws = tracker.files[str(model_file)].latest.raw_models
+    b = tracker.manifests.models["b"]
+    for raw in raws:
+        assert not hasattr(raw, "__dict__") and not hasattr(raw.doc, "__dict__")
+        assert raw.model is None and raw.training is None  # the validated models hold them
+        assert not hasattr(raw.doc, "_known") and raw.doc.data is None
+        stream = raw.doc._stream
+        assert stream is not None and stream.roots is None and stream.text is None and stream.packed
+    assert b.source is raws[1].name_at and str(b.source) == f"{model_file}:14:3"
+    assert b.model.workspace == "acme"  # type: ignore[attr-defined]
+
+    provider.write_text(provider.read_text().replace("type: roboflow", "type: lucid"))
+    tracker.files_changed([provider])
+    tracker.load()
+    assert model_file not in parsed[2:]  # only the Provider's file was read again
+    assert tracker.manifests.models["a"].provider_type == "roboflow"  # the Provider's last good version
+    problems = [str(p) for p in tracker.problems if p.file == str(model_file)]
+    assert f"{model_file}:7:11: unknown field 'spec.model.workspace'" in problems
+    assert f"{model_file}:17:11: unknown field 'spec.model.workspace'" in problems
+    assert raws[1].doc._stream is not None and raws[1].doc._stream.roots is None  # released again

@@ -142,6 +142,112 @@ async def test_a_request_in_flight_long_enough_lets_the_next_one_through() -> No
     assert await asyncio.wait_for(second, 5) != first and gate.in_flight == 2
 
 
+async def settled(check: Any) -> None:
+    """Let the loop run the tasks started until `check()` holds (no clock involved)."""
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the tasks never got there")
+
+
+async def test_a_change_lane_request_gets_the_next_free_slot_before_queued_resync_requests() -> None:
+    c = ConcurrencyController(ceiling=2, requests_per_second=0, clock=Ticks())
+    gate = ConcurrencyGate(c)
+    held = [await gate.acquire(), await gate.acquire()]  # full: a resync's requests in flight
+    order: list[str] = []
+    peak = 0
+
+    async def one(name: str, urgent: bool) -> int:
+        nonlocal peak
+        slot = await gate.acquire(urgent=urgent)
+        order.append(name)
+        peak = max(peak, gate.in_flight)
+        return slot
+
+    resync = [asyncio.create_task(one(f"resync-{i}", False)) for i in range(5)]
+    await settled(lambda: gate.waiting == 5)
+    edit = asyncio.create_task(one("edit", True))
+    await settled(lambda: gate.waiting == 6)
+    gate.release(held.pop())
+    await settled(lambda: order)
+    assert order == ["edit"] and gate.in_flight == 2  # the next free slot, and still only two
+    gate.release(edit.result())
+    gate.release(held.pop())
+    for task in resync:
+        gate.release(await task)
+    assert order == ["edit", *(f"resync-{i}" for i in range(5))] and peak == 2 and gate.in_flight == 0
+
+
+async def test_a_change_lane_request_gets_the_next_slot_the_rate_allows() -> None:
+    clock = Ticks()
+    c = ConcurrencyController(ceiling=16, requests_per_second=10.0, clock=clock)
+    gate = ConcurrencyGate(c)
+    first = await gate.acquire()  # the next one only 0.1 s later (10/s)
+    order: list[str] = []
+
+    async def one(name: str, urgent: bool) -> int:
+        slot = await gate.acquire(urgent=urgent)
+        order.append(name)
+        return slot
+
+    resync = [asyncio.create_task(one(f"resync-{i}", False)) for i in range(3)]
+    await settled(lambda: gate.waiting == 3)
+    edit = asyncio.create_task(one("edit", True))
+    await settled(lambda: gate.waiting == 4)
+    gate.wake()
+    assert order == []  # not before the rate allows, urgent or not
+    clock.now += 0.1
+    gate.wake()
+    await settled(lambda: order)
+    assert order == ["edit"]  # one slot per interval: the edit's
+    clock.now += 0.1
+    gate.wake()
+    await settled(lambda: len(order) == 2)
+    assert order == ["edit", "resync-0"] and gate.waiting == 2
+    for task in resync[1:]:
+        task.cancel()
+    await asyncio.gather(*resync[1:], return_exceptions=True)
+    assert gate.waiting == 0 and gate.in_flight == 3  # cancelled waiters took nothing
+    for slot in (first, edit.result(), resync[0].result()):
+        gate.release(slot)
+
+
+async def test_requests_started_in_the_urgent_context_go_first_through_the_client() -> None:
+    """The daemon's change lane runs in `urgent_requests()`: the tasks it starts inherit it."""
+    from reconciler.providers.concurrency import urgent_requests
+
+    answer_next = asyncio.Event()
+    sent: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        await answer_next.wait()
+        answer_next.clear()
+        return httpx.Response(200, json={})
+
+    http = HttpClient(
+        "roboflow",
+        "https://api.example.com",
+        api_key="k",
+        auth=Auth(query_param="api_key"),
+        requests_per_second=0,
+        max_concurrent=1,
+        transport=httpx.MockTransport(answer),
+    )
+    resync = [asyncio.create_task(http.request("GET", f"/resync-{i}")) for i in range(4)]
+    await settled(lambda: sent == ["/resync-0"])
+    with urgent_requests():
+        edit = asyncio.create_task(http.request("GET", "/edit"))
+    await settled(lambda: http._gate.waiting == 4)
+    for _ in range(5):
+        answer_next.set()
+        await settled(lambda: not answer_next.is_set())
+    await asyncio.gather(edit, *resync)
+    await http.aclose()
+    assert sent == ["/resync-0", "/edit", "/resync-1", "/resync-2", "/resync-3"]
+
+
 async def test_a_429_lowers_the_requests_in_flight_and_the_run_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
     answers = iter([429, 429, 200])
 

@@ -331,7 +331,12 @@ class Daemon:
 
     async def _worker(self, lane: str) -> None:
         """One lane of work: "urgent" (saved changes, webhooks) runs beside "bulk" (resyncs, polls),
-        so an edit reaches its train call without waiting for a resync of every model."""
+        so an edit reaches its train call without waiting for a resync of every model: not in the
+        queue, and not for a provider request slot either (its requests go first)."""
+        with runtime.urgent_requests() if lane == "urgent" else contextlib.nullcontext():
+            await self._work(lane)
+
+    async def _work(self, lane: str) -> None:
         while not self.stopping.is_set():
             batch = await self.queue.take(lane)
             if not batch or not self.locked:

@@ -10,22 +10,29 @@ request behind it. A 429 halves the cap (multiplicative decrease, at most once p
 the answers to requests already in flight are the same overload, not a new one), and each round
 trip of answers adds one back (additive increase) up to the ceiling.
 
-`ConcurrencyGate` is the asyncio side: a semaphore whose size follows `allowed`.
+`ConcurrencyGate` is the asyncio side: a semaphore whose size follows `allowed`, which also paces
+requests at the rate, so that one queue decides who goes next: the daemon's change lane (`URGENT`)
+before a resync's thousands of reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 #: weight of the newest latency sample in the moving average
 LATENCY_WEIGHT = 0.2
 #: how often a waiter looks again whether the oldest request's age allows one more
 RECHECK_SECONDS = 0.05
+#: True in the daemon's change lane (saved edits, webhooks): its requests get the next free slot
+#: before a resync's; tasks started from that lane inherit it (asyncio copies the context)
+URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("reconciler_urgent_requests", default=False)
 
 
 class ConcurrencyController:
@@ -86,34 +93,58 @@ class ConcurrencyController:
 
 
 class ConcurrencyGate:
-    """An asyncio semaphore whose size is the controller's `allowed` now (first come, first served)."""
+    """An asyncio semaphore whose size is the controller's `allowed` now, handing out slots no faster
+    than the controller's rate, to the urgent waiters first (each kind first come, first served).
+
+    Urgent requests are those of the daemon's change lane (a saved edit, a webhook: `URGENT`): a
+    resync queues thousands of requests here, and a person's edit must not wait for all of them.
+    Priority only changes who gets the next free slot, never how many are in flight or how fast
+    they start, so the provider's limits hold whoever asks.
+    """
 
     def __init__(self, controller: ConcurrencyController) -> None:
         self.controller = controller
         self._started: dict[int, float] = {}  # slot -> when it was taken (the controller's clock)
         self._ids = itertools.count()
+        self._urgent: deque[asyncio.Future[int]] = deque()
         self._waiters: deque[asyncio.Future[int]] = deque()
+        #: when the rate allows the next slot (the controller's clock)
+        self._next_at = -math.inf
         self._timer: asyncio.TimerHandle | None = None
 
     @property
     def in_flight(self) -> int:
         return len(self._started)
 
+    @property
+    def waiting(self) -> int:
+        return len(self._urgent) + len(self._waiters)
+
     def _room(self) -> bool:
-        oldest = self.controller.clock() - min(self._started.values()) if self._started else 0.0
+        now = self.controller.clock()
+        if now < self._next_at:
+            return False  # the rate: too soon after the last slot
+        oldest = now - min(self._started.values()) if self._started else 0.0
         return self.in_flight < self.controller.allowed(oldest)
 
     def _take(self) -> int:
         slot = next(self._ids)
-        self._started[slot] = self.controller.clock()
+        now = self.controller.clock()
+        rate = self.controller.rate
+        if rate > 0:
+            self._next_at = max(now, self._next_at) + 1.0 / rate
+        self._started[slot] = now
         return slot
 
-    async def acquire(self) -> int:
-        """Wait for a slot; returns it, to be given back to `release`."""
-        if not self._waiters and self._room():
+    async def acquire(self, *, urgent: bool | None = None) -> int:
+        """Wait for a slot; returns it, to be given back to `release`. `urgent` None: `URGENT`'s value."""
+        if urgent is None:
+            urgent = URGENT.get()
+        if not self._urgent and (urgent or not self._waiters) and self._room():
             return self._take()
+        queue = self._urgent if urgent else self._waiters
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        queue.append(fut)
         self._arm()
         try:
             return await fut
@@ -121,7 +152,7 @@ class ConcurrencyGate:
             if fut.done() and not fut.cancelled():
                 self.release(fut.result())  # the slot was handed over as we were cancelled: pass it on
             else:
-                self._waiters.remove(fut)
+                queue.remove(fut)
             raise
 
     def release(self, slot: int) -> None:
@@ -129,18 +160,31 @@ class ConcurrencyGate:
         self.wake()
 
     def wake(self) -> None:
-        """Hand free slots to waiters (after a release, or when the limit went up)."""
-        while self._waiters and self._room():
-            fut = self._waiters.popleft()
+        """Hand free slots to waiters, urgent ones first (after a release, or when the limit went up)."""
+        while (self._urgent or self._waiters) and self._room():
+            fut = (self._urgent or self._waiters).popleft()
             if not fut.done():
                 fut.set_result(self._take())
         self._arm()
 
     def _arm(self) -> None:
-        # one timer while anyone waits: a request in flight long enough allows one more (Little's law)
-        if self._waiters and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(RECHECK_SECONDS, self._tick)
+        # one timer while anyone waits: the rate's next slot, or a request in flight long enough to
+        # allow one more (Little's law)
+        if (self._urgent or self._waiters) and self._timer is None:
+            delay = self._next_at - self.controller.clock()
+            delay = min(RECHECK_SECONDS, delay) if delay > 0 else RECHECK_SECONDS
+            self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
         self.wake()
+
+
+@contextlib.contextmanager
+def urgent_requests() -> Iterator[None]:
+    """Requests made inside (and in tasks started inside) go before the others for a slot."""
+    token = URGENT.set(True)
+    try:
+        yield
+    finally:
+        URGENT.reset(token)

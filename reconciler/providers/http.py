@@ -9,7 +9,8 @@ here once, is then handed to it, and httpx is imported only then.
 It owns what every adapter needs and none should write again:
 - rate limiting (requests per second) and the requests in flight: Little's law from the rate and
   the latency measured, never above what the provider allows, halved by a 429 and grown back one
-  per round trip (AIMD, reconciler.providers.concurrency), which the run logs once;
+  per round trip (AIMD, reconciler.providers.concurrency), which the run logs once; one queue
+  for both, where the daemon's change lane goes first;
 - retries of reads on 429, 5xx, timeouts and connection errors (stamina counts the attempts and
   asks `retry_on` which errors qualify), with capped, jittered exponential backoff that honours
   `Retry-After`, waited through the injected `sleep`;
@@ -118,8 +119,6 @@ class HttpClient:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._observers = tuple(observers)
-        self._interval = 1.0 / requests_per_second if requests_per_second > 0 else 0.0
-        self._next_slot = 0.0
         self.concurrency = ConcurrencyController(ceiling=max_concurrent, requests_per_second=requests_per_second)
         self._gate = ConcurrencyGate(self.concurrency)
         self._max_concurrent = max(1, max_concurrent)
@@ -164,17 +163,6 @@ class HttpClient:
             if form in text:
                 text = text.replace(form, "***")
         return text
-
-    async def _throttle(self) -> None:
-        if not self._interval:
-            return
-        # no lock: nothing is awaited between reading and moving the next slot, so no other
-        # request of this loop can take the same one
-        now = time.monotonic()
-        wait = self._next_slot - now
-        self._next_slot = max(now, self._next_slot) + self._interval
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     def _error(self, resp: Response, method: str, path: str) -> ProviderError:
         # masked before parsing and cutting: a provider that echoes the key back must not have
@@ -315,9 +303,8 @@ class HttpClient:
     async def _send(self, path: str, idempotent: bool, ok: tuple[int, ...], req: _Request) -> Response:
         """One attempt: the response when it is 2xx (or `ok`), else the error it maps onto."""
         method = req.method
-        await self._throttle()
         started = time.monotonic()
-        slot = await self._gate.acquire()
+        slot = await self._gate.acquire()  # the rate and the requests in flight, urgent lane first
         try:
             self.request_count += 1
             sent = time.monotonic()
