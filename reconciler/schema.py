@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from reconciler.envelope import NAME_RE, ProviderManifest, TrainedModelManifest
 from reconciler.manifest_files import find_manifest_files
 from reconciler.providers.catalog import known_types, provider_type
-from reconciler.spec import NAME_RE, ProviderManifest, TrainedModelManifest, parse_file
+from reconciler.spec import parse_file
 
 #: `values.parse_duration`'s grammar: a number of seconds, or amounts with units (`1h30m`, `30d`).
 DURATION_PATTERN = r"^\s*(?:\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?\s*(?:[mM][sS]|[sSmMhHdDwW])\s*)+)$"

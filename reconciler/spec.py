@@ -14,21 +14,20 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
-import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import (
     BaseModel,
-    Field,
     ValidationError,
-    field_validator,
 )
 
 from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source, shared_policy
+from reconciler.envelope import API_VERSION as API_VERSION
+from reconciler.envelope import ENV_NAME, ProviderManifest, TrainedModelManifest
 from reconciler.errors import ManifestError, Problem
 
 # re-exported: the daemon and runtime find manifest files through `spec`
@@ -39,7 +38,6 @@ from reconciler.providers.catalog import base_urls, known_types, provider_type
 from reconciler.providers.identity import provider_model_clashes
 from reconciler.providers.origins import TrustPolicy, check_base_url
 from reconciler.selectors import Requirement, matches
-from reconciler.values import Duration, Strict
 from reconciler.yamlpos import YamlDocument, YamlError, load_documents
 
 if TYPE_CHECKING:
@@ -49,65 +47,6 @@ if TYPE_CHECKING:
 #: beside the manifest have; `assemble` asks the type's `check_local` unless given another (the
 #: daemon caches the answers until a file they read changes)
 LocalCheck = Callable[[str, BaseModel, BaseModel, Path, Path], "LocalProblems"]
-
-API_VERSION = "reconciler/v1"
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-# ---------------------------------------------------------------- the two kinds
-
-
-class Metadata(Strict):
-    name: str
-    labels: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"name {v!r} must be lowercase letters, digits and '-', at most 63 characters")
-        return v
-
-
-class TrainedModelSpec(Strict):
-    provider: str
-    model: dict[str, Any]
-    training: dict[str, Any] = Field(default_factory=dict)
-    policy: Policy = Field(default_factory=Policy)
-
-
-class TrainedModelManifest(Strict):
-    apiVersion: Literal["reconciler/v1"]
-    kind: Literal["TrainedModel"]
-    metadata: Metadata
-    spec: TrainedModelSpec
-
-
-class ProviderSpecBody(Strict):
-    type: str
-    base_url: str | None = None
-    api_key_env: str | None = None
-    max_concurrent_trainings: int | None = Field(default=None, ge=1, le=1000)
-    #: at most this many trainings started here in any 24 h, by all writers on the state
-    max_trainings_per_day: int | None = Field(default=None, ge=1, le=1_000_000)
-    requests_per_second: float | None = Field(default=None, gt=0, le=10000)
-    poll_interval: Duration | None = None
-    allow_insecure_http: bool = False
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env(cls, v: str | None) -> str | None:
-        if v is not None and not _ENV_NAME.fullmatch(v):
-            raise ValueError(f"{v!r} is not an environment variable name; put the NAME here, never the key")
-        return v
-
-
-class ProviderManifest(Strict):
-    apiVersion: Literal["reconciler/v1"]
-    kind: Literal["Provider"]
-    metadata: Metadata
-    spec: ProviderSpecBody
-
 
 # ---------------------------------------------------------------- validated, resolved results
 
@@ -373,7 +312,7 @@ def _add_provider(
         if problem:
             bl, bc = doc.where(("spec", "base_url"))
             problems.append(Problem(file, bl, bc, problem))
-    if isinstance(key_env, str) and known_type and (pm is not None or _ENV_NAME.fullmatch(key_env)):
+    if isinstance(key_env, str) and known_type and (pm is not None or ENV_NAME.fullmatch(key_env)):
         problem = trust.key_env_problem(known_type, key_env)
         if problem:
             kl, kc = doc.where(("spec", "api_key_env"))

@@ -38,6 +38,7 @@ VALIDATE_MODULES = {
     "reconciler",
     "reconciler.cli",
     "reconciler.domain",
+    "reconciler.envelope",
     "reconciler.errors",
     "reconciler.logs",
     "reconciler.manifest_files",
