@@ -57,6 +57,7 @@ from reconciler.plan import (
 from reconciler.providers.access import Access, where
 from reconciler.providers.base import ProviderAdapter, ProviderContext, redacted, unexpected_error
 from reconciler.providers.catalog import adapter_class, base_urls, provider_type
+from reconciler.providers.clients import SharedClients, identity
 from reconciler.providers.origins import TrustPolicy, base_url_env
 from reconciler.seams import Seams
 from reconciler.spec import ManifestSet
@@ -123,6 +124,7 @@ class Engine:
         seams: Seams | None = None,
         limits: budget.Limits | None = None,
         events: EventSink | None = None,
+        clients: SharedClients | None = None,
     ) -> None:
         """`env` holds the provider key variables and `RECONCILER_<TYPE>_BASE_URL` (runtime passes
         the process environment; nothing else is read from it). `endpoints` maps a provider type
@@ -130,7 +132,8 @@ class Engine:
         instance of a type at its simulator. `trust` (default: from `env`) is where keys may go,
         the endpoints' origins included. `seams` replaces the clock, backoff sleep, HTTP
         transport, request observers and trigger-step hook (tests). `limits`: who writes (apply or
-        daemon) and the daemon's hourly rate (`reconciler.budget`). `events` gets each transition."""
+        daemon) and the daemon's hourly rate (`reconciler.budget`). `events` gets each transition.
+        `clients` (the daemon) shares HTTP clients with its other engines: one rate per provider."""
         self.manifests = manifests
         self.state = state
         self.env = dict(env or {})
@@ -145,6 +148,7 @@ class Engine:
         self.http_timeout = http_timeout
         self.limits = limits or budget.Limits()
         self.announce = Announcer(events, git_commit, self.clock)
+        self.clients = clients
         self._adapters: dict[str, ProviderAdapter] = {}
         self._adapter_errors: dict[str, ConfigError] = {}
         self._train_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -183,21 +187,32 @@ class Engine:
         cls = adapter_class(cfg.type)
         ptype = provider_type(cfg.type)
         base_url, key = self.access.endpoint(cfg)
-        http = HttpClient(
-            cfg.name,
-            base_url,
-            api_key=key,
-            auth=cls.auth,
-            requests_per_second=cfg.requests_per_second,
-            max_concurrent=ptype.max_concurrent_requests,
-            timeout=self.http_timeout,
-            retry=cls.retry,
-            allowed_origins=self.trust.origins_for(cfg.type),
-            key_env=cfg.api_key_env,
-            transport=self.seams.transport,
-            sleep=self.seams.sleep,
-            observers=self.seams.request_observers,
-        )
+        origins = self.trust.origins_for(cfg.type)
+
+        def make() -> HttpClient:
+            return HttpClient(
+                cfg.name,
+                base_url,
+                api_key=key,
+                auth=cls.auth,
+                requests_per_second=cfg.requests_per_second,
+                max_concurrent=ptype.max_concurrent_requests,
+                timeout=self.http_timeout,
+                retry=cls.retry,
+                allowed_origins=origins,
+                key_env=cfg.api_key_env,
+                transport=self.seams.transport,
+                sleep=self.seams.sleep,
+                observers=self.seams.request_observers,
+            )
+
+        if self.clients is None:
+            http = make()
+        else:
+            seams = (self.seams.transport, self.seams.sleep, *self.seams.request_observers)
+            settings = (cfg.name, cfg.type, cls, base_url, key, cfg.requests_per_second, cfg.api_key_env)
+            limits = (ptype.max_concurrent_requests, self.http_timeout, origins)
+            http = self.clients.acquire((settings, limits, tuple(identity(s) for s in seams)), make)
         return cls(ProviderContext(config=cfg, http=http, state=self.state, clock=self.clock, env=self.env))
 
     @property
@@ -219,7 +234,10 @@ class Engine:
 
     async def aclose(self) -> None:
         for a in self._adapters.values():
-            await a.http.aclose()
+            if self.clients is None:
+                await a.http.aclose()
+            else:
+                await self.clients.release(a.http)
         self._adapters.clear()
 
     async def __aenter__(self) -> Engine:

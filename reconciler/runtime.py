@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from reconciler.engine import Engine
     from reconciler.logs import Redactor
     from reconciler.notify import EventSink, Notifier, ResultObserver
+    from reconciler.providers.clients import SharedClients
     from reconciler.providers.origins import TrustPolicy
     from reconciler.report.github import GitHub
     from reconciler.sandbox.server import Sandbox
@@ -288,12 +289,14 @@ def build_engine(
     seams: Seams | None = None,
     limits: Limits | None = None,
     events: EventSink | None = None,
+    clients: SharedClients | None = None,
 ) -> Engine:
     """The engine for these manifests and this state, pointed at the sandbox when it runs.
 
     It reads provider keys and base URLs from the process environment; `seams` (tests) replace
     its clock, backoff sleep, HTTP transport, request observers and trigger-step hook; `limits`
-    (the daemon) say who writes and the hourly rate; `events` receives its transitions (`Notifier.emit`).
+    (the daemon) say who writes and the hourly rate; `events` receives its transitions (`Notifier.emit`);
+    `clients` (the daemon) are HTTP clients shared with its other engines (`providers.clients`).
     """
     from reconciler.engine import Engine
     from reconciler.sandbox.registry import SANDBOX_API_KEYS
@@ -316,6 +319,7 @@ def build_engine(
         seams=seams,
         limits=limits,
         events=events,
+        clients=clients,
     )
 
 

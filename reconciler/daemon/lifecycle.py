@@ -44,6 +44,7 @@ from reconciler.daemon.tracker import RESCAN_SECONDS, ManifestTracker, watch
 from reconciler.errors import Problem, ReconcilerError, StateError
 from reconciler.logs import Redactor
 from reconciler.plan import Action, ModelPlan
+from reconciler.providers.clients import SharedClients
 from reconciler.seams import Seams
 
 if TYPE_CHECKING:
@@ -117,6 +118,9 @@ class Daemon:
         self._engine_stale = True
         self._retired: list[Engine] = []  # replaced engines a batch may still be using
         self._engine_users: dict[int, int] = {}  # id(engine) -> batches using it
+        #: one HTTP client per provider for every engine: the two lanes may run on two engines at
+        #: once (after a saved edit), and a provider's rate and in-flight limit must hold for both
+        self.clients = SharedClients()
         self._essential: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ what the endpoints read
@@ -326,6 +330,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await engine.aclose()
         self._retired = []
+        with contextlib.suppress(Exception):
+            await self.clients.aclose()
 
     # ------------------------------------------------------------ worker
 
@@ -383,7 +389,7 @@ class Daemon:
             limits = Limits(writer="daemon", per_hour=self.opts.max_trainings_per_hour)
             runtime.settle_heap(freeze=False)
             self.engine = runtime.build_engine(
-                self.manifests, self.state, self.sandbox, self.opts.paths, seams, limits, events
+                self.manifests, self.state, self.sandbox, self.opts.paths, seams, limits, events, self.clients
             )
             self._engine_stale = False
             await self._close_retired()
