@@ -67,8 +67,8 @@ class _Dropped(Exception):
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
     timeout = 120  # idle keep-alive connections are closed after this (clients expire sooner)
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus delayed ACKs
-    # add ~40 ms to every keep-alive request.
+    # An answer goes out in one write (`_send`), but one past a segment ends in a small one:
+    # without TCP_NODELAY, Nagle plus delayed ACKs could add ~40 ms to it.
     disable_nagle_algorithm = True
     server: _Server
 
@@ -137,9 +137,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
         for name, value in response.headers.items():
             self.send_header(name, value)
-        self.end_headers()
-        if payload and not no_body and self.command != "HEAD":
-            self.wfile.write(payload)
+        body = bool(payload) and not no_body and self.command != "HEAD"
+        if body and self.request_version != "HTTP/0.9":
+            # Headers and body in one write (~12% of the CPU of a small GET): end_headers's b"\r\n"
+            # and the body join http.server's buffer of the pending headers.
+            self._headers_buffer.extend((b"\r\n", payload))  # type: ignore[attr-defined]
+            self.flush_headers()
+        else:
+            self.end_headers()
+            if body:
+                self.wfile.write(payload)
         self.wfile.flush()
 
     # Every method OpenAPI names (3.2 adds QUERY): without a do_<METHOD>, http.server answers an

@@ -8,6 +8,8 @@ views are in `state.py`, request validation in `validation.py`.
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 from reconciler.sandbox.roboflow.exports import export_key, export_token, export_zip, parse_token
@@ -29,11 +31,20 @@ _WS = r"/(?P<ws>[^/]+)"
 _PROJ = _WS + r"/(?P<proj>[^/]+)"
 _VER = _PROJ + r"/(?P<version>\d+)"
 
+#: Encoded version answers kept (~20 KB each with a finished 700-epoch run): one per model of a
+#: 2,000-model benchmark world, the least recently used dropped past it.
+_ANSWERS_KEPT = 4096
+
 
 class RoboflowSimulator(RoboflowState):
     """Simulated Roboflow management API (projects, versions, trainings)."""
 
     type: ClassVar[str] = "roboflow"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: (ws, project, version) -> (fingerprint, settled at, encoded answer); see `_version_answer`
+        self._answers: OrderedDict[tuple[str, str, str], tuple[str, float, bytes]] = OrderedDict()
 
     # -- auth ---------------------------------------------------------------------------------
 
@@ -214,15 +225,55 @@ class RoboflowSimulator(RoboflowState):
     @route("GET", _VER)
     def get_version(self, req: SimRequest, ws: str, proj: str, version: str) -> SimResponse:
         """[D][SDK] `{"workspace", "project", "version"}` (accepts `nocache`)."""
-        number = str(int(version))
-        return SimResponse(
-            200,
-            {
-                "workspace": self._workspace_view(ws),
-                "project": self._project_view(ws, proj),
-                "version": self._version_view(ws, proj, number),
-            },
-        )
+        return SimResponse(200, self._version_answer(ws, proj, str(int(version))))
+
+    def _version_answer(self, ws: str, proj: str, number: str) -> bytes:
+        """The version answer encoded, reused while what it shows is unchanged.
+
+        Building and encoding it (a curve row per epoch, ~20 KB) was most of the sandbox's CPU
+        per request at 2,000 models. Once the version is generated and its every run ended, the
+        answer no longer moves with the clock: it is a function of the workspace's name and
+        members and of the project (its versions and their runs), which the key holds as repr, so
+        any change to them (a request, a test helper, a reload from disk) misses the cache."""
+        workspace = self._workspace(ws)
+        project = self._project(ws, proj)
+        version = self._version(ws, proj, number)
+        key = (ws, proj, number)
+        fingerprint = repr((workspace["name"], workspace["members"], project))
+        now = self.now()
+        kept = self._answers.get(key)
+        if kept is not None and kept[0] == fingerprint and now >= kept[1]:
+            self._answers.move_to_end(key)
+            return kept[2]
+        data = json.dumps(self._version_body(ws, proj, number)).encode("utf-8")
+        settled = self._settled_at(version, now)
+        if settled is not None:
+            self._answers[key] = (fingerprint, settled, data)
+            self._answers.move_to_end(key)
+            if len(self._answers) > _ANSWERS_KEPT:
+                self._answers.popitem(last=False)
+        return data
+
+    def _settled_at(self, version: dict[str, Any], now: float) -> float | None:
+        """From when the version's answer stops changing with the clock (None: not yet, at `now`):
+        the end of its generation and of its every run. Kept with the answer so that a clock set
+        back (tests) before that instant rebuilds it."""
+        settled = float(version.get("generating_until") or 0.0)
+        if now < settled:
+            return None
+        for record in version["trainings"]:
+            state = self._state(record)
+            if state.active:
+                return None
+            settled = max(settled, state.ends_at)
+        return settled
+
+    def _version_body(self, ws: str, proj: str, number: str) -> dict[str, Any]:
+        return {
+            "workspace": self._workspace_view(ws),
+            "project": self._project_view(ws, proj),
+            "version": self._version_view(ws, proj, number),
+        }
 
     @route("GET", _VER + r"/(?P<fmt>(?!train$|training$)[a-z0-9][a-z0-9-]*)")
     def export(self, req: SimRequest, ws: str, proj: str, version: str, fmt: str) -> SimResponse:
@@ -232,7 +283,7 @@ class RoboflowSimulator(RoboflowState):
             v["exports"].append(fmt)
             self.save()
         number = str(int(version))
-        body = self.get_version(req, ws, proj, version).body
+        body = self._version_body(ws, proj, number)
         token = export_token(ws, proj, number, fmt)
         body["export"] = {
             "format": fmt,
