@@ -133,7 +133,7 @@ def load(paths: Sequence[str]) -> ManifestSet:
         # imported under the pause too: pydantic's and PyYAML's modules are long-lived objects as well
         from reconciler.spec import load_manifests
 
-        manifests = load_manifests(paths_or_default(paths), trust=trust())
+        manifests = load_manifests(paths_or_default(paths), trust=trust(), parallel=True)
     finally:
         gc.freeze()
         if enabled:

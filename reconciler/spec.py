@@ -29,6 +29,7 @@ from reconciler.domain import DesiredModel, Policy, ProviderConfig, Source, shar
 from reconciler.envelope import API_VERSION as API_VERSION
 from reconciler.envelope import ENV_NAME, ProviderManifest, TrainedModelManifest
 from reconciler.errors import ManifestError, Problem
+from reconciler.forked import map_split
 
 # re-exported: the daemon and runtime find manifest files through `spec`
 from reconciler.manifest_files import find_manifest_files as find_manifest_files
@@ -534,16 +535,30 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def load_manifests(paths: Iterable[str | Path], trust: TrustPolicy | None = None) -> ManifestSet:
+#: below this much YAML in all, forking a child to parse part of it costs more than it saves
+PARALLEL_MIN_BYTES = 512 * 1024
+
+
+def load_manifests(
+    paths: Iterable[str | Path], trust: TrustPolicy | None = None, *, parallel: bool = False
+) -> ManifestSet:
     """Load every manifest under `paths`; raise ManifestError with all problems found.
 
     `trust` is the operator's policy (runtime builds it from the environment); by default only
-    the types' built-in origins and key variable names are allowed.
+    the types' built-in origins and key variable names are allowed. `parallel` (one-shot
+    commands): a forked child parses part of many files where the machine allows (`forked`).
     """
     paths = list(paths)
     files, problems = find_manifest_files(paths)
+
+    def parse(f: Path) -> FileResult:
+        return parse_file(f, trust, manifest_root(f, paths))
+
     with collector_paused():
-        results = [parse_file(f, trust, manifest_root(f, paths)) for f in files]
+        if parallel:
+            results = map_split(parse, files, [_size(f) for f in files], min_weight=PARALLEL_MIN_BYTES)
+        else:
+            results = [parse(f) for f in files]
         manifests, more = assemble(results, shared_local_checks())
     problems.extend(more)
     if problems:
@@ -551,3 +566,10 @@ def load_manifests(paths: Iterable[str | Path], trust: TrustPolicy | None = None
     if not files:
         raise ManifestError([Problem(",".join(str(p) for p in paths), 0, 0, "no *.yaml or *.yml manifests found")])
     return manifests
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # parse_file reports it

@@ -41,6 +41,7 @@ VALIDATE_MODULES = {
     "reconciler.envelope",
     "reconciler.errors",
     "reconciler.logs",
+    "reconciler.forked",
     "reconciler.manifest_files",
     "reconciler.providers",
     "reconciler.providers.catalog",
