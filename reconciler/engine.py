@@ -42,6 +42,7 @@ from reconciler.errors import (
     SpecRefusedError,
     TemporaryProviderError,
 )
+from reconciler.heap import collector_paused
 from reconciler.notify import Announcer, EventSink
 from reconciler.orphans import model_identity, rename_candidates
 from reconciler.plan import (
@@ -57,7 +58,7 @@ from reconciler.plan import (
 from reconciler.providers.access import Access, where
 from reconciler.providers.base import ProviderAdapter, ProviderContext, redacted, unexpected_error
 from reconciler.providers.catalog import adapter_class, base_urls, provider_type
-from reconciler.providers.clients import SharedClients, identity
+from reconciler.providers.clients import SharedClients
 from reconciler.providers.origins import TrustPolicy, base_url_env
 from reconciler.seams import Seams
 from reconciler.spec import ManifestSet
@@ -206,13 +207,10 @@ class Engine:
                 observers=self.seams.request_observers,
             )
 
-        if self.clients is None:
-            http = make()
-        else:
-            seams = (self.seams.transport, self.seams.sleep, *self.seams.request_observers)
-            settings = (cfg.name, cfg.type, cls, base_url, key, cfg.requests_per_second, cfg.api_key_env)
-            limits = (ptype.max_concurrent_requests, self.http_timeout, origins)
-            http = self.clients.acquire((settings, limits, tuple(identity(s) for s in seams)), make)
+        settings = (cfg.name, cfg.type, cls, base_url, key, cfg.requests_per_second, cfg.api_key_env)
+        limits = (ptype.max_concurrent_requests, self.http_timeout, origins)
+        seams = (self.seams.transport, self.seams.sleep, *self.seams.request_observers)
+        http = make() if self.clients is None else self.clients.acquire((settings, limits), seams, make)
         return cls(ProviderContext(config=cfg, http=http, state=self.state, clock=self.clock, env=self.env))
 
     @property
@@ -289,10 +287,11 @@ class Engine:
         outside `models` (the daemon's); their in-flight trainings count against `max_concurrent_trainings` too."""
         # records first, then the provider: a record another writer changes after this read makes
         # our compare-and-set fail, so no decision rests on a record older than the observation
-        records = await self._records(models)
-        observed = await self.observe(models, records)
-        now = self.clock()
-        plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
+        with collector_paused():  # its objects live on or go by reference counting (`heap`)
+            records = await self._records(models)
+            observed = await self.observe(models, records)
+            now = self.clock()
+            plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
         # a model without a record, at the provider model of an orphan's record: hint the rename
         if unrecorded := [m for m in models if m.name not in records]:
             if len(models) <= FEW_RECORDS:  # only the records that could be theirs

@@ -12,10 +12,8 @@ operator's `TrustPolicy` (built by `runtime` from the environment; this module n
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +28,7 @@ from reconciler.envelope import API_VERSION as API_VERSION
 from reconciler.envelope import ENV_NAME, ProviderManifest, TrainedModelManifest
 from reconciler.errors import ManifestError, Problem
 from reconciler.forked import map_split
+from reconciler.heap import collector_paused
 
 # re-exported: the daemon and runtime find manifest files through `spec`
 from reconciler.manifest_files import find_manifest_files as find_manifest_files
@@ -519,20 +518,6 @@ def replaced_defaults(providers: Iterable[ProviderConfig]) -> list[str]:
                 f"key from {pc.api_key_env})"
             )
     return notices
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: loading builds many small objects that live on (no
-    cycles among them), and each collection would walk them all again; 10,000 manifests load
-    about twice as fast. Collection resumes (and catches up) afterwards."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 #: below this much YAML in all, forking a child to parse part of it costs more than it saves

@@ -42,6 +42,7 @@ VALIDATE_MODULES = {
     "reconciler.errors",
     "reconciler.logs",
     "reconciler.forked",
+    "reconciler.heap",
     "reconciler.manifest_files",
     "reconciler.providers",
     "reconciler.providers.catalog",

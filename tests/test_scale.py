@@ -474,3 +474,38 @@ async def test_a_plan_of_a_few_models_reads_only_their_records(tmp_path: Path) -
                 assert read_all == 1
         finally:
             await state.close()
+
+
+async def test_no_cyclic_collection_runs_while_a_plan_reads_and_decides(tmp_path: Path) -> None:
+    """Collections during a plan of 10,000 models walked its young survivors again and again (8%
+    of its CPU) to free about 400 cyclic objects; `heap.collector_paused` keeps them out."""
+    import gc
+
+    from reconciler.engine import Engine
+    from reconciler.seams import Seams
+    from reconciler.state import open_state
+
+    collector_on: list[bool] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        collector_on.append(gc.isenabled())
+        return httpx.Response(404, json={"error": "project not found"})
+
+    (tmp_path / "specs").mkdir()
+    docs = [
+        f"apiVersion: reconciler/v1\nkind: TrainedModel\nmetadata: {{name: m{i}}}\nspec:\n  provider: roboflow\n"
+        f"  model: {{workspace: acme, project: p{i}}}\n  training: {{version: 1, model_type: rfdetr-nano}}\n"
+        for i in range(5)
+    ]
+    (tmp_path / "specs" / "models.yaml").write_text("---\n".join(docs))
+    state = await open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    seams = Seams(transport=httpx.MockTransport(answer))
+    engine = Engine(load_manifests([tmp_path / "specs"]), state, env={"ROBOFLOW_API_KEY": "k"}, seams=seams)
+    assert gc.isenabled()
+    try:
+        plans = await engine.plan(list(engine.manifests.models.values()))
+    finally:
+        await engine.aclose()
+        await state.close()
+    assert len(plans) == 5 and collector_on == [False] * 5
+    assert gc.isenabled()  # on again after it

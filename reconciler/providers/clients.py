@@ -10,7 +10,7 @@ closed when the last engine using it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,8 +30,9 @@ class SharedClients:
         self._by_key: dict[Hashable, HttpClient] = {}
         self._users: dict[int, int] = {}  # id(client) -> engines using it
 
-    def acquire(self, key: Hashable, make: Callable[[], HttpClient]) -> HttpClient:
-        """The client for `key`, made on first use; give it back with `release`."""
+    def acquire(self, settings: Hashable, seams: Iterable[object], make: Callable[[], HttpClient]) -> HttpClient:
+        """The client for these settings and seams, made on first use; give it back with `release`."""
+        key = (settings, tuple(identity(s) for s in seams))
         client = self._by_key.get(key)
         if client is None:
             client = self._by_key[key] = make()
