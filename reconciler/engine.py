@@ -18,7 +18,6 @@ import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,6 +44,7 @@ from reconciler.errors import (
 from reconciler.heap import collector_paused
 from reconciler.notify import Announcer, EventSink
 from reconciler.orphans import model_identity, rename_candidates
+from reconciler.outcomes import ApplyResult, TriggerOutcome
 from reconciler.plan import (
     Action,
     ModelPlan,
@@ -70,42 +70,23 @@ log = logging.getLogger("reconciler.engine")
 DEFAULT_HTTP_TIMEOUT = 30.0
 
 
-@dataclass
-class TriggerOutcome:
-    """What happened to one model's train/retry action."""
-
-    name: str
-    started: bool
-    detail: str = ""
-    error: ProviderError | None = None
-    #: the call may have reached the provider: settled later by observing, never resent
-    ambiguous: bool = False
-    #: the provider refused for now (429: too many trainings running): nothing started, not an
-    #: error; the record is restored, so the next plan shows the training again
-    held: bool = False
-    #: another writer changed the record first (or this daemon lost its leader lease): nothing
-    #: was sent, not an error; the plan was made again and shows what that writer did
-    superseded: bool = False
-    #: a spend guard was spent when the intent was written (another writer used the budget):
-    #: nothing was sent, not an error; the plan is now `hold budget`
-    over_budget: bool = False
-
-
-@dataclass
-class ApplyResult:
-    plans: list[ModelPlan]
-    outcomes: dict[str, TriggerOutcome] = field(default_factory=dict)
-    adopted: list[str] = field(default_factory=list)
-    #: `apply --max-trainings` refused the whole plan: nothing was written or started
-    refused: budget.BlastRadius | None = None
+def by_provider(models: Iterable[DesiredModel]) -> dict[str, list[DesiredModel]]:
+    """The models of each provider instance, in their order."""
+    grouped: dict[str, list[DesiredModel]] = defaultdict(list)
+    for m in models:
+        grouped[m.provider].append(m)
+    return grouped
 
 
 #: The leader's fence: proves its lease is still held, awaited before every trigger.
 Fence = Callable[[], Awaitable[bool]]
 
 
-#: up to this many models, `plan` reads their records one by one instead of every record
+#: up to this many models, `plan` reads their records one by one, else by their names at once
 FEW_RECORDS = 32
+#: up to this many models without a record, their rename candidates are read by provider model
+#: (one statement, within SQLite's oldest parameter limit), else every record is read
+FEW_UNRECORDED = 500
 
 
 class Engine:
@@ -250,53 +231,59 @@ class Engine:
         self, models: Sequence[DesiredModel], records: Mapping[str, ModelRecord]
     ) -> dict[str, Observation | ProviderError]:
         """Read every model's actual state, providers concurrently; errors stay per model."""
-        by_provider: dict[str, list[DesiredModel]] = defaultdict(list)
-        for m in models:
-            by_provider[m.provider].append(m)
+        parts = await asyncio.gather(*(self._observe(p, ms, records) for p, ms in by_provider(models).items()))
+        return {name: found for part in parts for name, found in part.items()}
 
-        async def one_provider(provider: str, ms: list[DesiredModel]) -> dict[str, Observation | ProviderError]:
-            try:
-                adapter = self.adapter(provider)
-            except ConfigError as exc:
-                # each model's error names that model, not the first one using the provider
-                cfg = self.provider_config(provider)
-                return {m.name: self._unusable(cfg, m, exc) for m in ms}
-            found: dict[str, Observation | ProviderError]
-            try:
-                found = dict(await adapter.observe_many(ms, dict(records)))
-            except ProviderError as exc:
-                found = {m.name: exc for m in ms}
-            except Exception as exc:  # a bug or garbage in one provider must not stop the others
-                bad = unexpected_error(provider, "reading the model", exc, adapter.http.redact)
-                found = {m.name: bad for m in ms}
-            for m in ms:
-                if m.name not in found:
-                    found[m.name] = BadResponseError("the adapter returned no observation", provider=provider)
-            # errors were redacted where they were built; observations quote the provider's words
-            return {
-                name: redacted(r, adapter.http.redact) if isinstance(r, Observation) else r for name, r in found.items()
-            }
-
-        results: dict[str, Observation | ProviderError] = {}
-        for part in await asyncio.gather(*(one_provider(p, ms) for p, ms in by_provider.items())):
-            results.update(part)
-        return results
+    async def _observe(
+        self, provider: str, ms: list[DesiredModel], records: Mapping[str, ModelRecord]
+    ) -> dict[str, Observation | ProviderError]:
+        try:
+            adapter = self.adapter(provider)
+        except ConfigError as exc:
+            # each model's error names that model, not the first one using the provider
+            cfg = self.provider_config(provider)
+            return {m.name: self._unusable(cfg, m, exc) for m in ms}
+        found: dict[str, Observation | ProviderError]
+        try:
+            found = dict(await adapter.observe_many(ms, dict(records)))
+        except ProviderError as exc:
+            found = {m.name: exc for m in ms}
+        except Exception as exc:  # a bug or garbage in one provider must not stop the others
+            bad = unexpected_error(provider, "reading the model", exc, adapter.http.redact)
+            found = {m.name: bad for m in ms}
+        for m in ms:
+            if m.name not in found:
+                found[m.name] = BadResponseError("the adapter returned no observation", provider=provider)
+        # errors were redacted where they were built; observations quote the provider's words
+        return {
+            name: redacted(r, adapter.http.redact) if isinstance(r, Observation) else r for name, r in found.items()
+        }
 
     async def plan(self, models: Sequence[DesiredModel], *, others: Iterable[ModelPlan] = ()) -> list[ModelPlan]:
         """Observe and decide for every model. Writes nothing anywhere. `others`: the caller's plans of models
         outside `models` (the daemon's); their in-flight trainings count against `max_concurrent_trainings` too."""
-        # records first, then the provider: a record another writer changes after this read makes
-        # our compare-and-set fail, so no decision rests on a record older than the observation
-        with collector_paused():  # its objects live on or go by reference counting (`heap`)
-            records = await self._records(models)
-            observed = await self.observe(models, records)
+
+        async def one_provider(provider: str, ms: list[DesiredModel]) -> tuple[dict[str, ModelRecord], list[ModelPlan]]:
+            # records first, then the provider: a record another writer changes after this read makes
+            # our compare-and-set fail, so no decision rests on a record older than the observation.
+            # Each provider's own: its reads start, and its models are decided, while others still read.
+            records = await self._records(ms)
+            observed = await self._observe(provider, ms, records)
             now = self.clock()
-            plans = [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in models]
+            return records, [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in ms]
+
+        with collector_paused():  # its objects live on or go by reference counting (`heap`)
+            parts = await asyncio.gather(*(one_provider(p, ms) for p, ms in by_provider(models).items()))
+        records = {name: r for recs, _ in parts for name, r in recs.items()}
+        decided = {p.name: p for _, part in parts for p in part}
+        plans = [decided[m.name] for m in models]
         # a model without a record, at the provider model of an orphan's record: hint the rename
         if unrecorded := [m for m in models if m.name not in records]:
-            if len(models) <= FEW_RECORDS:  # only the records that could be theirs
-                records = {**await self.state.of_provider_models({model_identity(m) for m in unrecorded}), **records}
-            hint_renames(plans, rename_candidates(records, self.manifests.models, models))
+            few = len(unrecorded) <= FEW_UNRECORDED  # only the records that could be theirs
+            more = await (
+                self.state.of_provider_models({model_identity(m) for m in unrecorded}) if few else self.state.all()
+            )
+            hint_renames(plans, rename_candidates({**more, **records}, self.manifests.models, models))
         limits = {name: cfg.max_concurrent_trainings for name, cfg in self.manifests.providers.items()}
         names = {p.name for p in plans}
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
@@ -304,10 +291,10 @@ class Engine:
         return plans
 
     async def _records(self, models: Sequence[DesiredModel]) -> dict[str, ModelRecord]:
-        """The models' records: read one by one for a few models (a saved change in the daemon must
-        not read and decode the records of every model), else all at once."""
+        """The models' records, never every record (a daemon's resync part, or a saved change, must not
+        read and decode 10,000): one by one for a few models, else by their names at once."""
         if len(models) > FEW_RECORDS:
-            return await self.state.all()
+            return await self.state.get_many([m.name for m in models])
         found = await asyncio.gather(*(self.state.get(m.name) for m in models))
         return {m.name: r for m, r in zip(models, found, strict=True) if r is not None}
 

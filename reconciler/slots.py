@@ -22,8 +22,9 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from reconciler.domain import ModelRecord, Observation, RecordStatus
-from reconciler.engine import ApplyResult, Engine, TriggerOutcome
+from reconciler.engine import Engine
 from reconciler.errors import PermanentProviderError, ProviderError
+from reconciler.outcomes import ApplyResult, TriggerOutcome
 from reconciler.plan import Action, ModelPlan
 
 #: The hold reason that `wait_for_all` resolves: the provider is at max_concurrent_trainings.

@@ -16,7 +16,8 @@ from test_report import AT, Captured, record, tick
 
 from reconciler import runtime
 from reconciler.domain import Observation, RecordStatus, TrainingStatus
-from reconciler.engine import ApplyResult, Engine, TriggerOutcome
+from reconciler.engine import Engine
+from reconciler.outcomes import ApplyResult, TriggerOutcome
 from reconciler.plan import Action
 from reconciler.report.commands import ApplyReport
 from reconciler.report.exits import apply_exit_code

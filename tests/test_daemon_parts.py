@@ -24,9 +24,9 @@ from reconciler.daemon.lifecycle import Daemon
 from reconciler.daemon.queue import WorkQueue, batch_trigger
 from reconciler.daemon.tracker import ManifestTracker
 from reconciler.domain import DesiredModel, ModelRecord, RecordStatus
-from reconciler.engine import ApplyResult
 from reconciler.logs import Redactor
 from reconciler.orphans import model_identity
+from reconciler.outcomes import ApplyResult
 from reconciler.plan import Action, ModelPlan, Reason
 from reconciler.spec import parse_file
 from reconciler.state import open_state

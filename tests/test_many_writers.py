@@ -32,7 +32,8 @@ from helpers import wait_until as wait_for
 from test_daemon import HARDHATS, PROVIDER, start
 
 from reconciler.domain import HistoryEvent, ModelRecord, RecordStatus
-from reconciler.engine import ApplyResult, Engine
+from reconciler.engine import Engine
+from reconciler.outcomes import ApplyResult
 from reconciler.plan import Action
 from reconciler.report.exits import apply_exit_code
 from reconciler.sandbox.faults import Fault, LoggedRequest

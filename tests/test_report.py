@@ -13,8 +13,8 @@ import pytest
 from test_plan import _model
 
 from reconciler.domain import DesiredModel, HistoryEvent, ModelRecord, Observation, RecordStatus, TrainingStatus
-from reconciler.engine import ApplyResult, TriggerOutcome
 from reconciler.errors import AuthError, ConfigError, ManifestError, Problem, ProviderError
+from reconciler.outcomes import ApplyResult, TriggerOutcome
 from reconciler.plan import Action, ModelPlan, Reason
 from reconciler.report import FORMATS, renderer
 from reconciler.report.base import Console, Renderer

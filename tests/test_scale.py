@@ -470,8 +470,8 @@ async def test_a_plan_of_a_few_models_reads_only_their_records(tmp_path: Path) -
             async with Engine(loaded, state, endpoints=endpoints) as engine:
                 plans = await engine.plan(models[:1])
                 assert read_all == 0 and [p.name for p in plans] == ["m000"]
-                await engine.plan(models)  # past FEW_RECORDS: one read of every record
-                assert read_all == 1
+                await engine.plan(models)  # past FEW_RECORDS: their records by name, never every record
+                assert read_all == 0
         finally:
             await state.close()
 
@@ -509,3 +509,60 @@ async def test_no_cyclic_collection_runs_while_a_plan_reads_and_decides(tmp_path
         await state.close()
     assert len(plans) == 5 and collector_on == [False] * 5
     assert gc.isenabled()  # on again after it
+
+
+async def test_each_provider_reads_its_own_records_by_name_before_its_first_request(tmp_path: Path) -> None:
+    """A plan of many models reads records per provider (`get_many`), each before that provider's
+    first request: a provider's reads start, and its models are decided, while others still read."""
+    from reconciler.engine import FEW_RECORDS, Engine
+    from reconciler.seams import Seams
+    from reconciler.state import open_state
+
+    n = FEW_RECORDS + 8
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "provider.yaml").write_text(
+        "apiVersion: reconciler/v1\nkind: Provider\nmetadata: {name: roboflow-b}\n"
+        "spec: {type: roboflow, api_key_env: ROBOFLOW_B_API_KEY}\n"
+    )
+    docs = [
+        f"apiVersion: reconciler/v1\nkind: TrainedModel\nmetadata: {{name: {p}-{i}}}\nspec:\n  provider: {p}\n"
+        f"  model: {{workspace: acme, project: {p}-{i}}}\n  training: {{version: 1, model_type: rfdetr-nano}}\n"
+        for p in ("roboflow", "roboflow-b")
+        for i in range(n)
+    ]
+    (specs / "models.yaml").write_text("---\n".join(docs))
+    events: list[tuple[str, str]] = []
+    keys = {"key-a": "roboflow", "key-b": "roboflow-b"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        events.append(("request", keys[request.url.params["api_key"]]))
+        return httpx.Response(404, json={"error": "project not found"})
+
+    state = await open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    real_get_many = state.get_many
+
+    async def get_many(names: Any) -> Any:
+        names = list(names)
+        (provider,) = {name.rsplit("-", 1)[0] for name in names}
+        events.append(("records", provider))
+        assert len(names) == n
+        return await real_get_many(names)
+
+    async def every_record() -> Any:
+        raise AssertionError("a plan read every record")
+
+    state.get_many = get_many  # type: ignore[method-assign]
+    state.all = every_record  # type: ignore[method-assign]
+    env = {"ROBOFLOW_API_KEY": "key-a", "ROBOFLOW_B_API_KEY": "key-b"}
+    seams = Seams(transport=httpx.MockTransport(answer))
+    engine = Engine(load_manifests([specs]), state, env=env, seams=seams)
+    try:
+        plans = await engine.plan(list(engine.manifests.models.values()))
+    finally:
+        await engine.aclose()
+        await state.close()
+    assert [p.name for p in plans] == [f"{p}-{i}" for p in ("roboflow", "roboflow-b") for i in range(n)]
+    for provider in ("roboflow", "roboflow-b"):
+        mine = [kind for kind, who in events if who == provider]
+        assert mine[0] == "records" and mine.count("records") == 1 and mine.count("request") >= n

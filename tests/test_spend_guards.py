@@ -24,7 +24,8 @@ from reconciler.budget import DAY, Limits
 from reconciler.daemon import DaemonOptions
 from reconciler.daemon.lifecycle import Daemon
 from reconciler.domain import RecordStatus
-from reconciler.engine import ApplyResult, Engine
+from reconciler.engine import Engine
+from reconciler.outcomes import ApplyResult
 from reconciler.plan import Action, Budget, ModelPlan, Reason, limit_budget
 from reconciler.sandbox.roboflow.simulator import RoboflowSimulator
 from reconciler.sandbox.server import Sandbox

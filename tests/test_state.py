@@ -176,6 +176,26 @@ async def test_round_trip_defaults_and_update(store: StateStore) -> None:
     assert list(await store.all()) == ["a", "m"]
 
 
+async def test_get_many_reads_exactly_the_named_records_in_chunks(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan reads each provider's records by name (never every record): across statement chunks,
+    names without a record, repeated names and names that look like SQL."""
+    from reconciler.state import sql
+
+    monkeypatch.setattr(sql, "NAMES_PER_QUERY", 3)
+    names = [f"m{i}" for i in range(8)] + ["o'brien; DROP TABLE models"]
+    for name in names:
+        await store.save(full_record(name))
+    wanted = ["m7", "m0", "missing", "m3", "m0", "m4", "m5", "m6", "o'brien; DROP TABLE models"]
+    got = await store.get_many(wanted)
+    assert set(got) == {"m7", "m0", "m3", "m4", "m5", "m6", "o'brien; DROP TABLE models"}
+    for name, record in got.items():
+        assert record == await store.get(name)
+    assert await store.get_many([]) == {}
+    assert len(await store.all()) == len(names)
+
+
 async def test_unstorable_value_is_a_state_error_and_writes_nothing(store: StateStore) -> None:
     with pytest.raises(StateError, match="model 'm'"):
         await store.save(full_record("m", training={"x": object()}))

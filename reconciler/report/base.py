@@ -11,7 +11,7 @@ import click
 
 if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord
-    from reconciler.engine import TriggerOutcome
+    from reconciler.outcomes import TriggerOutcome
     from reconciler.plan import ModelPlan
 
 

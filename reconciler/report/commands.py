@@ -38,9 +38,9 @@ from reconciler.report.views import by_name, status_entry
 
 if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord
-    from reconciler.engine import ApplyResult, TriggerOutcome
     from reconciler.errors import ReconcilerError
     from reconciler.orphans import Orphan
+    from reconciler.outcomes import ApplyResult, TriggerOutcome
     from reconciler.plan import ModelPlan
     from reconciler.report.progress import Progress
     from reconciler.slots import Tick, WaitResult

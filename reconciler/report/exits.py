@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from reconciler.domain import ModelRecord
-    from reconciler.engine import TriggerOutcome
+    from reconciler.outcomes import TriggerOutcome
     from reconciler.plan import ModelPlan
 
 OK = 0

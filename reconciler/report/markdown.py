@@ -17,7 +17,7 @@ from reconciler.report.text import TextRenderer, outcome_line, render_plan
 from reconciler.report.views import QUEUED_NOTE, by_name, change_text, queued
 
 if TYPE_CHECKING:
-    from reconciler.engine import TriggerOutcome
+    from reconciler.outcomes import TriggerOutcome
     from reconciler.plan import ModelPlan
 
 #: The first line of every plan document: how the sticky PR comment is found again.

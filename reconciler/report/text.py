@@ -16,7 +16,7 @@ from reconciler.report.views import QUEUED_NOTE, action_order, by_name, change_t
 if TYPE_CHECKING:
     from reconciler.budget import BlastRadius
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
-    from reconciler.engine import TriggerOutcome
+    from reconciler.outcomes import TriggerOutcome
     from reconciler.plan import ModelPlan
 
 

@@ -14,7 +14,7 @@ from reconciler.errors import ProviderError
 
 if TYPE_CHECKING:
     from reconciler.domain import HistoryEvent, ModelRecord, Observation
-    from reconciler.engine import TriggerOutcome
+    from reconciler.outcomes import TriggerOutcome
     from reconciler.plan import Action, ModelPlan
 
 # `reconciler.plan` is imported inside the functions that need it at run time: `validate` reports

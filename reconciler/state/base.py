@@ -116,6 +116,11 @@ class StateStore(ABC):
     @abstractmethod
     async def all(self) -> dict[str, ModelRecord]: ...
 
+    async def get_many(self, names: Collection[str]) -> dict[str, ModelRecord]:
+        """The records of these models (those that have one), without reading every record."""
+        found = [(name, await self.get(name)) for name in names]
+        return {name: record for name, record in found if record is not None}
+
     @abstractmethod
     async def names(self) -> set[str]:
         """Every recorded model's name, without reading the records (the daemon's orphans)."""

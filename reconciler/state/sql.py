@@ -63,6 +63,10 @@ def record_status(value: str, name: str) -> RecordStatus:
         ) from None
 
 
+#: names in one `get_many` statement
+NAMES_PER_QUERY = 500
+
+
 class SQLStateStore(StateStore):
     """Row mapping and the read/write entry points, over a dialect given by the subclass."""
 
@@ -200,6 +204,19 @@ class SQLStateStore(StateStore):
     async def all(self) -> dict[str, ModelRecord]:
         rows = await self._fetchall(f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} ORDER BY name")
         return {row["name"]: self._record(row) for row in rows}
+
+    async def get_many(self, names: Collection[str]) -> dict[str, ModelRecord]:
+        wanted = list(dict.fromkeys(names))
+        found: dict[str, ModelRecord] = {}
+        # in chunks: SQLite before 3.32 takes at most 999 parameters in one statement
+        for start in range(0, len(wanted), NAMES_PER_QUERY):
+            chunk = wanted[start : start + NAMES_PER_QUERY]
+            rows = await self._fetchall(
+                f"SELECT {MODEL_COLUMNS} FROM {self._table('models')} WHERE name IN ({', '.join([self.PARAM] * len(chunk))})",
+                chunk,
+            )
+            found.update((row["name"], self._record(row)) for row in rows)
+        return found
 
     async def names(self) -> set[str]:
         rows = await self._fetchall(f"SELECT name FROM {self._table('models')}")
