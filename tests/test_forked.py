@@ -17,7 +17,18 @@ from reconciler.spec import PARALLEL_MIN_BYTES, load_manifests
 
 PARENT = os.getpid()
 
-needs_fork = pytest.mark.skipif(not forked.can_fork(), reason="forks only on Linux with two cores and one thread")
+
+def require_fork() -> None:
+    """Skip, saying why, where `map_split` would not fork now: not Linux, one core, or a thread left
+    running by an earlier test (checked when the test runs, not when it is collected)."""
+    if not forked.can_fork():
+        others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        pytest.skip(f"no fork here now (Linux, two cores and one thread needed; other threads: {others})")
+
+
+@pytest.fixture
+def forkable() -> None:
+    require_fork()
 
 
 @pytest.fixture
@@ -43,12 +54,12 @@ def square_noting_where(x: int) -> tuple[int, bool]:
     return x * x, os.getpid() == PARENT
 
 
-@needs_fork
 @settings(max_examples=15)
 @given(st.lists(st.integers(0, 10_000), min_size=2, max_size=40), st.data())
 def test_results_are_the_map_in_order_with_the_leading_part_from_the_child(
     items: list[int], data: st.DataObject
 ) -> None:
+    require_fork()
     weights = data.draw(st.lists(st.integers(1, 100), min_size=len(items), max_size=len(items)))
     got = forked.map_split(square_noting_where, items, weights, min_weight=1)
     assert [v for v, _ in got] == [x * x for x in items]
@@ -99,16 +110,16 @@ def fail() -> None:
     raise RuntimeError("a bug that shows only in the child")
 
 
-@needs_fork
 @pytest.mark.parametrize("action", [fail, exit_abruptly], ids=["raises", "dies"])
-def test_a_failing_child_leaves_its_part_to_the_parent(action: Callable[[], object], forks: list[int]) -> None:
+def test_a_failing_child_leaves_its_part_to_the_parent(
+    action: Callable[[], object], forks: list[int], forkable: None
+) -> None:
     items = list(range(10))
     assert forked.map_split(in_child_only(action), items, [1] * 10, min_weight=1) == [x + 1 for x in items]
     assert len(forks) == 1
 
 
-@needs_fork
-def test_an_interrupted_parent_kills_and_reaps_its_child(forks: list[int]) -> None:
+def test_an_interrupted_parent_kills_and_reaps_its_child(forks: list[int], forkable: None) -> None:
     def fn(x: int) -> int:
         if os.getpid() == PARENT:
             raise KeyboardInterrupt
@@ -134,8 +145,9 @@ def write_specs(root: Path, files: int, docs: int, broken: int | None = None) ->
         (root / f"models-{f:03d}.yaml").write_text("---\n".join(manifests))
 
 
-@needs_fork
-def test_parallel_loading_gives_the_same_manifests_and_problems(tmp_path: Path, forks: list[int]) -> None:
+def test_parallel_loading_gives_the_same_manifests_and_problems(
+    tmp_path: Path, forks: list[int], forkable: None
+) -> None:
     specs = tmp_path / "specs"
     write_specs(specs, files=40, docs=60)
     assert sum(p.stat().st_size for p in specs.iterdir()) >= PARALLEL_MIN_BYTES
