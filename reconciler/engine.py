@@ -82,8 +82,6 @@ def by_provider(models: Iterable[DesiredModel]) -> dict[str, list[DesiredModel]]
 Fence = Callable[[], Awaitable[bool]]
 
 
-#: up to this many models, `plan` reads their records one by one, else by their names at once
-FEW_RECORDS = 32
 #: up to this many models without a record, their rename candidates are read by provider model
 #: (one statement, within SQLite's oldest parameter limit), else every record is read
 FEW_UNRECORDED = 500
@@ -267,7 +265,8 @@ class Engine:
             # records first, then the provider: a record another writer changes after this read makes
             # our compare-and-set fail, so no decision rests on a record older than the observation.
             # Each provider's own: its reads start, and its models are decided, while others still read.
-            records = await self._records(ms)
+            # By name, never every record: a daemon's resync part or saved change must not decode 10,000.
+            records = await self.state.get_many([m.name for m in ms])
             observed = await self._observe(provider, ms, records)
             now = self.clock()
             return records, [self.plan_one(m, records.get(m.name), observed[m.name], now) for m in ms]
@@ -289,14 +288,6 @@ class Engine:
         limit_concurrency(plans, limits, count_in_flight([*plans, *(p for p in others if p.name not in names)]))
         await budget.hold_over_budget(self, plans)
         return plans
-
-    async def _records(self, models: Sequence[DesiredModel]) -> dict[str, ModelRecord]:
-        """The models' records, never every record (a daemon's resync part, or a saved change, must not
-        read and decode 10,000): one by one for a few models, else by their names at once."""
-        if len(models) > FEW_RECORDS:
-            return await self.state.get_many([m.name for m in models])
-        found = await asyncio.gather(*(self.state.get(m.name) for m in models))
-        return {m.name: r for m, r in zip(models, found, strict=True) if r is not None}
 
     def plan_one(
         self, m: DesiredModel, record: ModelRecord | None, observed: Observation | ProviderError, now: datetime

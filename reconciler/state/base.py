@@ -118,8 +118,9 @@ class StateStore(ABC):
 
     async def get_many(self, names: Collection[str]) -> dict[str, ModelRecord]:
         """The records of these models (those that have one), without reading every record."""
-        found = [(name, await self.get(name)) for name in names]
-        return {name: record for name, record in found if record is not None}
+        wanted = list(names)
+        found = await asyncio.gather(*(self.get(name) for name in wanted))
+        return {name: record for name, record in zip(wanted, found, strict=True) if record is not None}
 
     @abstractmethod
     async def names(self) -> set[str]:
