@@ -123,21 +123,19 @@ def trust(env: Mapping[str, str] | None = None) -> TrustPolicy:
 def load(paths: Sequence[str]) -> ManifestSet:
     """The manifests under `paths` (default `specs/`), checked against the operator's trust
     policy; ManifestError lists every problem."""
+    from reconciler.heap import collector_paused
     from reconciler.logs import provider_key_envs
 
     # the manifests live as long as the command: frozen out of the cyclic collector's sight before
     # it resumes, no collection (nor the one at exit) walks their objects (0.1 s a walk at 10,000)
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        # imported under the pause too: pydantic's and PyYAML's modules are long-lived objects as well
-        from reconciler.spec import load_manifests
+    with collector_paused():
+        try:
+            # imported under the pause too: pydantic's and PyYAML's modules are long-lived objects as well
+            from reconciler.spec import load_manifests
 
-        manifests = load_manifests(paths_or_default(paths), trust=trust(), parallel=True)
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+            manifests = load_manifests(paths_or_default(paths), trust=trust(), parallel=True)
+        finally:
+            gc.freeze()
     # a Provider may name any variable for its key: mask its value in log lines too
     redactor().watch_env([*provider_key_envs(), *(cfg.api_key_env for cfg in manifests.providers.values())])
     return manifests
